@@ -1,0 +1,42 @@
+# Two commands on a fresh clone:  `make study`  and  `make test`.
+# Both create .venv when it is missing and install the pinned dependencies first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+KERNEL := quantstudy
+
+.PHONY: setup study smoke test lab demo-data demo-model report clean-outputs
+
+setup: $(STAMP)
+
+# torch first, by exact version, so pip takes the local CPU wheel (never a CUDA build).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (quantstudy)" >/dev/null
+	touch $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/quantstudy run $(PARAMS)
+
+smoke: $(STAMP)
+	$(BIN)/quantstudy run params/smoke.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=. notebooks/
+
+demo-data: $(STAMP)
+	$(BIN)/quantstudy demo-data
+
+demo-model: $(STAMP)
+	$(BIN)/quantstudy demo-model
+
+clean-outputs:
+	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

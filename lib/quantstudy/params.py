@@ -1,0 +1,385 @@
+"""Study parameters: YAML under params/, validated by typed models that reject unknown keys.
+
+One file drives the whole study. Each notebook receives the sections it needs as flat
+papermill parameters named ``<section>_<key>`` (e.g. ``quantize_group_size``), and rebuilds
+the typed section from them with :func:`validate_notebook`, so a notebook run by hand in
+JupyterLab is validated exactly like a batch run.
+
+Every problem becomes a :class:`ParamsError` whose message is one line naming the file, the
+key, what was expected and what was found.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quantstudy.paths import resolve
+
+# Step order and the params sections each step notebook receives.
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "01_calibration": ("study", "model", "data", "calibration"),
+    "02_quantize": ("study", "model", "quantize"),
+    "03_evaluate": ("study", "model", "data", "evaluate"),
+    "04_benchmark": ("study", "model", "quantize", "benchmark"),
+    "05_rollout_analysis": ("study", "evaluate", "rollout"),
+}
+
+# Metrics a quality-budget line may name (computed by step 03, per evaluation domain).
+BUDGET_METRICS = (
+    "policy_closed_book_acc",
+    "policy_grounded_acc",
+    "retention_acc",
+    "indomain_ppl",
+    "generic_ppl",
+    "indomain_top1_agreement",
+)
+
+
+class ParamsError(ValueError):
+    """A bad params file or value. ``str(err)`` is the one-line message for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class StudySection(_Section):
+    name: str = Field("default", min_length=1, description="label stamped on the report")
+    seed: int = Field(0, ge=0, description="master seed for draws, bootstrap and simulation")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+
+class ModelSection(_Section):
+    source: Literal["embedded", "hf"] = "embedded"
+    path: str = Field("models/demo-support-lm", min_length=1, description="local folder or Hugging Face model id")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+
+
+class DataSection(_Section):
+    generic_source: Literal["embedded", "hf"] = "embedded"
+    generic_dataset: str | None = None  # HF dataset id when generic_source is hf
+    generic_split: str = "validation"
+    generic_text_column: str = "text"
+    conversations: str = "data/demo/conversations.jsonl"
+    task_items: str = "data/demo/task_items.jsonl"
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share for user data without splits")
+
+
+class CalibrationSection(_Section):
+    sources: list[Literal["generic", "in_domain", "mixed"]] = Field(
+        default_factory=lambda: ["generic", "in_domain", "mixed"], min_length=1)
+    n_samples: int = Field(64, ge=1, le=4096)
+    sample_sweep: list[int] = Field(default_factory=list)
+    draws: int = Field(3, ge=1, le=20)
+    max_seq_len: int = Field(256, ge=16, le=8192)
+    long_samples: Literal["split", "truncate"] = "split"
+    mixed_in_domain_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    scrub: bool = True
+
+    @field_validator("sample_sweep")
+    @classmethod
+    def _sweep_positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every sample count must be >= 1")
+        return sorted(set(v))
+
+
+class QuantizeSection(_Section):
+    bits: list[Literal[3, 4]] = Field(default_factory=lambda: [4], min_length=1)
+    group_size: int = Field(128, ge=16, le=4096)
+    zero_point: bool = True
+    version: Literal["GEMM", "GEMV"] = "GEMM"
+    duo_scaling: bool = False
+    apply_clip: bool = False
+    n_grid: int = Field(20, ge=2, le=100)
+    rtn_reference: bool = True
+    compare_search_settings: bool = True  # also run AutoAWQ's defaults on in-domain draw 0
+
+    @field_validator("group_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("group size must be a power of two (32, 64, 128, ...)")
+        return v
+
+
+class BudgetLine(_Section):
+    metric: str
+    max_drop: float = Field(..., ge=0.0, description="allowed degradation, in `unit`")
+    unit: Literal["points", "percent"] = "points"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in BUDGET_METRICS:
+            raise ValueError(f"unknown metric {v!r}; known metrics: {', '.join(BUDGET_METRICS)}")
+        return v
+
+
+class EvaluateSection(_Section):
+    window: int = Field(256, ge=16, le=8192)
+    stride: int = Field(128, ge=1, le=8192)
+    max_eval_tokens: int = Field(60000, ge=256)
+    bootstrap_samples: int = Field(1000, ge=100, le=100000)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    budget: list[BudgetLine] = Field(default_factory=lambda: [
+        BudgetLine(metric="policy_closed_book_acc", max_drop=2.0, unit="points"),
+        BudgetLine(metric="retention_acc", max_drop=2.0, unit="points"),
+        BudgetLine(metric="indomain_ppl", max_drop=3.0, unit="percent"),
+    ])
+    lm_eval_tasks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "EvaluateSection":
+        if self.stride > self.window:
+            raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
+        return self
+
+
+class BenchmarkSection(_Section):
+    paths: list[Literal["baseline", "naive4", "fast4"]] = Field(
+        default_factory=lambda: ["baseline", "naive4", "fast4"], min_length=1)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)
+    context_lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
+    decode_tokens: int = Field(16, ge=1, le=4096)
+    warmup: int = Field(2, ge=0, le=50)
+    repeats: int = Field(5, ge=1, le=100)
+    prod_hidden_size: int = Field(2048, ge=128)
+    prod_intermediate_size: int = Field(8192, ge=128)
+    prod_num_layers: int = Field(16, ge=1)
+    prod_num_heads: int = Field(32, ge=1)
+    prod_num_kv_heads: int = Field(8, ge=1)
+    prod_vocab_size: int = Field(128256, ge=256)
+    prod_bench_layers: int = Field(2, ge=1, description="decoder layers actually timed; speed scales per layer")
+    device_memory_gb: float = Field(80.0, gt=0)
+    price_per_device_hour: float = Field(2.5, gt=0)
+    peak_conversations_per_s: float = Field(20.0, gt=0)
+    tokens_per_conversation: int = Field(1500, ge=1)
+    kv_bytes_per_token: int = Field(131072, ge=1)
+    hardware_label: str = "this machine"
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> "BenchmarkSection":
+        if self.prod_hidden_size % self.prod_num_heads:
+            raise ValueError(f"prod_hidden_size ({self.prod_hidden_size}) must be divisible by prod_num_heads ({self.prod_num_heads})")
+        if self.prod_num_heads % self.prod_num_kv_heads:
+            raise ValueError(f"prod_num_heads ({self.prod_num_heads}) must be divisible by prod_num_kv_heads ({self.prod_num_kv_heads})")
+        if self.prod_bench_layers > self.prod_num_layers:
+            raise ValueError(f"prod_bench_layers ({self.prod_bench_layers}) exceeds prod_num_layers ({self.prod_num_layers})")
+        return self
+
+
+class RolloutSection(_Section):
+    stages: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0], min_length=1)
+    days_per_stage: int = Field(2, ge=1, le=60)
+    daily_conversations: int = Field(4000, ge=10)
+    logs: str | None = None  # CSV/Parquet of real rollout logs; null = seeded simulator
+    scenario: Literal["measured", "worse"] = "measured"
+    baseline_satisfaction: float = Field(0.82, gt=0.0, lt=1.0)
+    satisfaction_per_point: float = Field(0.004, ge=0.0, description="simulated satisfaction change per task-accuracy point")
+    worse_drop: float = Field(0.05, gt=0.0, lt=1.0, description="satisfaction drop of the quantized arm in the 'worse' scenario")
+    margin: float = Field(0.02, gt=0.0, lt=1.0, description="non-inferiority margin on satisfaction (absolute)")
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_increasing(cls, v: list[float]) -> list[float]:
+        if any(not 0 < s <= 1 for s in v):
+            raise ValueError("every stage is a traffic share in (0, 1]")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("stages must increase strictly, e.g. [0.05, 0.25, 0.5, 1.0]")
+        return v
+
+
+class StudyParams(_Section):
+    study: StudySection = Field(default_factory=StudySection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+
+
+SECTION_MODELS: dict[str, type[_Section]] = {
+    name: field.annotation for name, field in StudyParams.model_fields.items()  # type: ignore[misc]
+}
+
+
+# --------------------------------------------------------------------------- errors
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _format_validation_error(source: str, err: ValidationError, prefix: str = "") -> str:
+    """One line for the first problem; the count of any others."""
+    problems = err.errors()
+    first = problems[0]
+    loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section = first["loc"][:-1]
+        model: Any = StudyParams if not prefix else SECTION_MODELS.get(prefix, StudyParams)
+        for part in section:
+            if isinstance(part, str) and hasattr(model, "model_fields") and part in model.model_fields:
+                model = model.model_fields[part].annotation
+        known = list(getattr(model, "model_fields", {}))
+        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        msg = f"{source}: {loc}: unknown key; {hint}"
+    elif kind == "missing":
+        msg = f"{source}: {loc}: required key is missing"
+    else:
+        expected = first["msg"].removeprefix("Value error, ")
+        if kind.startswith(("int_", "float_", "bool_", "string_", "list_", "dict_")) and "type" in kind:
+            expected = f"a value of type {kind.split('_')[0]} ({first['msg']})"
+        msg = f"{source}: {loc}: expected {expected}; found {_describe(first.get('input'))}"
+    if len(problems) > 1:
+        msg += f" (+{len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return msg
+
+
+# --------------------------------------------------------------------------- loading
+def load_params(path: str | Path, check_files: bool = True) -> StudyParams:
+    """Read and validate a params YAML file; raise ParamsError with a one-line message."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ParamsError(f"{source}: params file not found; pass one of the files under params/")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ParamsError(f"{source}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level: expected a mapping of sections; found {_describe(raw)}")
+    try:
+        params = StudyParams.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_validation_error(source, exc)) from None
+    check_combinations(params, source)
+    if check_files:
+        check_input_files(params, source)
+    return params
+
+
+def check_combinations(p: StudyParams, source: str) -> None:
+    """Impossible or self-defeating combinations, caught before any long work."""
+    if p.model.dtype == "float16" and p.study.device == "cpu":
+        raise ParamsError(f"{source}: model.dtype: expected float32 when study.device is cpu "
+                          "(half-precision matmuls run ~40x slower on this CPU); found 'float16'")
+    if p.model.source == "embedded" and (p.data.generic_source == "hf"):
+        pass  # allowed: real generic text against the demo model
+    if p.data.generic_source == "hf" and not p.data.generic_dataset:
+        raise ParamsError(f"{source}: data.generic_dataset: expected a Hugging Face dataset id when "
+                          "data.generic_source is 'hf'; found None")
+    if p.data.generic_source == "embedded" and p.data.generic_dataset:
+        raise ParamsError(f"{source}: data.generic_dataset: expected null when data.generic_source is "
+                          f"'embedded'; found {p.data.generic_dataset!r} (set generic_source: hf to use it)")
+    if any(b < 4 for b in p.quantize.bits) and p.quantize.version != "GEMM":
+        raise ParamsError(f"{source}: quantize.version: expected GEMM with 3-bit runs (simulated); found {p.quantize.version!r}")
+    if p.calibration.sample_sweep and max(p.calibration.sample_sweep) > 4096:
+        raise ParamsError(f"{source}: calibration.sample_sweep: expected counts <= 4096; found {max(p.calibration.sample_sweep)}")
+    if "mixed" in p.calibration.sources and not 0 < p.calibration.mixed_in_domain_fraction < 1:
+        raise ParamsError(f"{source}: calibration.mixed_in_domain_fraction: expected a share strictly between 0 "
+                          f"and 1 when sources include 'mixed'; found {p.calibration.mixed_in_domain_fraction}")
+    if p.rollout.logs is not None and p.rollout.scenario != "measured":
+        raise ParamsError(f"{source}: rollout.scenario: expected 'measured' with real logs (scenarios only "
+                          f"apply to the simulator); found {p.rollout.scenario!r}")
+    widths_source = _local_model_config(p.model)
+    if widths_source is not None:
+        cfg_path, cfg = widths_source
+        for key in ("hidden_size", "intermediate_size"):
+            width = cfg.get(key)
+            if isinstance(width, int) and width % p.quantize.group_size:
+                raise ParamsError(
+                    f"{source}: quantize.group_size: expected a divisor of every quantized layer's input width "
+                    f"({key}={width} in {cfg_path}); found {p.quantize.group_size}")
+
+
+def _local_model_config(model: ModelSection) -> tuple[Path, dict] | None:
+    folder = resolve(model.path)
+    cfg = folder / "config.json"
+    if cfg.is_file():
+        try:
+            return cfg, json.loads(cfg.read_text())
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def check_input_files(p: StudyParams, source: str) -> None:
+    """Files the study reads must exist before any step starts."""
+    needed: list[tuple[str, str]] = [
+        ("data.conversations", p.data.conversations),
+        ("data.task_items", p.data.task_items),
+    ]
+    if p.rollout.logs is not None:
+        needed.append(("rollout.logs", p.rollout.logs))
+    for key, value in needed:
+        if not resolve(value).is_file():
+            raise ParamsError(f"{source}: {key}: expected an existing file; found {value!r} (missing). "
+                              "Fix the path, or run `make demo-data` for the embedded demo files")
+    if p.model.source == "embedded" and not (resolve(p.model.path) / "config.json").is_file():
+        raise ParamsError(f"{source}: model.path: expected a model folder with config.json for "
+                          f"source 'embedded'; found {p.model.path!r}. Run `make demo-model` or fix the path")
+
+
+# --------------------------------------------------------------------------- notebooks
+def flatten(p: StudyParams, sections: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Papermill parameters for a notebook: ``<section>_<key>`` -> plain literal."""
+    out: dict[str, Any] = {}
+    dumped = p.model_dump(mode="json")
+    for section in sections:
+        for key, value in dumped[section].items():
+            out[f"{section}_{key}"] = value
+    return out
+
+
+def step_parameters(p: StudyParams, step: str) -> dict[str, Any]:
+    return flatten(p, STEP_SECTIONS[step])
+
+
+def validate_notebook(namespace: dict[str, Any], step: str, source: str | None = None) -> StudyParams:
+    """Rebuild and validate the params a notebook was given (its globals()).
+
+    Sections the step does not use keep their defaults. Raises ParamsError naming the
+    notebook variable at fault.
+    """
+    source = source or f"notebooks/{step}.ipynb parameters"
+    raw: dict[str, dict[str, Any]] = {}
+    for section in STEP_SECTIONS[step]:
+        model = SECTION_MODELS[section]
+        values = {}
+        for key in model.model_fields:
+            name = f"{section}_{key}"
+            if name in namespace:
+                values[key] = namespace[name]
+        raw[section] = values
+    try:
+        params = StudyParams.model_validate(raw)
+    except ValidationError as exc:
+        msg = _format_validation_error(source, exc)
+        # Show the notebook's variable name, not the nested path.
+        for section in STEP_SECTIONS[step]:
+            msg = msg.replace(f": {section}.", f": {section}_", 1)
+        raise ParamsError(msg) from None
+    check_combinations(params, source)
+    return params
+
+
+def to_yaml(p: StudyParams) -> str:
+    return yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False)
