@@ -97,7 +97,6 @@ class QuantizeSection(_Section):
     version: Literal["GEMM", "GEMV"] = "GEMM"
     duo_scaling: bool = False
     apply_clip: bool = False
-    n_grid: int = Field(20, ge=2, le=100)
     rtn_reference: bool = True
     compare_search_settings: bool = True  # also run AutoAWQ's defaults on in-domain draw 0
 
@@ -125,7 +124,8 @@ class BudgetLine(_Section):
 class EvaluateSection(_Section):
     window: int = Field(256, ge=16, le=8192)
     stride: int = Field(128, ge=1, le=8192)
-    max_eval_tokens: int = Field(60000, ge=256)
+    max_eval_tokens: int = Field(60000, ge=256, description="per evaluation domain")
+    max_items_per_task: int | None = Field(None, ge=10, description="null = every task item")
     bootstrap_samples: int = Field(1000, ge=100, le=100000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     budget: list[BudgetLine] = Field(default_factory=lambda: [

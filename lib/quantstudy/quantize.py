@@ -1,0 +1,464 @@
+"""Quantization: archive the baseline, AutoAWQ per calibration set, a round-to-nearest
+reference, and one loader that turns any checkpoint back into a dense model for evaluation.
+
+Checkpoints are standard AutoAWQ folders (``quantization_config`` in config.json, packed int32
+``qweight``/``qzeros`` and float16 ``scales`` in safetensors, plus the tokenizer). At 3 bits
+AutoAWQ packs nothing, so the AWQ search runs with ``export_compatible=True`` (scales and clipping
+applied in float) and the weights are then rounded to 3 bits in simulation; such checkpoints are
+dense float16 folders labelled ``"simulated": true`` in ``quantstudy_quant.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantstudy.paths import resolve
+
+QUANT_META = "quantstudy_quant.json"
+CHECKSUMS = "SHA256SUMS"
+
+
+class QuantizeError(ValueError):
+    """A model or setting the quantizer cannot handle; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- checks
+def supported_model_types() -> list[str]:
+    from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
+
+    return sorted(AWQ_CAUSAL_LM_MODEL_MAP)
+
+
+def read_config(model_path: str | Path) -> dict:
+    """config.json of a local folder, or of a hub id through transformers (needs network)."""
+    folder = resolve(model_path)
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text())
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(model_path)).to_dict()
+    except Exception as exc:  # network or unknown id
+        raise QuantizeError(f"model.path: cannot read a config for {model_path!r} ({exc.__class__.__name__}); "
+                            "give a local model folder, or a hub id on a machine with network") from None
+
+
+def check_model(config: dict, group_size: int, bits: list[int] | tuple[int, ...] = (4,)) -> None:
+    """Fail before any search: unsupported architecture, or a group size that splits a row."""
+    mtype = config.get("model_type")
+    supported = supported_model_types()
+    if mtype not in supported:
+        raise QuantizeError(f"model type {mtype!r} is not supported by AutoAWQ 0.2.9; "
+                            f"supported types: {', '.join(supported)}")
+    widths = {k: config.get(k) for k in ("hidden_size", "intermediate_size")}
+    for key, width in widths.items():
+        if isinstance(width, int) and width % group_size:
+            raise QuantizeError(f"quantize.group_size={group_size} does not divide {key}={width}: every quantized "
+                                f"layer's input width must be a multiple of the group size; choose a divisor of {width}")
+    for b in bits:
+        if b not in (3, 4):
+            raise QuantizeError(f"quantize.bits: {b} is not supported; use 4 (packed) or 3 (simulated)")
+
+
+def checkpoint_name(method: str, bits: int, group_size: int, source: str | None = None, draw: int | None = None,
+                    tag: str | None = None) -> str:
+    """e.g. awq-w4-g128-indomain-d0, rtn-w4-g128, awq-w3-g128-generic-d1-sim."""
+    parts = [method, f"w{bits}", f"g{group_size}"]
+    if source:
+        parts.append(source.replace("_", ""))
+    if draw is not None:
+        parts.append(f"d{draw}")
+    if tag:
+        parts.append(tag)
+    if bits < 4:
+        parts.append("sim")
+    return "-".join(parts)
+
+
+# --------------------------------------------------------------------------- archive
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def archive_baseline(src: str | Path, dst: str | Path) -> dict[str, str]:
+    """Copy the full-precision model folder and write SHA256SUMS. Returns {file: sha256}."""
+    src, dst = resolve(src), Path(dst)
+    if not src.is_dir():
+        raise QuantizeError(f"baseline model folder {src} does not exist")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    sums = {str(p.relative_to(dst)): sha256_file(p) for p in sorted(dst.rglob("*")) if p.is_file()}
+    (dst / CHECKSUMS).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
+    return sums
+
+
+def verify_archive(folder: str | Path) -> dict[str, str]:
+    """Raise QuantizeError unless every file matches SHA256SUMS (and none is missing)."""
+    folder = Path(folder)
+    listing = folder / CHECKSUMS
+    if not listing.is_file():
+        raise QuantizeError(f"{listing} is missing: the archive cannot be verified")
+    sums = {}
+    for line in listing.read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        path = folder / name
+        if not path.is_file():
+            raise QuantizeError(f"archive {folder}: {name} is missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise QuantizeError(f"archive {folder}: checksum mismatch for {name} "
+                                f"(expected {digest[:12]}..., found {actual[:12]}...)")
+        sums[name] = digest
+    return sums
+
+
+# --------------------------------------------------------------------------- memory
+class PeakRSS:
+    """Samples this process's resident memory in a thread; `.peak_mb` after the block."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = self.rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss_bytes())
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+# --------------------------------------------------------------------------- quantizers
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise QuantizeError("study.device is 'cuda' but no CUDA GPU is visible; use device: cpu")
+    return device
+
+
+def _load_awq_model(model_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
+    from awq import AutoAWQForCausalLM
+
+    src = resolve(model_path)
+    path = str(src) if src.exists() else model_path
+    return AutoAWQForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=None,
+                                              trust_remote_code=trust_remote_code, safetensors=True,
+                                              low_cpu_mem_usage=True, use_cache=False)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+@dataclass
+class QuantRequest:
+    model_path: str
+    out_dir: Path
+    bits: int = 4
+    group_size: int = 128
+    zero_point: bool = True
+    version: str = "GEMM"
+    duo_scaling: bool = False
+    apply_clip: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+
+def _quant_config(req: QuantRequest) -> dict:
+    return {"zero_point": req.zero_point, "q_group_size": req.group_size, "w_bit": req.bits, "version": req.version}
+
+
+def _save(awq_model, tokenizer, req: QuantRequest, meta: dict) -> None:
+    out = Path(req.out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if meta["simulated"]:
+        # Dense fake-quantized weights, stored in float16 like any 16-bit model.
+        awq_model.model.config.torch_dtype = "float16"
+        awq_model.model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    else:
+        awq_model.model.to(torch.float16)  # float scales -> float16, as AutoAWQ checkpoints ship
+        awq_model.save_quantized(str(out))
+    tokenizer.save_pretrained(out)
+    (out / QUANT_META).write_text(json.dumps(meta, indent=2))
+
+
+def _simulate_low_bits(awq_model, bits: int, group_size: int, zero_point: bool) -> None:
+    """Round every decoder linear to `bits` in place (AutoAWQ's own pseudo-quantizer)."""
+    from awq.quantize.quantizer import AwqQuantizer
+    from awq.utils.module import get_named_linears
+
+    q = AwqQuantizer.__new__(AwqQuantizer)
+    q.w_bit, q.group_size, q.zero_point = bits, group_size, zero_point
+    for layer in awq_model.get_model_layers(awq_model.model):
+        for _, lin in get_named_linears(layer).items():
+            lin.weight.data = q.pseudo_quantize_tensor(lin.weight.data.float())[0].to(lin.weight.dtype)
+
+
+def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq_len: int,
+                 source: str = "", draw: int | None = None) -> dict:
+    """Run AutoAWQ's search on token-id samples (each <= max_seq_len) and save the checkpoint."""
+    if not samples:
+        raise QuantizeError(f"calibration set {source or '?'} is empty: nothing to calibrate on")
+    too_long = [len(s) for s in samples if len(s) > max_seq_len]
+    if too_long:
+        raise QuantizeError(f"{len(too_long)} calibration samples exceed max_seq_len={max_seq_len}; "
+                            "AutoAWQ would silently discard them: split them first (quantstudy.calibration)")
+    simulated = req.bits < 4
+    t0 = time.time()
+    with PeakRSS() as mem:
+        model = _load_awq_model(req.model_path, _dtype(req.dtype), req.trust_remote_code)
+        model.model.to(_device(req.device))
+        t_search = time.time()
+        model.quantize(tokenizer, quant_config=_quant_config(req), calib_data=samples,
+                       max_calib_samples=len(samples), max_calib_seq_len=max_seq_len,
+                       duo_scaling=req.duo_scaling, apply_clip=req.apply_clip,
+                       export_compatible=simulated, n_parallel_calib_samples=None)
+        search_s = time.time() - t_search
+        if simulated:
+            _simulate_low_bits(model, req.bits, req.group_size, req.zero_point)
+        meta = {"method": "awq", "bits": req.bits, "group_size": req.group_size, "zero_point": req.zero_point,
+                "version": req.version, "duo_scaling": req.duo_scaling, "apply_clip": req.apply_clip,
+                "simulated": simulated, "calibration_source": source, "draw": draw,
+                "calibration_samples": len(samples), "calibration_tokens": int(sum(map(len, samples))),
+                "base_model": str(req.model_path)}
+        _save(model, tokenizer, req, meta)
+    record = {**meta, "name": Path(req.out_dir).name, "search_wall_s": round(search_s, 2),
+              "total_wall_s": round(time.time() - t0, 2), "peak_rss_mb": mem.peak_mb,
+              **checkpoint_size(req.out_dir)}
+    _write_meta(req.out_dir, record)
+    return record
+
+
+class _RoundToNearest:
+    """AutoAWQ's own per-layer quantize-and-pack (`_apply_quant`) with no search at all."""
+
+    def __init__(self, awq_model, bits: int, group_size: int, zero_point: bool, version: str):
+        from awq.quantize.quantizer import AwqQuantizer
+
+        self.q = AwqQuantizer.__new__(AwqQuantizer)  # skip __init__: it runs calibration
+        self.q.awq_model, self.q.model = awq_model, awq_model.model
+        self.q.w_bit, self.q.group_size, self.q.zero_point = bits, group_size, zero_point
+        self.q.version = version.lower()
+        self.q.modules_to_not_convert = getattr(awq_model, "modules_to_not_convert", None) or []
+
+    def run(self) -> None:
+        from tqdm.auto import tqdm
+        from awq.utils.module import exclude_layers_to_not_quantize, get_named_linears
+
+        for layer in tqdm(self.q.awq_model.get_model_layers(self.q.model), desc="RTN", leave=False):
+            linears = exclude_layers_to_not_quantize(get_named_linears(layer), self.q.modules_to_not_convert)
+            self.q._apply_quant(layer, linears)
+
+
+def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
+    """Round-to-nearest reference, no calibration, same packed AutoAWQ format (4-bit) or simulated (3-bit)."""
+    from awq.models._config import AwqConfig
+
+    simulated = req.bits < 4
+    t0 = time.time()
+    with PeakRSS() as mem:
+        model = _load_awq_model(req.model_path, _dtype(req.dtype), req.trust_remote_code)
+        if simulated:
+            _simulate_low_bits(model, req.bits, req.group_size, req.zero_point)
+        else:
+            _RoundToNearest(model, req.bits, req.group_size, req.zero_point, req.version).run()
+            model.quant_config = AwqConfig.from_dict(_quant_config(req))
+            model.is_quantized = True
+        meta = {"method": "rtn", "bits": req.bits, "group_size": req.group_size, "zero_point": req.zero_point,
+                "version": req.version, "simulated": simulated, "calibration_source": None, "draw": None,
+                "calibration_samples": 0, "calibration_tokens": 0, "base_model": str(req.model_path)}
+        _save(model, tokenizer, req, meta)
+    record = {**meta, "name": Path(req.out_dir).name, "search_wall_s": 0.0,
+              "total_wall_s": round(time.time() - t0, 2), "peak_rss_mb": mem.peak_mb, **checkpoint_size(req.out_dir)}
+    _write_meta(req.out_dir, record)
+    return record
+
+
+def _write_meta(out_dir: Path, record: dict) -> None:
+    (Path(out_dir) / QUANT_META).write_text(json.dumps(record, indent=2))
+
+
+# --------------------------------------------------------------------------- sizes
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def checkpoint_size(folder: str | Path) -> dict:
+    """Bytes on disk, and effective bits per quantized weight (packed weights + scales + zeros)."""
+    folder = Path(folder)
+    disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    tensors = _tensors(folder)
+    q_bits = 0
+    q_weights = 0
+    for name, t in tensors.items():
+        if name.endswith(".qweight"):
+            prefix = name[: -len(".qweight")]
+            bits_here = t.numel() * 32 + tensors[prefix + ".qzeros"].numel() * 32 + tensors[prefix + ".scales"].numel() * 16
+            n_w = t.shape[0] * t.shape[1] * 8  # 8 x 4-bit values per int32
+            q_bits += bits_here
+            q_weights += n_w
+    return {"checkpoint_bytes": disk,
+            "effective_bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
+            "quantized_weights": q_weights}
+
+
+# --------------------------------------------------------------------------- loading
+def checkpoint_kind(folder: str | Path) -> str:
+    """'awq' (packed), 'dense' (baseline or simulated), or raise for an unknown quantization config."""
+    folder = resolve(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise QuantizeError(f"{folder}: no config.json; not a model checkpoint")
+    cfg = json.loads(cfg_path.read_text())
+    qc = cfg.get("quantization_config")
+    if qc is None:
+        return "dense"
+    method = qc.get("quant_method")
+    if method == "awq" and qc.get("bits", qc.get("w_bit")) == 4 and str(qc.get("version", "gemm")).lower() == "gemm":
+        return "awq"
+    raise QuantizeError(f"{cfg_path}: quantization_config {qc!r} is not supported here; "
+                        "expected AutoAWQ GEMM 4-bit (quant_method 'awq', bits 4, version 'gemm') or no quantization")
+
+
+def dequantize_awq_state(tensors: dict[str, torch.Tensor], bits: int, group_size: int) -> dict[str, torch.Tensor]:
+    """Replace every (qweight, qzeros, scales) triple by a dense float32 `weight` [out, in],
+    with autoawq's own unpacking arithmetic (awq.utils.packing_utils.dequantize_gemm)."""
+    from awq.utils.packing_utils import dequantize_gemm
+
+    out: dict[str, torch.Tensor] = {}
+    done = set()
+    for name, t in tensors.items():
+        if name.endswith(".qweight"):
+            prefix = name[: -len(".qweight")]
+            w = dequantize_gemm(t, tensors[prefix + ".qzeros"], tensors[prefix + ".scales"].float(), bits, group_size)
+            out[prefix + ".weight"] = w.t().contiguous().float()  # GEMM layout is [in, out]
+            done.update({prefix + s for s in (".qweight", ".qzeros", ".scales")})
+    for name, t in tensors.items():
+        if name not in done:
+            out[name] = t.float() if t.is_floating_point() else t
+    return out
+
+
+def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """One loader for the baseline and every checkpoint -> (model, tokenizer, info).
+
+    CPU: AWQ weights are unpacked into dense float32 linears (from_quantized needs IPEX there).
+    GPU: AutoAWQ's own kernels through from_quantized.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve(folder)
+    kind = checkpoint_kind(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    meta = json.loads((folder / QUANT_META).read_text()) if (folder / QUANT_META).is_file() else {"method": "baseline"}
+    device = _device(device)
+    if kind == "dense":
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    elif device == "cuda":
+        from awq import AutoAWQForCausalLM
+
+        model = AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model
+    else:
+        cfg = AutoConfig.from_pretrained(str(folder))
+        qc = cfg.quantization_config if isinstance(cfg.quantization_config, dict) else cfg.quantization_config.to_dict()
+        del cfg.quantization_config
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        state = dequantize_awq_state(_tensors(folder), qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size")))
+        if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+                              strict=True)
+        model.tie_weights() if getattr(cfg, "tie_word_embeddings", False) else None
+    model.to(device).eval()
+    return model, tokenizer, {"kind": kind, **meta}
+
+
+# --------------------------------------------------------------------------- diagnostics
+@torch.no_grad()
+def activation_outliers(model, batches: list[torch.Tensor]) -> list[dict]:
+    """Per linear layer: max / median of the per-input-channel mean |x| over the batches.
+
+    Real LLMs show a few channels tens to hundreds of times the median: those are the
+    channels AWQ's scales protect.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook(name):
+        def fn(_mod, inp, _out):
+            x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
+            sums[name] = sums.get(name, 0) + x.abs().sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return fn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and name != "lm_head":
+            hooks.append(mod.register_forward_hook(hook(name)))
+    try:
+        for b in batches:
+            model(input_ids=b)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for name, s in sums.items():
+        mean_abs = s / counts[name]
+        med = mean_abs.median().item()
+        rows.append({"layer": name, "max_over_median": round(mean_abs.max().item() / max(med, 1e-12), 2),
+                     "top_channel": int(mean_abs.argmax()), "median_mean_abs": round(med, 5)})
+    return rows
+
+
+def env_info() -> dict[str, Any]:
+    return {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "pid": os.getpid()}
