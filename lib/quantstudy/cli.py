@@ -1,0 +1,170 @@
+"""The ``quantstudy`` command.
+
+    quantstudy run PARAMS [--steps S ...] [--from STEP] [--force] [--run-id ID] [--no-report]
+    quantstudy validate PARAMS
+    quantstudy report RUN_DIR
+    quantstudy demo-data
+    quantstudy demo-model [--out models/demo-support-lm] [--config demo]
+
+Exit codes: 0 ok, 1 a step (or the report) failed, 2 bad params or bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from quantstudy.params import ParamsError, load_params
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _show(path: Path) -> str:
+    """A path relative to the working directory when it lies under it."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantstudy",
+        description="Run the 4-bit AWQ serving study: step notebooks, run folders, report.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the study's step notebooks for a params file")
+    run.add_argument("params", help="params YAML file, e.g. params/default.yaml")
+    pick = run.add_mutually_exclusive_group()
+    pick.add_argument("--steps", nargs="+", metavar="STEP",
+                      help="run only these steps (01_calibration or calibration, ...)")
+    pick.add_argument("--from", dest="from_step", metavar="STEP",
+                      help="run this step and the ones after it")
+    run.add_argument("--force", action="store_true", help="re-run steps even when unchanged")
+    run.add_argument("--run-id", help="run folder name under outputs/ (default: the params file's stem)")
+    run.add_argument("--no-report", action="store_true", help="do not build the report afterwards")
+
+    val = sub.add_parser("validate", help="validate a params file")
+    val.add_argument("params")
+
+    rep = sub.add_parser("report", help="build the report for a run folder")
+    rep.add_argument("run_dir")
+
+    sub.add_parser("demo-data", help="write the embedded demo data under data/demo/")
+
+    dm = sub.add_parser("demo-model", help="train the small demo model")
+    dm.add_argument("--out", default="models/demo-support-lm", help="output folder")
+    dm.add_argument("--config", default="demo", help="training config name")
+    return parser
+
+
+def _print_json(value: Any) -> None:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
+    from quantstudy import runner
+
+    try:
+        result = runner.run_study(
+            args.params, steps=args.steps, from_step=args.from_step, force=args.force,
+            run_id=args.run_id, pipeline=pipeline)
+    except runner.StepSelectionError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    failed = result.failed
+    if failed is not None:
+        _err(f"error: {failed.error_line()}")
+        _err(f"  executed notebook: {_show(failed.notebook)}")
+        return EXIT_FAILED
+    counts: dict[str, int] = {}
+    for o in result.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    detail = ", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing selected"
+    print(f"run {result.run_id}: {detail} -> {_show(result.run_dir)}")
+    use_pipeline = pipeline or runner.Pipeline()
+    if result.complete and use_pipeline.report and not args.no_report:
+        try:
+            _, message = runner.build_report_if_available(result.run_dir)
+        except Exception as exc:  # the run itself succeeded; say what broke
+            _err(f"error: report failed: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+        print(message)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    load_params(args.params)
+    print(f"ok: {args.params}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        _err(f"error: {run_dir}: not a run folder")
+        return EXIT_USAGE
+    try:
+        from quantstudy.report import build_report  # type: ignore[attr-defined]
+    except ImportError as exc:
+        _err(f"error: quantstudy.report.build_report is not available ({exc})")
+        return EXIT_FAILED
+    result = build_report(run_dir)
+    print(f"report: {result}" if result is not None else "report built")
+    return EXIT_OK
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from quantstudy.supportgen import write_demo_data  # type: ignore[attr-defined]
+
+    _print_json(write_demo_data())
+    return EXIT_OK
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from quantstudy.train import train_demo_model  # type: ignore[attr-defined]
+
+    result = train_demo_model(config_name=args.config, out_dir=args.out)
+    if result is not None:
+        _print_json(result)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "demo-data": cmd_demo_data,
+    "demo-model": cmd_demo_model,
+}
+
+
+def main(argv: Sequence[str] | None = None, pipeline: Any = None) -> int:
+    """Entry point. ``pipeline`` (a runner.Pipeline) replaces the real steps, for tests.
+
+    Returns the exit code (the console script passes it to sys.exit); argparse usage
+    errors exit with 2 themselves.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            code = cmd_run(args, pipeline)
+        else:
+            code = COMMANDS[args.command](args)
+    except ParamsError as exc:
+        _err(str(exc))
+        code = EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

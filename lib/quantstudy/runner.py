@@ -1,0 +1,583 @@
+"""Run the study's step notebooks through papermill, one run folder per params file.
+
+Layout of a run folder ``outputs/<run_id>/`` (run_id defaults to the params file's stem):
+
+- ``params.yaml``                 the resolved params (every default filled in)
+- ``notebooks/<step>.ipynb``      executed notebooks (partly executed when a step failed)
+- ``<step>/``                     the step's artifacts and its ``metrics.json`` (written by the notebook)
+- ``manifest.json``               provenance, written atomically after every step
+
+Each notebook gets as papermill parameters its flat params (``<section>_<key>``), plus
+``run_dir`` and ``output_dir`` (absolute paths) and ``input_dirs`` (needed step -> its
+absolute output folder). Notebooks run with the project root as working directory.
+
+A step is skipped when its notebook source, its params, its input files (external files
+and the outputs of the steps it needs) are unchanged since a completed run, and every
+output it recorded still exists with the same hash. ``force=True`` re-runs; a step that
+re-runs makes the steps that need it re-run too.
+
+Manifest paths: ``steps.<name>.notebook`` and ``outputs`` keys are relative to the run
+folder; ``inputs`` keys are relative to the project root for external files
+(absolute when outside it), ``<step>/<file>`` (run-folder relative) for upstream outputs,
+and ``hf:<id>`` for a model that is a Hugging Face hub id (value: the id).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from quantstudy.params import STEP_SECTIONS, StudyParams, flatten, load_params, to_yaml
+from quantstudy.paths import OUTPUTS, project_root, resolve
+
+DONE_STATUSES = ("completed", "skipped")  # a step whose outputs are valid
+MANIFEST = "manifest.json"
+PACKAGES = (
+    "quantstudy", "torch", "transformers", "autoawq", "accelerate", "safetensors", "tokenizers",
+    "datasets", "numpy", "pandas", "scipy", "pydantic", "PyYAML", "papermill", "nbformat",
+    "nbclient", "ipykernel", "tqdm",
+)
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- steps
+@dataclass(frozen=True)
+class Step:
+    """One notebook of the study.
+
+    ``notebook`` is a file name inside the pipeline's notebooks folder, ``needs`` the steps
+    whose output folders it reads, ``inputs`` dotted params keys (``data.conversations``,
+    ``model.path``, ...) whose values name external files or folders it reads.
+    """
+    name: str
+    notebook: str
+    needs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def short(self) -> str:
+        """``01_calibration`` -> ``calibration`` (the name after its first underscore)."""
+        head, _, tail = self.name.partition("_")
+        return tail if head and tail else self.name
+
+
+STEPS: tuple[Step, ...] = (
+    Step("01_calibration", "01_calibration.ipynb", (), ("data.conversations", "model.path")),
+    Step("02_quantize", "02_quantize.ipynb", ("01_calibration",), ("model.path",)),
+    Step("03_evaluate", "03_evaluate.ipynb", ("01_calibration", "02_quantize"),
+         ("model.path", "data.conversations", "data.task_items")),
+    Step("04_benchmark", "04_benchmark.ipynb", ("02_quantize",), ("model.path",)),
+    Step("05_rollout_analysis", "05_rollout_analysis.ipynb", ("03_evaluate",), ("rollout.logs",)),
+)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What to run and where. The default is the real study; tests pass fixture steps."""
+    steps: tuple[Step, ...] = STEPS
+    sections: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(STEP_SECTIONS))
+    notebooks_dir: Path | None = None  # default: <project root>/notebooks
+    outputs_dir: Path | None = None    # default: <project root>/outputs
+    report: bool = True                # build the report once every step is done
+
+    def notebooks(self) -> Path:
+        return Path(self.notebooks_dir) if self.notebooks_dir else project_root() / "notebooks"
+
+    def outputs(self) -> Path:
+        return Path(self.outputs_dir) if self.outputs_dir else project_root() / OUTPUTS
+
+    def step(self, name: str) -> Step:
+        return {s.name: s for s in self.steps}[name]
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.steps]
+        for s in self.steps:
+            if s.name not in self.sections:
+                raise ValueError(f"step {s.name} has no entry in the sections map")
+            for need in s.needs:
+                if need not in names or names.index(need) >= names.index(s.name):
+                    raise ValueError(f"step {s.name} needs {need}, which is not an earlier step")
+
+
+class StepSelectionError(ValueError):
+    """A bad --steps/--from value, or a selected step whose needed step has no output yet."""
+
+
+def resolve_step_name(name: str, steps: Sequence[Step] = STEPS) -> str:
+    """``01_calibration``, ``calibration`` or ``01`` -> ``01_calibration``."""
+    for s in steps:
+        if name in (s.name, s.short) or (name.isdigit() and s.name.split("_", 1)[0] == name):
+            return s.name
+    valid = ", ".join(f"{s.name} ({s.short})" if s.short != s.name else s.name for s in steps)
+    raise StepSelectionError(f"unknown step {name!r}; valid steps: {valid}")
+
+
+def select_steps(steps: Sequence[Step], only: Iterable[str] | None = None,
+                 from_step: str | None = None) -> list[Step]:
+    """The steps to run, in pipeline order."""
+    chosen = list(steps)
+    if from_step is not None:
+        start = resolve_step_name(from_step, steps)
+        names = [s.name for s in steps]
+        chosen = chosen[names.index(start):]
+    if only:
+        wanted = {resolve_step_name(n, steps) for n in only}
+        chosen = [s for s in chosen if s.name in wanted]
+    return chosen
+
+
+# --------------------------------------------------------------------------- hashing
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, streamed. Large files (model weights, hashed by several steps) are
+    cached per (path, size, mtime) within the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _hash_cache:
+        return _hash_cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if st.st_size >= _CHUNK:
+        _hash_cache[key] = digest
+    return digest
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def hash_tree(root: Path, base: Path | None = None) -> dict[str, str]:
+    """{relative path: sha256} for a file, or every (non-hidden) file inside a folder."""
+    base = base if base is not None else root.parent
+    files = [root] if root.is_file() else _files_under(root) if root.is_dir() else []
+    return {_rel(p, base): sha256_file(p) for p in files}
+
+
+def notebook_source_sha256(path: Path) -> str:
+    """Hash of the notebook's cells (type + source) only: outputs, counts and metadata ignored."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [[c.get("cell_type"), c.get("source", "")] for c in nb.cells]
+    return hashlib.sha256(json.dumps(cells, ensure_ascii=False).encode()).hexdigest()
+
+
+def params_sha256(flat: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _param_value(p: StudyParams, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(p, section), key)
+
+
+def external_inputs(p: StudyParams, step: Step | str, steps: Sequence[Step] = STEPS) -> list[Path]:
+    """Local files and folders a step reads (resolved against the project root).
+
+    Unset optional inputs (``rollout.logs: null``) and a model that is a hub id rather
+    than a local folder are left out; see :func:`input_hashes`.
+    """
+    st = step if isinstance(step, Step) else {s.name: s for s in steps}[step]
+    out: list[Path] = []
+    for key in st.inputs:
+        value = _param_value(p, key)
+        if value is None:
+            continue
+        path = resolve(value)
+        if key == "model.path" and not path.exists():
+            continue  # a Hugging Face hub id
+        out.append(path)
+    return out
+
+
+def input_hashes(p: StudyParams, step: Step, run_dir: Path) -> dict[str, str]:
+    """Every input of a step with its hash: external files, upstream outputs, hub model ids."""
+    root = project_root()
+    hashes: dict[str, str] = {}
+    for path in external_inputs(p, step):
+        if path.is_dir():
+            hashes.update({_rel(f, root): sha256_file(f) for f in _files_under(path)})
+        elif path.is_file():
+            hashes[_rel(path, root)] = sha256_file(path)
+        else:
+            hashes[_rel(path, root)] = "missing"
+    if "model.path" in step.inputs and not resolve(p.model.path).exists():
+        hashes[f"hf:{p.model.path}"] = p.model.path
+    for need in step.needs:
+        hashes.update(hash_tree(run_dir / need, base=run_dir))
+    return dict(sorted(hashes.items()))
+
+
+# --------------------------------------------------------------------------- environment
+def git_info(root: Path | None = None) -> dict[str, Any]:
+    root = root or project_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> Path:
+    """Atomic: write a temporary file next to it, then rename over."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class StepOutcome:
+    name: str
+    status: str  # completed | skipped | failed
+    notebook: Path  # executed notebook (absolute)
+    duration_s: float = 0.0
+    error: dict[str, Any] | None = None
+
+    def error_line(self) -> str:
+        if not self.error:
+            return ""
+        e = self.error
+        where = f" at cell {e['cell_index']}" if e.get("cell_index") is not None else ""
+        if e.get("exec_count") is not None:
+            where += f" (In [{e['exec_count']}])"
+        text = f"{e.get('ename')}: {e.get('evalue')}".rstrip(": ")
+        return f"step {self.name} failed{where}: {text}"
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    manifest_path: Path
+    outcomes: list[StepOutcome]
+    complete: bool  # every pipeline step is completed/skipped in the manifest
+
+    @property
+    def failed(self) -> StepOutcome | None:
+        return next((o for o in self.outcomes if o.status == "failed"), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+
+# --------------------------------------------------------------------------- running
+class _TqdmHandler(logging.Handler):
+    """Papermill's log (cell outputs, warnings) printed above our progress bar."""
+
+    _NOISE = ("Input Notebook:", "Output Notebook:", "Working directory:", "Executing notebook with kernel",
+              "Ending Cell ")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            text = self.format(record).rstrip("\n")
+            if text.strip().startswith(self._NOISE):
+                return
+            tqdm.write(text, file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never break a run
+            self.handleError(record)
+
+
+def _kernel_name(nb_path: Path) -> str | None:
+    """None (use the notebook's kernelspec) when it names an installed kernel, else python3."""
+    import nbformat
+
+    try:
+        name = nbformat.read(str(nb_path), as_version=4).metadata.get("kernelspec", {}).get("name")
+    except Exception:
+        name = None
+    if name:
+        try:
+            from jupyter_client.kernelspec import KernelSpecManager
+
+            if name in KernelSpecManager().find_kernel_specs():
+                return None
+        except Exception:
+            pass
+    return "python3"
+
+
+def _skip_reason(record: Mapping[str, Any] | None, nb_hash: str, p_hash: str,
+                 inputs: Mapping[str, str], run_dir: Path) -> str | None:
+    """Why the step must run, or None when it can be skipped."""
+    if not record:
+        return "no earlier run"
+    if record.get("status") not in DONE_STATUSES:
+        return f"last run {record.get('status')}"
+    if record.get("notebook_sha256") != nb_hash:
+        return "notebook changed"
+    if record.get("params_sha256") != p_hash:
+        return "params changed"
+    if record.get("inputs") != dict(inputs):
+        return "inputs changed"
+    for rel, digest in (record.get("outputs") or {}).items():
+        f = run_dir / rel
+        if not f.is_file() or sha256_file(f) != digest:
+            return f"output {rel} changed or missing"
+    return None
+
+
+def run_study(
+    params_file: str | Path,
+    *,
+    steps: Iterable[str] | None = None,
+    from_step: str | None = None,
+    force: bool = False,
+    run_id: str | None = None,
+    pipeline: Pipeline | None = None,
+    progress: bool = True,
+    log_cells: bool = True,
+    on_message: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Validate the params, then run the selected steps (skipping unchanged ones).
+
+    Raises ParamsError (bad params) or StepSelectionError (bad selection) before any
+    notebook starts. A failing step does not raise: see ``RunResult.failed``.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm import tqdm
+
+    pipeline = pipeline or Pipeline()
+    params_path = Path(params_file)
+    p = load_params(params_path)
+    selected = select_steps(pipeline.steps, steps, from_step)
+    run_id = run_id or params_path.stem
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise StepSelectionError(f"invalid run id {run_id!r}")
+    run_dir = (pipeline.outputs() / run_id).resolve()
+    nb_dir = pipeline.notebooks()
+    manifest = read_manifest(run_dir)
+    records: dict[str, Any] = dict(manifest.get("steps") or {})
+
+    # Every step must exist, and every needed step must run now or have completed before.
+    chosen = {s.name for s in selected}
+    for s in selected:
+        src = nb_dir / s.notebook
+        if not src.is_file():
+            raise StepSelectionError(f"step {s.name}: notebook {src} not found")
+        for need in s.needs:
+            if need in chosen:
+                continue
+            rec = records.get(need) or {}
+            if rec.get("status") not in DONE_STATUSES or not (run_dir / need).is_dir():
+                raise StepSelectionError(
+                    f"step {s.name} needs {need}, which has not completed in {run_dir}; "
+                    f"run it too (e.g. --from {need})")
+
+    say = on_message or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.yaml").write_text(to_yaml(p), encoding="utf-8")
+    manifest.update({
+        "run_id": run_id,
+        "params_file": _rel(params_path, project_root()),
+        "params": p.model_dump(mode="json"),
+        "git": git_info(),
+        "python": sys.version.split()[0],
+        "python_full": sys.version,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": package_versions(),
+        "updated": _now(),
+        "steps": records,
+    })
+    manifest.setdefault("created", manifest["updated"])
+    manifest["step_order"] = [s.name for s in pipeline.steps]
+    write_manifest(run_dir, manifest)
+
+    handler: logging.Handler | None = None
+    pm_logger = logging.getLogger("papermill")
+    old_level = pm_logger.level
+    if log_cells:
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        pm_logger.addHandler(handler)
+        pm_logger.setLevel(logging.INFO)
+
+    outcomes: list[StepOutcome] = []
+    rerun: set[str] = set()
+    bar = tqdm(selected, desc="steps", unit="step", disable=not progress, file=sys.stderr)
+    try:
+        for step in bar:
+            bar.set_description(step.name)
+            src = nb_dir / step.notebook
+            executed = run_dir / "notebooks" / f"{step.name}.ipynb"
+            out_dir = run_dir / step.name
+            flat = flatten(p, tuple(pipeline.sections[step.name]))
+            nb_hash = notebook_source_sha256(src)
+            p_hash = params_sha256(flat)
+            inputs = input_hashes(p, step, run_dir)
+            prev = records.get(step.name)
+
+            reason = "forced" if force else None
+            if reason is None and any(n in rerun for n in step.needs):
+                reason = "a needed step re-ran"
+            if reason is None:
+                reason = _skip_reason(prev, nb_hash, p_hash, inputs, run_dir)
+            if reason is None:
+                rec = dict(prev or {})
+                rec["status"] = "skipped"
+                rec["reason"] = "unchanged"
+                rec["checked"] = _now()
+                records[step.name] = rec
+                manifest["updated"] = _now()
+                write_manifest(run_dir, manifest)
+                outcomes.append(StepOutcome(step.name, "skipped", executed, 0.0))
+                say(f"skip {step.name} (unchanged)")
+                continue
+
+            # Fresh output folder: stale files from an older run must not become outputs.
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True)
+            parameters = dict(flat)
+            parameters.update({
+                "run_dir": str(run_dir),
+                "output_dir": str(out_dir),
+                "input_dirs": {n: str(run_dir / n) for n in step.needs},
+            })
+            rec: dict[str, Any] = {
+                "status": "running",
+                "source_notebook": _rel(src, project_root()),
+                "notebook": _rel(executed, run_dir),
+                "notebook_sha256": nb_hash,
+                "params_sha256": p_hash,
+                "inputs": inputs,
+                "outputs": {},
+                "start": _now(),
+                "end": None,
+                "duration_s": None,
+                "reason": reason,
+                "error": None,
+            }
+            records[step.name] = rec
+            write_manifest(run_dir, manifest)
+            t0 = time.perf_counter()
+            error: dict[str, Any] | None = None
+            interrupted: BaseException | None = None
+            try:
+                pm.execute_notebook(
+                    str(src), str(executed),
+                    parameters=parameters,
+                    cwd=str(project_root()),
+                    kernel_name=_kernel_name(src),
+                    log_output=log_cells,
+                    progress_bar=False,
+                    request_save_on_cell_execute=True,
+                )
+            except PapermillExecutionError as exc:
+                error = {"ename": exc.ename, "evalue": exc.evalue, "cell_index": exc.cell_index,
+                         "exec_count": exc.exec_count}
+            except Exception as exc:  # kernel died, missing kernel, unreadable notebook...
+                error = {"ename": type(exc).__name__, "evalue": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                         "cell_index": None, "exec_count": None}
+            except BaseException as exc:  # KeyboardInterrupt: record it, then stop
+                error = {"ename": type(exc).__name__, "evalue": "interrupted", "cell_index": None, "exec_count": None}
+                interrupted = exc
+            duration = time.perf_counter() - t0
+            rec.update({
+                "status": "failed" if error else "completed",
+                "end": _now(),
+                "duration_s": round(duration, 3),
+                "outputs": hash_tree(out_dir, base=run_dir),
+                "error": error,
+            })
+            manifest["updated"] = _now()
+            write_manifest(run_dir, manifest)
+            rerun.add(step.name)
+            outcome = StepOutcome(step.name, rec["status"], executed, duration, error)
+            outcomes.append(outcome)
+            if interrupted is not None:
+                raise interrupted
+            if error:
+                break
+    finally:
+        bar.close()
+        if handler is not None:
+            pm_logger.removeHandler(handler)
+            pm_logger.setLevel(old_level)
+
+    complete = all((records.get(s.name) or {}).get("status") in DONE_STATUSES for s in pipeline.steps)
+    manifest["complete"] = complete
+    write_manifest(run_dir, manifest)
+    return RunResult(run_id, run_dir, run_dir / MANIFEST, outcomes, complete)
+
+
+def build_report_if_available(run_dir: Path) -> tuple[bool, str]:
+    """Call quantstudy.report.build_report(run_dir) when it exists; (built?, message)."""
+    try:
+        from quantstudy import report  # type: ignore[attr-defined]
+
+        build = report.build_report
+    except (ImportError, AttributeError) as exc:
+        return False, f"note: report not built (quantstudy.report.build_report is not available: {exc})"
+    result = build(Path(run_dir))
+    return True, f"report: {result}" if result is not None else "report built"

@@ -1,0 +1,70 @@
+"""Shared fixtures: a throw-away project root with small data files, a minimal model
+folder, fixture params YAML and the fixture step notebooks."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from quantstudy import paths
+from quantstudy.params import StudyParams
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply {"section.key": value} overrides to a nested params dict."""
+    out = json.loads(json.dumps(base))
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tmp project root (QUANTSTUDY_ROOT) with data files, a model folder and notebooks."""
+    root = tmp_path / "proj"
+    (root / "params").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "data" / "conversations.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    (root / "data" / "task_items.jsonl").write_text('{"q": "a"}\n')
+    model = root / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"hidden_size": 256, "intermediate_size": 768}))
+    (root / "pyproject.toml").write_text("[project]\nname = 'tmp'\n")
+    shutil.copytree(FIXTURES / "notebooks", root / "notebooks")
+    monkeypatch.setenv("QUANTSTUDY_ROOT", str(root))
+    monkeypatch.chdir(root)
+    paths.project_root.cache_clear()
+    yield root
+    paths.project_root.cache_clear()
+
+
+@pytest.fixture
+def base_params() -> dict[str, Any]:
+    """Defaults, pointed at the tmp project's files (relative to its root)."""
+    raw = StudyParams().model_dump(mode="json")
+    raw["data"]["conversations"] = "data/conversations.jsonl"
+    raw["data"]["task_items"] = "data/task_items.jsonl"
+    raw["model"]["path"] = "models/tiny"
+    return raw
+
+
+@pytest.fixture
+def write_params(project: Path, base_params: dict[str, Any]) -> Callable[..., Path]:
+    """write_params(name="study", **{"quantize.group_size": 64}) -> params/<name>.yaml"""
+
+    def write(name: str = "study", text: str | None = None, **overrides: Any) -> Path:
+        path = project / "params" / f"{name}.yaml"
+        if text is None:
+            text = yaml.safe_dump(_merge(base_params, overrides), sort_keys=False)
+        path.write_text(text)
+        return path
+
+    return write

@@ -1,0 +1,151 @@
+"""Params files: good ones load; every bad one is refused through the CLI with one line
+on stderr, no traceback, exit code 2, naming the file and the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantstudy import cli
+from quantstudy.params import STEP_SECTIONS, StudyParams, load_params, step_parameters, to_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_PARAMS = sorted((REPO / "params").glob("*.yaml"))
+
+
+def validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(code: int, err: str, *needles: str) -> str:
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def refused_by_validate(path: Path, capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    code, out, err = validate(path, capsys)
+    assert out == ""
+    return assert_refused(code, err, *needles)
+
+
+# --------------------------------------------------------------------------- good files
+def test_fixture_params_validate(write_params, capsys):
+    path = write_params()
+    code, out, err = validate(path, capsys)
+    assert code == 0, err
+    assert out.strip() == f"ok: {path}"
+
+
+def test_defaults_round_trip_through_yaml(write_params, project):
+    p = load_params(write_params())
+    again = project / "params" / "again.yaml"
+    again.write_text(to_yaml(p))
+    assert load_params(again) == p
+
+
+def test_empty_file_means_defaults(write_params):
+    p = load_params(write_params(text=""), check_files=False)
+    assert p == StudyParams()
+
+
+def test_step_parameters_are_flat_literals(write_params):
+    p = load_params(write_params())
+    for step, sections in STEP_SECTIONS.items():
+        flat = step_parameters(p, step)
+        assert all("_" in k and k.split("_", 1)[0] in sections for k in flat)
+        assert flat["study_seed"] == 0 if "study" in sections else "study_seed" not in flat
+        yaml.safe_dump(flat)  # plain literals only
+
+
+@pytest.mark.parametrize("path", REPO_PARAMS, ids=[p.name for p in REPO_PARAMS])
+def test_repo_params_files_are_valid(path):
+    # Data files and the demo model may not be generated on a fresh clone: check the rest.
+    load_params(path, check_files=False)
+
+
+def test_repo_has_params_files():
+    if not REPO_PARAMS:
+        pytest.skip("no params/*.yaml yet")
+    assert (REPO / "params" / "default.yaml") in REPO_PARAMS
+
+
+# --------------------------------------------------------------------------- bad files
+def test_unknown_key_suggests_the_right_one(write_params, capsys):
+    path = write_params(**{"quantize.grup_size": 64})
+    line = refused_by_validate(path, capsys, str(path), "quantize.grup_size", "group_size")
+    assert "did you mean 'group_size'" in line
+
+
+def test_unknown_section(write_params, capsys):
+    raw = yaml.safe_load(write_params().read_text())
+    raw["quantise"] = {"bits": [4]}
+    path = write_params(text=yaml.safe_dump(raw))
+    refused_by_validate(path, capsys, str(path), "quantise", "quantize")
+
+
+def test_wrong_type(write_params, capsys):
+    path = write_params(**{"calibration.n_samples": "many"})
+    refused_by_validate(path, capsys, str(path), "calibration.n_samples", "'many'")
+
+
+def test_out_of_range(write_params, capsys):
+    path = write_params(**{"evaluate.confidence": 1.5})
+    refused_by_validate(path, capsys, str(path), "evaluate.confidence", "1.5")
+
+
+def test_missing_input_file(write_params, capsys):
+    path = write_params(**{"data.conversations": "data/nowhere.jsonl"})
+    refused_by_validate(path, capsys, str(path), "data.conversations", "data/nowhere.jsonl")
+
+
+def test_missing_model_folder(write_params, capsys):
+    path = write_params(**{"model.path": "models/absent"})
+    refused_by_validate(path, capsys, str(path), "model.path", "models/absent")
+
+
+def test_impossible_combination(write_params, capsys):
+    path = write_params(**{"model.dtype": "float16", "study.device": "cpu"})
+    refused_by_validate(path, capsys, str(path), "model.dtype", "float16", "cpu")
+
+
+def test_group_size_must_divide_model_widths(write_params, capsys):
+    path = write_params(**{"quantize.group_size": 512})
+    refused_by_validate(path, capsys, str(path), "quantize.group_size", "512")
+
+
+def test_yaml_syntax_error(write_params, capsys):
+    path = write_params(text="study:\n  name: [unclosed\nmodel: {\n")
+    refused_by_validate(path, capsys, str(path), "not valid YAML", "line")
+
+
+def test_missing_params_file(project, capsys):
+    refused_by_validate(project / "params" / "nope.yaml", capsys, "nope.yaml", "not found")
+
+
+def test_run_refuses_bad_params_before_any_notebook(write_params, project, capsys):
+    path = write_params(**{"quantize.grup_size": 64})
+    code = cli.main(["run", str(path)])
+    _, err = capsys.readouterr()
+    assert_refused(code, err, "quantize.grup_size")
+    assert not (project / "outputs").exists()
+
+
+def test_console_script_exit_code_and_stderr(write_params, project):
+    """The installed `quantstudy` script: one line, no traceback, exit 2."""
+    path = write_params(**{"quantize.grup_size": 64})
+    script = Path(sys.executable).with_name("quantstudy")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "quantstudy.cli"]
+    done = subprocess.run([*cmd, "validate", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert_refused(done.returncode, done.stderr, "quantize.grup_size", "group_size")
+    assert done.stdout == ""
