@@ -68,6 +68,7 @@ class DataSection(_Section):
     generic_text_column: str = "text"
     conversations: str = "data/demo/conversations.jsonl"
     task_items: str = "data/demo/task_items.jsonl"
+    domain_lexicon: str | None = "data/demo/domain_lexicon.json"  # {category: [terms]}; null = none
     eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share for user data without splits")
 
 
@@ -329,6 +330,8 @@ def check_input_files(p: StudyParams, source: str) -> None:
     ]
     if p.rollout.logs is not None:
         needed.append(("rollout.logs", p.rollout.logs))
+    if p.data.domain_lexicon is not None:
+        needed.append(("data.domain_lexicon", p.data.domain_lexicon))
     for key, value in needed:
         if not resolve(value).is_file():
             raise ParamsError(f"{source}: {key}: expected an existing file; found {value!r} (missing). "

@@ -1163,11 +1163,13 @@ def write_demo_data(out_dir: str | Path = "data/demo", seed: int = 0, progress: 
     _write_jsonl(out / "conversations.jsonl", convs)
     _write_jsonl(out / "help_articles.jsonl", arts)
     _write_jsonl(out / "task_items.jsonl", items)
+    (out / "domain_lexicon.json").write_text(json.dumps(domain_lexicon(kb), indent=1) + "\n", encoding="utf-8")
 
     train_counts = fact_mention_counts(kb, convs, split="train")
     with_articles = fact_mention_counts(kb, convs, arts, split="train")
     sample = [t["text"] for c in convs[:500] for t in c["turns"]]
-    files = ("knowledge_base.json", "conversations.jsonl", "help_articles.jsonl", "task_items.jsonl")
+    files = ("knowledge_base.json", "conversations.jsonl", "help_articles.jsonl", "task_items.jsonl",
+             "domain_lexicon.json")
     turns = [len(c["turns"]) for c in convs]
     return {
         "out_dir": str(out), "seed": seed, "n_facts": len(kb.facts), "n_products": len(kb.products), "n_plans": len(kb.plans),
