@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 PLACEHOLDER = "[{}]"  # typed placeholder, e.g. [EMAIL]
@@ -28,21 +29,37 @@ class CalibrationError(ValueError):
 # Project recognizers for what generic PII libraries do not know: this company's
 # identifiers, card fragments in prose, street addresses, and names introduced in dialogue.
 _STREET = r"(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Drive|Dr|Court|Ct|Boulevard|Blvd|Way|Place|Pl|Terrace|Circle|Parkway|Pkwy|Square|Sq)\.?"
-_CAP = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)?"
+_CAP = r"(?:[A-Z]'[A-Z][a-z]+|(?:Mc|Mac)?[A-Z][a-z]+(?:-[A-Z][a-z]+)?)"
 PROJECT_PATTERNS: dict[str, list[str]] = {
     "ORDER_ID": [r"\b(?:ORD|ORDER|RMA|INV|TKT)[- ]?\d{3,6}(?:[- ]\d{3,6})?\b", r"\b[A-Z]{2,4}-\d{4}-\d{4}\b"],
     "CARD": [r"(?i:\b(?:card|visa|mastercard|amex|ending|last (?:four|4)(?: digits)?)\b[^.\n\d]{0,25})(\d{4})\b",
              r"\b(?:\*{2,4}|x{2,4}|X{2,4})[- ]?(\d{4})\b"],
     "ADDRESS": [rf"\b\d{{1,5}}\s+(?:{_CAP}\s+){{1,3}}{_STREET}(?:,?\s+(?:Apt|Unit|Suite|#)\s*\w+)?(?:,\s*{_CAP}(?:\s{_CAP})?)?(?:,\s*[A-Z]{{2}})?(?:\s+\d{{5}}(?:-\d{{4}})?)?"],
-    "NAME": [rf"(?i:\b(?:my name is|name's|this is|i am|i'm|call me|speaking with|regards,|thanks,|cheers,|best,|sincerely,)\s+)({_CAP}(?:\s+{_CAP})?)",
-             rf"\b(?:Mr|Mrs|Ms|Miss|Dr|Mx)\.?\s+({_CAP}(?:\s+{_CAP})?)",
-             rf"(?:^|\n|\b(?:Hi|Hello|Hey|Dear|Thanks|Thank you|Sorry|Okay|OK|Great|Sure),?\s+)({_CAP}(?:\s+{_CAP})?)(?=[,!.])",
-             rf"(?i:\b(?:under|in the name of|account holder is|for)\s+)({_CAP}\s+{_CAP})\b"],
+    "PHONE": [r"(?<![\w-])(?:\+1[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]\d{4}\b"],
+    "NAME": [
+        # introduced: "my name is X", "it's X and", "under X", "Name: X"
+        rf"(?i:\b(?:my name is|name's|name:|this is|i am|i'm|call me|speaking with|it's|it is|under|in the name of|account holder is)\s+)({_CAP}(?:\s+{_CAP})?)",
+        # salutations and sign-offs: "Thanks, X", "Got it, X.", "Cheers, X Y!"
+        rf"\b(?:[A-Z][a-z]+(?:\s[a-z]+){{0,3}}),\s+({_CAP}(?:\s+{_CAP})?)(?=\s*[.!?,]|$)",
+        rf"\b(?:Hi|Hello|Hey|Dear)\s+({_CAP}(?:\s+{_CAP})?)(?=[,!.])",
+        rf"\b(?:Mr|Mrs|Ms|Miss|Dr|Mx)\.?\s+({_CAP}(?:\s+{_CAP})?)",
+        # a full name anywhere: two capitalised words that are not a known product or phrase
+        rf"\b({_CAP}\s+{_CAP})\b",
+    ],
 }
 # Capitalised words that the NAME cues must never swallow.
 _NOT_NAMES = {"I", "The", "This", "That", "Thanks", "Thank", "Hi", "Hello", "Hey", "Yes", "No", "Sure", "Okay",
               "Great", "Sorry", "Please", "Team", "Support", "Agent", "There", "Everyone", "All", "Again", "So",
-              "Just", "Well", "Also", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
+              "Just", "Well", "Also", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+              "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+              "November", "December", "Order", "Orders", "Account", "Email", "Phone", "Address", "Name", "Card",
+              "Assistant", "User", "Customer", "Nimbus", "Home", "Networks", "Wi", "Fi", "Got", "It", "Perfect",
+              "Cheers", "Best", "Regards", "Sincerely", "Welcome", "Good", "Morning", "Afternoon", "Evening",
+              "Happy", "Of", "Course", "Absolutely", "Right", "Alright", "Here", "You", "Go", "What", "How",
+              "When", "Where", "Why", "Which", "Can", "Could", "Would", "Will", "Do", "Does", "Is", "Are", "My",
+              "Your", "Our", "We", "Not", "Any", "And", "But", "Or", "If", "One", "Another", "Quick", "Question",
+              "Hmm", "Oh", "Ah", "Ugh", "Wow", "Cool", "Nice", "Awesome", "Appreciate", "Confirming", "Reaching",
+              "Out", "Dear", "Under", "Settings", "Wi-Fi", "For", "To", "In", "On", "At", "By", "With", "From", "As", "Ok", "Yeah", "Yep", "Nope"}
 
 
 @dataclass
@@ -72,6 +89,8 @@ class Scrubber:
         spans: list[tuple[int, int, str]] = []
         for f in self._scrubadub.iter_filth(text):
             spans.append((f.beg, f.end, self._TYPES.get(f.type, f.type.upper())))
+        lower = text.lower()
+        protected = [(m.start(), m.end()) for term in self.keep for m in re.finditer(re.escape(term), lower)]
         for kind, regexes in self.patterns.items():
             for rx in regexes:
                 for m in rx.finditer(text):
@@ -79,15 +98,29 @@ class Scrubber:
                     start, end = m.span(g)
                     value = text[start:end]
                     if kind == "NAME":
-                        words = value.split()
-                        while words and words[0] in _NOT_NAMES:
-                            start += len(words[0]) + 1
-                            words = words[1:]
-                        if not words or value.lower() in self.keep or any(w.lower() in self.keep for w in words):
+                        span = self._name_span(text, start, end, protected)
+                        if span is None:
                             continue
-                        end = start + len(" ".join(words))
+                        start, end = span
                     spans.append((start, end, kind))
         return _merge(spans)
+
+    @staticmethod
+    def _name_span(text: str, start: int, end: int, protected: list[tuple[int, int]]) -> tuple[int, int] | None:
+        """Trim cue words off a NAME candidate; None when nothing name-like is left or it
+        overlaps a protected term (a product or plan name such as "Halo Mesh Node")."""
+        words = text[start:end].split()
+        while words and words[0] in _NOT_NAMES:
+            start += len(words[0]) + 1
+            words = words[1:]
+        while words and words[-1] in _NOT_NAMES:
+            words = words[:-1]
+        if not words:
+            return None
+        end = start + len(" ".join(words))
+        if any(a < end and start < b for a, b in protected):
+            return None
+        return start, end
 
     def scrub(self, text: str) -> ScrubResult:
         spans = self.find(text)
@@ -364,3 +397,71 @@ def set_statistics(records: list[dict], pools: dict, tokenizer) -> dict:
         coverage[r["name"]] = term_coverage(r["texts"], pools["lexicon"]) if pools["lexicon"] else {}
         overlap[r["name"]] = ngram_overlap(r["texts"], reference)
     return {"lengths": lengths, "coverage": coverage, "overlap_3gram": overlap}
+
+
+# --------------------------------------------------------------------------- tables, figures, metrics
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    from quantstudy.paths import resolve
+
+    src = resolve(model_path)
+    return AutoTokenizer.from_pretrained(str(src) if src.exists() else model_path)
+
+
+def scrub_table(report: dict):
+    import pandas as pd
+
+    types = sorted(set(report.get("replaced_by_type", {})) | set(report.get("planted_by_type", {})))
+    return pd.DataFrame([{"type": t, "replaced": report["replaced_by_type"].get(t, 0),
+                          "planted (demo record)": report.get("planted_by_type", {}).get(t, None),
+                          "recall": report.get("recall_by_type", {}).get(t, None)} for t in types]).set_index("type")
+
+
+def sets_table(records: list[dict]):
+    import pandas as pd
+
+    cols = ["name", "source", "draw", "n_samples", "n_texts", "texts_split", "tokens", "kept_by_autoawq", "max_seq_len"]
+    return pd.DataFrame([{c: r.get(c) for c in cols} for r in records]).set_index("name")
+
+
+def plot_statistics(stats: dict, records: list[dict]):
+    """Three panels: token lengths per set, domain-term coverage, 3-gram overlap with in-domain eval."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    main = [r["name"] for r in records if not r.get("sweep")]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    lengths = pd.DataFrame([{"set": n, "tokens": v} for n in main for v in stats["lengths"][n]])
+    sns.boxplot(data=lengths, y="set", x="tokens", ax=axes[0], color="#9ecae1", fliersize=2)
+    axes[0].set(title="Sample length per calibration set", xlabel="tokens per source text (before splitting)", ylabel="")
+    cov = pd.DataFrame([{"set": n, "category": cat, "share": v["share"] * 100}
+                        for n in main for cat, v in stats["coverage"].get(n, {}).items()])
+    if not cov.empty:
+        sns.barplot(data=cov, y="set", x="share", hue="category", ax=axes[1])
+        axes[1].set(title="Domain-term coverage", xlabel="% of lexicon terms present in the set", ylabel="")
+        axes[1].legend(title="term category", loc="lower right")
+    else:
+        axes[1].text(0.5, 0.5, "no domain lexicon (data.domain_lexicon)", ha="center")
+        axes[1].set_title("Domain-term coverage")
+    ov = pd.DataFrame([{"set": n, "overlap": stats["overlap_3gram"][n] * 100} for n in main])
+    sns.barplot(data=ov, y="set", x="overlap", ax=axes[2], color="#fdae6b")
+    axes[2].set(title="Overlap with in-domain evaluation text", xlabel="% of the set's word 3-grams found in eval text",
+                ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def write_metrics(output_dir: str | Path, pools: dict, records: list[dict], stats: dict, wall_s: float) -> dict:
+    metrics = {
+        "scrub": {k: v for k, v in pools["scrub"].items()},
+        "pools": {"generic_texts": len(pools["generic"]), "in_domain_texts": len(pools["in_domain"])},
+        "sets": [{k: v for k, v in r.items() if k != "texts"} for r in records],
+        "coverage": stats["coverage"], "overlap_3gram": stats["overlap_3gram"],
+        "length_median": {n: float(np.median(v)) if v else 0 for n, v in stats["lengths"].items()},
+        "wall_s": round(wall_s, 1),
+    }
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -462,3 +463,115 @@ def activation_outliers(model, batches: list[torch.Tensor]) -> list[dict]:
 
 def env_info() -> dict[str, Any]:
     return {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "pid": os.getpid()}
+
+
+# --------------------------------------------------------------------------- the step
+SEARCH_VARIANTS = ((False, False), (True, False), (False, True), (True, True))  # (duo_scaling, apply_clip)
+
+
+def plan_checkpoints(P, set_records: list[dict]) -> list[dict]:
+    """AWQ per calibration set x bit width, RTN per bit width, and (optionally) the other
+    AutoAWQ search settings on in-domain draw 0, so the default is chosen from measurements."""
+    q = P.quantize
+    plan = []
+    for bits in q.bits:
+        if q.rtn_reference:
+            plan.append({"method": "rtn", "bits": bits, "set": None, "duo_scaling": None, "apply_clip": None,
+                         "name": checkpoint_name("rtn", bits, q.group_size)})
+        for rec in set_records:
+            tag = f"n{rec['n_samples']}" if rec.get("sweep") else None
+            plan.append({"method": "awq", "bits": bits, "set": rec["name"], "source": rec["source"], "draw": rec["draw"],
+                         "n_samples": rec["n_samples"], "sweep": rec.get("sweep", False),
+                         "duo_scaling": q.duo_scaling, "apply_clip": q.apply_clip,
+                         "name": checkpoint_name("awq", bits, q.group_size, rec["source"], rec["draw"], tag)})
+    if q.compare_search_settings:
+        base = next((r for r in set_records if r["source"] == "in_domain" and r["draw"] == 0 and not r.get("sweep")),
+                    set_records[0] if set_records else None)
+        if base is not None:
+            for duo, clip in SEARCH_VARIANTS:
+                if (duo, clip) == (q.duo_scaling, q.apply_clip):
+                    continue
+                tag = f"duo{int(duo)}-clip{int(clip)}"
+                plan.append({"method": "awq", "bits": 4, "set": base["name"], "source": base["source"],
+                             "draw": base["draw"], "n_samples": base["n_samples"], "sweep": False, "variant": True,
+                             "duo_scaling": duo, "apply_clip": clip,
+                             "name": checkpoint_name("awq", 4, q.group_size, base["source"], base["draw"], tag)})
+    return plan
+
+
+def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir: Path) -> list[dict]:
+    """Quantize every planned checkpoint under output_dir/checkpoints; a record per checkpoint is
+    written as soon as it exists (records.jsonl), so a later failure loses nothing."""
+    from transformers import AutoTokenizer
+
+    from quantstudy.calibration import load_set
+
+    tokenizer = AutoTokenizer.from_pretrained(str(baseline_dir))
+    out = Path(output_dir) / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    log = Path(output_dir) / "records.jsonl"
+    records = []
+    from tqdm.auto import tqdm
+
+    for spec in tqdm(plan, desc="quantize"):
+        req = QuantRequest(model_path=str(baseline_dir), out_dir=out / spec["name"], bits=spec["bits"],
+                           group_size=P.quantize.group_size, zero_point=P.quantize.zero_point,
+                           version=P.quantize.version, duo_scaling=bool(spec["duo_scaling"]),
+                           apply_clip=bool(spec["apply_clip"]), dtype=P.model.dtype, device=P.study.device,
+                           trust_remote_code=P.model.trust_remote_code)
+        if spec["method"] == "rtn":
+            rec = quantize_rtn(req, tokenizer)
+        else:
+            samples, meta = load_set(Path(sets_dir) / spec["set"])
+            rec = quantize_awq(req, tokenizer, samples, meta["max_seq_len"], spec["source"], spec["draw"])
+        rec.update({k: spec.get(k) for k in ("set", "sweep", "variant", "n_samples")})
+        if rec["simulated"] and rec.get("effective_bits_per_weight") is None:
+            # What it would take if packed: bits + (fp16 scale + packed zero) per group.
+            rec["effective_bits_per_weight"] = round(rec["bits"] + (16 + rec["bits"]) / P.quantize.group_size, 4)
+            rec["effective_bits_note"] = "nominal (simulated, not packed)"
+        records.append(rec)
+        with open(log, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    return records
+
+
+def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: Path, texts: dict[str, list[str]],
+                        max_tokens: int = 8000) -> list[dict]:
+    """Perplexity of the baseline and every checkpoint on held-out text of each domain, and the
+    flag: an AWQ checkpoint worse than RTN (same bits) on its own calibration domain."""
+    from tqdm.auto import tqdm
+
+    from quantstudy import evaluate as E
+
+    base, tok, _ = load_checkpoint(baseline_dir, device=P.study.device)
+    streams = {d: E.build_stream(tok, t, P.evaluate.window, P.evaluate.stride, max_tokens) for d, t in texts.items()}
+    base_nll = {d: E.score_stream(base, s)["nll"] for d, s in streams.items()}
+    rows = [{"name": "baseline", "method": "baseline", "bits": 16,
+             **{f"ppl_{d}": E.perplexity(v) for d, v in base_nll.items()}}]
+    del base
+    nll: dict[str, dict[str, np.ndarray]] = {}
+    for rec in tqdm(records, desc="sanity ppl"):
+        model, _, _ = load_checkpoint(Path(output_dir) / "checkpoints" / rec["name"], device=P.study.device)
+        nll[rec["name"]] = {d: E.score_stream(model, s)["nll"] for d, s in streams.items()}
+        rows.append({"name": rec["name"], "method": rec["method"], "bits": rec["bits"],
+                     **{f"ppl_{d}": E.perplexity(v) for d, v in nll[rec["name"]].items()}})
+        del model
+    by_name = {r["name"]: r for r in rows}
+    for rec in records:
+        if rec["method"] != "awq":
+            continue
+        rtn = checkpoint_name("rtn", rec["bits"], rec["group_size"])
+        own = {"generic": ["generic"], "in_domain": ["in_domain"], "mixed": ["generic", "in_domain"]}[rec["calibration_source"]]
+        row = by_name[rec["name"]]
+        row["own_domains"] = own
+        if rtn in nll:
+            worse = []
+            for d in own:
+                ci = E.paired_bootstrap(nll[rtn][d], nll[rec["name"]][d], "ppl_pct", n=P.evaluate.bootstrap_samples,
+                                        seed=P.study.seed, groups=streams[d].window_of_token)
+                row[f"vs_rtn_pct_{d}"] = ci
+                if ci["point"] > 0:
+                    worse.append(d)
+            row["worse_than_rtn_on_own_domain"] = bool(worse)
+            row["worse_domains"] = worse
+    return rows

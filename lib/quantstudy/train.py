@@ -48,7 +48,7 @@ class DemoConfig:
     num_heads: int = 4
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 1600
+    steps: int = 1200
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100

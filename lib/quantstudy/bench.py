@@ -1,0 +1,893 @@
+"""Step 04 benchmark: memory and prefill/decode speed of each inference path, the
+"quantized is slower than baseline" trap, and the fleet size / cost it implies.
+
+Inference paths (``available_paths`` says which run here, and why not):
+
+``baseline``
+    Dense model: float32 on CPU, float16 on GPU. Built from an AWQ folder it is the
+    dequantized model (same shapes, so the same speed and memory as the original dense one).
+``naive4``
+    :class:`NaiveAWQLinear` keeps AutoAWQ's packed GEMM tensors (``qweight`` int32 [in, out/8],
+    ``qzeros`` int32 [in/g, out/8], ``scales`` float16 [in/g, out]) and unpacks them with
+    ``awq.utils.packing_utils.dequantize_gemm`` on *every* forward call, then matmuls. This is
+    what 4-bit weights cost without kernels.
+``fast4``
+    CPU: :class:`Int4CPULinear`, torch's int4 weight-only kernel
+    ``aten._weight_int4pack_mm_for_cpu``. Torch's convention is ``w = (q - 8) * scale + zero``
+    with a float ``zero`` per group and output column; AWQ's is ``w = (q - z) * s`` with
+    ``q, z`` in 0..15, so the exact conversion is ``scale = s`` and ``zero = (8 - z) * s``.
+    On this kind of CPU (AVX512-BF16/AMX) the kernel is only fast with bfloat16 activations and
+    bfloat16 scales/zeros: float32 inputs take a scalar path ~5x (decode) to ~60x (prefill)
+    slower than the dense float32 matmul, and float16 is ~10x slower than bfloat16. So the
+    layer casts ``x`` to bfloat16, runs the kernel and casts back; scales and zeros are rounded
+    to bfloat16 (8-bit mantissa), which costs ~0.3% relative error against the float16-scale
+    dequantized weights. ``compute_dtype=torch.float32`` keeps an exact (slow) reference.
+    GPU: AutoAWQ's own kernels via ``AutoAWQForCausalLM.from_quantized`` (needs ``awq_ext`` or
+    triton; not exercisable on a CPU-only machine).
+
+Non-quantized modules (embeddings, norms, ``lm_head``) stay in the baseline dtype in every
+path, so speed differences come from the quantized linears alone.
+
+Timing follows AutoAWQ's ``examples/benchmark.py``: ``warmup`` untimed rounds, then ``repeats``
+timed rounds; each round is one prefill forward over the prompt (``use_cache=True``,
+``logits_to_keep=1`` as ``generate`` does) and ``decode_tokens`` greedy single-token steps that
+reuse the cache. Prefill tokens/s = batch*context / prefill time; decode tokens/s =
+batch*decode_tokens / total decode time. Forward hooks on the decoder layers also time the
+layers alone, which gives three *scopes* per measurement:
+
+* ``measured``: the model as instantiated (``prod_bench_layers`` layers + embeddings + head);
+* ``layers``: the decoder layers alone (what quantization changes);
+* ``full_model``: extrapolated to ``full_num_layers``: time = (measured - layer time)
+  + layer time * full_num_layers / timed layers (speed per layer is the same for every layer
+  of a uniform decoder). Without ``full_num_layers`` it equals ``measured``.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from quantstudy.params import BenchmarkSection
+from quantstudy.quantize import PeakRSS, dequantize_awq_state
+
+PATHS = ("baseline", "naive4", "fast4")
+QUANTIZED_PATHS = ("naive4", "fast4")
+SCOPES = ("measured", "layers", "full_model")
+TARGET_FAST_DECODE_SPEEDUP = 2.5
+TARGET_BYTES_RATIO = 3.8
+PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ GEMM packing order of 8 nibbles in an int32
+
+
+class BenchError(ValueError):
+    """A benchmark request that cannot run here; the message says what to change."""
+
+
+# =========================================================================== devices / paths
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"device: expected 'cpu', 'cuda' or 'auto'; found {device!r}")
+    return device
+
+
+def _int4_cpu_reason() -> str | None:
+    ops = torch.ops.aten
+    for op in ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu"):
+        if not hasattr(ops, op):
+            return f"torch {torch.__version__} has no aten.{op} (needs torch >= 2.6)"
+    try:  # smoke test: the op may exist but lack a kernel for this CPU build
+        packed = ops._convert_weight_to_int4pack_for_cpu(torch.zeros(16, 128, dtype=torch.int32), 2)
+        ops._weight_int4pack_mm_for_cpu(torch.zeros(1, 128, dtype=torch.bfloat16), packed, 128,
+                                        torch.ones(1, 16, 2, dtype=torch.bfloat16))
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        return f"torch int4 CPU kernel fails here: {exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}"
+    return None
+
+
+def available_paths(device: str = "cpu") -> dict[str, str | None]:
+    """{path: None if it runs on `device`, else the reason it does not}."""
+    device = _resolve_device(device)
+    out: dict[str, str | None] = {}
+    if device == "cuda" and not torch.cuda.is_available():
+        reason = "device is 'cuda' but no CUDA GPU is visible; use device 'cpu'"
+        return {p: reason for p in PATHS}
+    out["baseline"] = None
+    try:
+        from awq.utils.packing_utils import dequantize_gemm  # noqa: F401
+        out["naive4"] = None
+    except Exception as exc:  # pragma: no cover - autoawq is a dependency
+        out["naive4"] = f"autoawq is not importable ({exc.__class__.__name__}); install autoawq"
+    if device == "cpu":
+        out["fast4"] = _int4_cpu_reason()
+    else:  # pragma: no cover - needs a GPU
+        try:
+            from awq.modules.linear.gemm import TRITON_AVAILABLE, awq_ext
+        except Exception as exc:
+            out["fast4"] = f"autoawq GEMM module not importable ({exc.__class__.__name__})"
+        else:
+            out["fast4"] = None if (awq_ext is not None or TRITON_AVAILABLE) else (
+                "AutoAWQ GPU kernels missing: install autoawq-kernels (awq_ext) or triton")
+    return out
+
+
+# =========================================================================== AWQ packing
+def unpack_awq_gemm(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """AutoAWQ GEMM tensors -> (int weight [in, out], int zeros [in/g, out]), values 0..15,
+    with AutoAWQ's own unpacking (same steps as ``dequantize_gemm``)."""
+    from awq.utils.packing_utils import reverse_awq_order, unpack_awq
+
+    iweight, izeros = unpack_awq(qweight, qzeros, bits)
+    iweight, izeros = reverse_awq_order(iweight, izeros, bits)
+    mask = (1 << bits) - 1
+    return torch.bitwise_and(iweight, mask).to(torch.int32), torch.bitwise_and(izeros, mask).to(torch.int32)
+
+
+def _pack_columns(intvals: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """[rows, cols] ints 0..15 -> [rows, cols/8] int32 in AutoAWQ's GEMM nibble order
+    (same int32 wrap-around as the `|=` loop in ``WQLinear_GEMM.from_linear``)."""
+    pack_num = 32 // bits
+    rows, cols = intvals.shape
+    if cols % pack_num:
+        raise BenchError(f"cannot pack {cols} columns: AWQ packs {pack_num} values per int32")
+    v = intvals.to(torch.int32).reshape(rows, cols // pack_num, pack_num)
+    out = torch.zeros(rows, cols // pack_num, dtype=torch.int32)
+    for i, src in enumerate(PACK_ORDER):
+        out |= v[:, :, src] << (i * bits)
+    return out
+
+
+def pack_awq_gemm(weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                  bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vectorized ``WQLinear_GEMM.from_linear``: bit-identical (qweight, qzeros, scales).
+
+    `weight` is the linear's [out, in] weight (already quantized-dequantized, any dtype, as
+    AutoAWQ passes it), `scales`/`zeros` are [in/g, out] as ``_apply_quant`` passes them.
+    The arithmetic (dtype of every elementwise step, round, truncating ``.to(int)``) is
+    AutoAWQ's; only the python loop over input features is gone.
+    """
+    if bits != 4:
+        raise BenchError("only 4-bit packing is supported (AutoAWQ GEMM)")
+    scales_h = scales.clone().half()
+    scale_zeros = zeros * scales
+    w_t = weight.t()  # [in, out]
+    intweight = torch.round((w_t + scale_zeros.repeat_interleave(group_size, 0))
+                            / scales_h.repeat_interleave(group_size, 0)).to(torch.int).to(torch.int32)
+    return _pack_columns(intweight, bits), _pack_columns(zeros.to(torch.int32), bits), scales_h
+
+
+def rtn_quantize_linear(weight: torch.Tensor, group_size: int = 128, bits: int = 4
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest exactly as AutoAWQ's ``_apply_quant`` (float16 weight, zero point),
+    packed with :func:`pack_awq_gemm`. Returns (qweight, qzeros, scales)."""
+    from awq.quantize.quantizer import AwqQuantizer
+
+    q = AwqQuantizer.__new__(AwqQuantizer)  # skip __init__ (it runs calibration)
+    q.w_bit, q.group_size, q.zero_point = bits, group_size, True
+    w, scales, zeros = q.pseudo_quantize_tensor(weight.detach().half())
+    return pack_awq_gemm(w, scales.t().contiguous(), zeros.t().contiguous(), group_size, bits)
+
+
+# =========================================================================== path modules
+class NaiveAWQLinear(nn.Module):
+    """Packed AWQ GEMM tensors, unpacked with ``dequantize_gemm`` on every call (no kernel)."""
+
+    def __init__(self, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None, group_size: int, bits: int = 4):
+        super().__init__()
+        self.in_features, self.out_features = qweight.shape[0], qweight.shape[1] * (32 // bits)
+        self.group_size, self.bits = group_size, bits
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("qzeros", qzeros.contiguous())
+        self.register_buffer("scales", scales.half().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from awq.utils.packing_utils import dequantize_gemm
+
+        w = dequantize_gemm(self.qweight, self.qzeros, self.scales.to(x.dtype), self.bits, self.group_size)
+        out = torch.matmul(x, w)  # w is [in, out]
+        return out + self.bias.to(x.dtype) if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+class Int4CPULinear(nn.Module):
+    """torch's int4 weight-only CPU kernel with AWQ's weights converted exactly.
+
+    Buffers: ``packed`` uint8 [out_padded, in/2] (from ``_convert_weight_to_int4pack_for_cpu``)
+    and ``scales_and_zeros`` [in/g, out_padded, 2] = (s, (8 - z) * s) in `compute_dtype`.
+    The kernel needs out % 16 == 0; other widths are zero-padded and the output sliced.
+    """
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None,
+                 in_features: int, out_features: int, group_size: int, compute_dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size, self.compute_dtype = group_size, compute_dtype
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.register_buffer("bias", None if bias is None else bias.contiguous())
+
+    @classmethod
+    def from_awq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None, group_size: int, bits: int = 4, inner_k_tiles: int = 2,
+                 compute_dtype: torch.dtype = torch.bfloat16) -> "Int4CPULinear":
+        if bits != 4:
+            raise BenchError("fast4 supports 4-bit AWQ weights only")
+        iweight, izeros = unpack_awq_gemm(qweight, qzeros, bits)  # [in, out], [in/g, out]
+        in_f, out_f = iweight.shape
+        s = scales.float()
+        zero_f = (8 - izeros).float() * s  # torch: w = (q - 8) * s + zero_f  ==  (q - z) * s
+        pad = (-out_f) % 16
+        w_int = iweight.t().contiguous()  # [out, in]
+        if pad:
+            w_int = torch.cat([w_int, torch.full((pad, in_f), 8, dtype=torch.int32)])
+            s = torch.cat([s, torch.zeros(s.shape[0], pad)], 1)
+            zero_f = torch.cat([zero_f, torch.zeros(s.shape[0], pad)], 1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(w_int, inner_k_tiles)
+        sz = torch.stack([s, zero_f], dim=-1).to(compute_dtype).contiguous()
+        return cls(packed, sz, None if bias is None else bias.float(), in_f, out_f, group_size, compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
+        out = out[:, : self.out_features].to(x.dtype).reshape(*shape[:-1], self.out_features)
+        return out + self.bias.to(x.dtype) if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, compute_dtype={self.compute_dtype}")
+
+
+# =========================================================================== model building
+def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise BenchError(f"{folder}: no *.safetensors files")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def _awq_config(cfg) -> dict | None:
+    qc = getattr(cfg, "quantization_config", None)
+    if qc is None:
+        return None
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    return {"bits": qc.get("bits", qc.get("w_bit", 4)), "group_size": qc.get("group_size", qc.get("q_group_size", 128)),
+            "version": str(qc.get("version", "gemm")).lower(), "method": qc.get("quant_method", "awq")}
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _skeleton(cfg, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+
+
+def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu", *,
+                  inner_k_tiles: int = 2, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Build the model for inference `path` from an AutoAWQ GEMM checkpoint folder.
+
+    `source` may also be a dense folder or a dense ``nn.Module``, for ``baseline`` only.
+    The skeleton comes from config.json (``AutoModelForCausalLM.from_config``); the
+    non-quantized tensors (embeddings, norms, lm_head) are loaded in the baseline dtype and
+    every quantized linear (``*.qweight``) becomes the path's module.
+    """
+    from transformers import AutoConfig
+
+    if path not in PATHS:
+        raise BenchError(f"unknown path {path!r}; paths: {', '.join(PATHS)}")
+    device = _resolve_device(device)
+    reason = available_paths(device)[path]
+    if reason:
+        raise BenchError(f"path {path!r} is not available on {device}: {reason}")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    if isinstance(source, nn.Module):
+        if path != "baseline":
+            raise BenchError(f"path {path!r} needs an AWQ checkpoint folder, not a dense module")
+        return source.to(device=device, dtype=dtype).eval()
+    folder = Path(source)
+    if not (folder / "config.json").is_file():
+        raise BenchError(f"{folder}: no config.json; not a model checkpoint")
+    cfg = AutoConfig.from_pretrained(str(folder))
+    qc = _awq_config(cfg)
+    if qc is not None and (qc["method"] != "awq" or qc["bits"] != 4 or qc["version"] != "gemm"):
+        raise BenchError(f"{folder}: quantization_config {qc} is not AutoAWQ GEMM 4-bit")
+    if qc is None and path != "baseline":
+        raise BenchError(f"path {path!r} needs an AutoAWQ GEMM checkpoint; {folder} is dense")
+    if device == "cuda" and path == "fast4":  # pragma: no cover - needs a GPU
+        from awq import AutoAWQForCausalLM
+
+        return AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model.to(device).eval()
+    if qc is not None:
+        del cfg.quantization_config
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    model = _skeleton(cfg, dtype)
+    tensors = _load_tensors(folder)
+    if path == "baseline":
+        state = dequantize_awq_state(tensors, qc["bits"], qc["group_size"]) if qc else tensors
+        if tied and "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        if tied:
+            model.tie_weights()
+        return model.to(device).eval()
+    prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
+    for prefix in prefixes:
+        qw, qz, sc = (tensors.pop(f"{prefix}.{n}") for n in ("qweight", "qzeros", "scales"))
+        bias = tensors.pop(f"{prefix}.bias", None)
+        if path == "naive4":
+            mod = NaiveAWQLinear(qw, qz, sc, None if bias is None else bias.to(dtype), qc["group_size"], qc["bits"])
+        else:
+            mod = Int4CPULinear.from_awq(qw, qz, sc, bias, qc["group_size"], qc["bits"],
+                                         inner_k_tiles=inner_k_tiles, compute_dtype=compute_dtype)
+        _set_module(model, prefix, mod)
+    rest = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    if tied and "lm_head.weight" not in rest:
+        rest["lm_head.weight"] = rest["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    quant_keys = {f"{p}.{n}" for p in prefixes for n in ("qweight", "qzeros", "scales", "packed", "scales_and_zeros", "bias")}
+    missing = [k for k in missing if k not in quant_keys]
+    if missing or unexpected:
+        raise BenchError(f"{folder}: checkpoint does not match its config (missing {missing[:5]}, "
+                         f"unexpected {list(unexpected)[:5]})")
+    if tied:
+        model.tie_weights()
+    return model.to(device).eval()
+
+
+# =========================================================================== production model
+def _bench_section(bench_params: BenchmarkSection | Mapping[str, Any]) -> BenchmarkSection:
+    if isinstance(bench_params, BenchmarkSection):
+        return bench_params
+    return BenchmarkSection.model_validate(dict(bench_params))
+
+
+def production_config(bench_params: BenchmarkSection | Mapping[str, Any], num_layers: int | None = None):
+    """LlamaConfig of the production-shaped model (``num_layers`` defaults to prod_bench_layers)."""
+    from transformers import LlamaConfig
+
+    p = _bench_section(bench_params)
+    max_pos = max(2048, max(p.context_lengths) + p.decode_tokens + 8)
+    return LlamaConfig(hidden_size=p.prod_hidden_size, intermediate_size=p.prod_intermediate_size,
+                       num_hidden_layers=num_layers or p.prod_bench_layers, num_attention_heads=p.prod_num_heads,
+                       num_key_value_heads=p.prod_num_kv_heads, vocab_size=p.prod_vocab_size,
+                       max_position_embeddings=max_pos, tie_word_embeddings=False, use_cache=True)
+
+
+def production_model(bench_params: BenchmarkSection | Mapping[str, Any], out_dir: str | Path | None = None,
+                     group_size: int = 128, seed: int = 0) -> tuple[nn.Module, Path]:
+    """A ~1B-shaped Llama with random weights -> (dense float32 model, AWQ GEMM folder).
+
+    Only ``prod_bench_layers`` decoder layers are instantiated (the full vocabulary's
+    embeddings and lm_head once). Every decoder linear is round-to-nearest quantized with
+    AutoAWQ's arithmetic and packed with the vectorized :func:`pack_awq_gemm` (bit-identical
+    to ``WQLinear_GEMM.from_linear``). The folder holds config.json (with AutoAWQ's
+    ``quantization_config``) and model.safetensors (non-quantized tensors in float16, as
+    AutoAWQ saves them). `out_dir` defaults to a new temporary folder.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    p = _bench_section(bench_params)
+    for key, width in (("prod_hidden_size", p.prod_hidden_size), ("prod_intermediate_size", p.prod_intermediate_size)):
+        if width % group_size:
+            raise BenchError(f"{key}={width} is not a multiple of group_size={group_size}")
+    cfg = production_config(p)
+    torch.manual_seed(seed)
+    dense = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="quantstudy-prod-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    state: dict[str, torch.Tensor] = {}
+    quantized = set()
+    with torch.no_grad():
+        for li, layer in enumerate(dense.model.layers):
+            for name, mod in layer.named_modules():
+                if isinstance(mod, nn.Linear):
+                    prefix = f"model.layers.{li}.{name}"
+                    qw, qz, sc = rtn_quantize_linear(mod.weight, group_size)
+                    state.update({f"{prefix}.qweight": qw, f"{prefix}.qzeros": qz, f"{prefix}.scales": sc})
+                    if mod.bias is not None:
+                        state[f"{prefix}.bias"] = mod.bias.detach().half().contiguous()
+                    quantized.add(f"{prefix}.weight")
+                    quantized.add(f"{prefix}.bias")
+        for k, v in dense.state_dict().items():
+            if k not in quantized:
+                state[k] = v.detach().half().contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    cfg_dict = cfg.to_dict()
+    cfg_dict["torch_dtype"] = "float16"
+    cfg_dict["quantization_config"] = {"quant_method": "awq", "zero_point": True, "group_size": group_size,
+                                       "bits": 4, "version": "gemm", "modules_to_not_convert": None}
+    (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+    (folder / "quantstudy_quant.json").write_text(json.dumps({
+        "method": "rtn", "bits": 4, "group_size": group_size, "zero_point": True, "version": "GEMM",
+        "simulated": False, "synthetic": True, "seed": seed, "full_num_layers": p.prod_num_layers,
+        "instantiated_layers": p.prod_bench_layers}, indent=2))
+    return dense, folder
+
+
+# =========================================================================== memory
+def tensor_bytes(obj: nn.Module | Mapping[str, torch.Tensor] | torch.Tensor | Iterable[torch.Tensor]) -> int:
+    """Exact bytes of the parameters + buffers (each storage counted once: tied weights once)."""
+    if isinstance(obj, torch.Tensor):
+        tensors: Iterable[torch.Tensor] = [obj]
+    elif isinstance(obj, nn.Module):
+        tensors = [*obj.parameters(), *(b for b in obj.buffers() if b is not None)]
+    elif isinstance(obj, Mapping):
+        tensors = obj.values()
+    else:
+        tensors = list(obj)
+    seen: set[tuple[int, int, str]] = set()
+    total = 0
+    for t in tensors:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), str(t.device)) if t.numel() else (id(t), 0, "")
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def disk_bytes(folder: str | Path) -> int:
+    """Bytes of the folder's *.safetensors files."""
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
+def _quantized_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (NaiveAWQLinear, Int4CPULinear)) or type(m).__name__.startswith("WQLinear")]
+
+
+def quantized_linear_bytes(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Bytes of the quantized linears as stored vs the same linears in float16.
+
+    Works on a model (any path's modules) or on an AWQ state dict (``*.qweight`` triples).
+    At 4 bits, g128, AWQ's layout is 4 + 16/128 (fp16 scales) + 4/128 (packed zeros) = 4.156
+    bits per weight -> 3.85x smaller than float16. The fast4 CPU layout stores zeros as
+    bfloat16 floats: 4 + 32/128 = 4.25 bits -> 3.76x.
+    """
+    q_bytes = fp16_bytes = n = 0
+    if isinstance(model_or_state, nn.Module):
+        for _, m in _quantized_linears(model_or_state):
+            q_bytes += tensor_bytes(m)
+            fp16_bytes += 2 * m.in_features * m.out_features + (2 * m.out_features if getattr(m, "bias", None) is not None else 0)
+            n += 1
+    else:
+        st = model_or_state
+        for k, qw in st.items():
+            if k.endswith(".qweight"):
+                prefix = k[: -len(".qweight")]
+                parts = [qw, st[prefix + ".qzeros"], st[prefix + ".scales"]]
+                in_f, out_f = qw.shape[0], qw.shape[1] * 8
+                bias = st.get(prefix + ".bias")
+                if bias is not None:
+                    parts.append(bias)
+                q_bytes += tensor_bytes(parts)
+                fp16_bytes += 2 * in_f * out_f + (2 * out_f if bias is not None else 0)
+                n += 1
+    return {"linears": n, "quantized_bytes": q_bytes, "fp16_bytes": fp16_bytes,
+            "ratio_vs_fp16": round(fp16_bytes / q_bytes, 4) if q_bytes else None}
+
+
+def model_weight_bytes(model: nn.Module, full_num_layers: int | None = None) -> int:
+    """In-memory weight bytes, extrapolated to `full_num_layers` decoder layers if given."""
+    total = tensor_bytes(model)
+    layers = _decoder_layers(model)
+    if not full_num_layers or not layers:
+        return total
+    per_layer = tensor_bytes(layers[0])
+    return total - per_layer * len(layers) + per_layer * full_num_layers
+
+
+# =========================================================================== timing
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    return list(layers) if layers is not None else []
+
+
+class _LayerTimer:
+    """Accumulates wall time spent inside the decoder layers (forward hooks)."""
+
+    def __init__(self, layers: list[nn.Module], cuda: bool):
+        self.total = 0.0
+        self.cuda = cuda
+        self._t0 = 0.0
+        self._handles = []
+        for layer in layers:
+            self._handles.append(layer.register_forward_pre_hook(self._pre))
+            self._handles.append(layer.register_forward_hook(self._post))
+
+    def _sync(self):
+        if self.cuda:  # pragma: no cover
+            torch.cuda.synchronize()
+
+    def _pre(self, *_):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        self._sync()
+        self.total += time.perf_counter() - self._t0
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":  # pragma: no cover
+        torch.cuda.synchronize()
+
+
+def _one_round(model: nn.Module, input_ids: torch.Tensor, decode_tokens: int, device: str,
+               timer: _LayerTimer | None) -> dict[str, float]:
+    """One prefill + `decode_tokens` greedy steps -> seconds (total and inside decoder layers)."""
+    if timer:
+        timer.total = 0.0
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    token = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    prefill = time.perf_counter() - t0
+    prefill_layers = timer.total if timer else math.nan
+    cache = out.cache
+    if timer:
+        timer.total = 0.0
+    t0 = time.perf_counter()
+    for _ in range(decode_tokens):
+        out = model(input_ids=token, cache=cache, use_cache=True)
+        cache = out.cache
+        token = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    decode = time.perf_counter() - t0
+    decode_layers = timer.total if timer else math.nan
+    return {"prefill_s": prefill, "prefill_layers_s": prefill_layers, "decode_s": decode, "decode_layers_s": decode_layers}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values))}
+
+
+def time_model(model: nn.Module, path: str, batch_sizes: Iterable[int], context_lengths: Iterable[int],
+               decode_tokens: int, warmup: int = 2, repeats: int = 5, device: str = "cpu",
+               full_num_layers: int | None = None, vocab_size: int | None = None, seed: int = 0,
+               progress: Any = None) -> list[dict[str, Any]]:
+    """Time one model over every (batch, context) -> tidy rows (one per batch x context x scope)."""
+    device = _resolve_device(device)
+    layers = _decoder_layers(model)
+    timer = _LayerTimer(layers, device == "cuda") if layers else None
+    n_layers = len(layers)
+    scale = (full_num_layers / n_layers) if (full_num_layers and n_layers) else 1.0
+    vocab = vocab_size or model.config.vocab_size
+    rows: list[dict[str, Any]] = []
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.inference_mode():
+            for batch in batch_sizes:
+                for context in context_lengths:
+                    ids = torch.randint(0, vocab, (batch, context), generator=gen).to(device)
+                    for _ in range(warmup):
+                        _one_round(model, ids, decode_tokens, device, timer)
+                    raw = [_one_round(model, ids, decode_tokens, device, timer) for _ in range(repeats)]
+                    if progress is not None:
+                        progress.update(1)
+                    for scope in SCOPES:
+                        if scope != "measured" and timer is None:
+                            continue
+                        pre_t, dec_t = [], []
+                        for r in raw:
+                            if scope == "measured":
+                                pre, dec = r["prefill_s"], r["decode_s"]
+                            elif scope == "layers":
+                                pre, dec = r["prefill_layers_s"], r["decode_layers_s"]
+                            else:
+                                pre = r["prefill_s"] + (scale - 1.0) * r["prefill_layers_s"]
+                                dec = r["decode_s"] + (scale - 1.0) * r["decode_layers_s"]
+                            pre_t.append(batch * context / pre)
+                            dec_t.append(batch * decode_tokens / dec)
+                        ps, ds = _stats(pre_t), _stats(dec_t)
+                        rows.append({
+                            "path": path, "batch": batch, "context": context, "scope": scope,
+                            "decode_tokens": decode_tokens, "repeats": repeats,
+                            "timed_layers": n_layers, "model_layers": full_num_layers or n_layers,
+                            "prefill_tok_s_median": ps["median"], "prefill_tok_s_min": ps["min"],
+                            "prefill_tok_s_max": ps["max"],
+                            "decode_tok_s_median": ds["median"], "decode_tok_s_min": ds["min"],
+                            "decode_tok_s_max": ds["max"],
+                            "prefill_tok_s_raw": pre_t, "decode_tok_s_raw": dec_t,
+                        })
+    finally:
+        if timer:
+            timer.remove()
+    return rows
+
+
+# =========================================================================== trap detector
+def speedup_table(df, baseline: str = "baseline"):
+    """Speed-up of every path over `baseline` for each shape (batch, context[, scope]).
+
+    ``*_speedup`` = path median tokens/s / baseline median tokens/s. The spread
+    ``*_speedup_low``/``_high`` = path min / baseline max and path max / baseline min: the
+    widest ratio the repeats allow (no overlap of the two ranges means a clear difference).
+    """
+    import pandas as pd
+
+    keys = [k for k in ("batch", "context", "scope") if k in df.columns]
+    base = df[df["path"] == baseline]
+    if base.empty:
+        raise BenchError(f"no {baseline!r} rows to compare against; paths present: {sorted(df['path'].unique())}")
+    merged = df.merge(base, on=keys, suffixes=("", "_base"))
+    out = merged[["path", *keys]].copy()
+    for kind in ("prefill", "decode"):
+        col = f"{kind}_tok_s"
+        out[f"{kind}_speedup"] = merged[f"{col}_median"] / merged[f"{col}_median_base"]
+        out[f"{kind}_speedup_low"] = merged[f"{col}_min"] / merged[f"{col}_max_base"]
+        out[f"{kind}_speedup_high"] = merged[f"{col}_max"] / merged[f"{col}_min_base"]
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def flag_traps(table, baseline: str = "baseline", threshold: float = 1.0) -> list[dict[str, Any]]:
+    """Rows where a quantized path is slower than the baseline (median speed-up < threshold).
+
+    Each flag names the path, shape, phase and a one-line explanation; ``clear`` says whether
+    even the best repeat of the path is slower than the worst repeat of the baseline.
+    """
+    flags: list[dict[str, Any]] = []
+    keys = [k for k in ("batch", "context", "scope") if k in table.columns]
+    for _, row in table.iterrows():
+        if row["path"] == baseline:
+            continue
+        for kind in ("prefill", "decode"):
+            sp = float(row[f"{kind}_speedup"])
+            if not sp < threshold:
+                continue
+            high = float(row.get(f"{kind}_speedup_high", sp))
+            clear = high < threshold
+            shape = ", ".join(f"{k}={row[k]}" for k in keys)
+            why = ("dequantizes every weight on every call: pays 4-bit unpacking and still a dense matmul"
+                   if row["path"] == "naive4" else "the int4 kernel loses to the dense matmul at this shape")
+            flags.append({
+                "path": row["path"], **{k: row[k] for k in keys}, "phase": kind, "speedup": sp, "clear": clear,
+                "explanation": (f"{row['path']} {kind} is {sp:.2f}x the {baseline} speed ({shape}); "
+                                f"{'clearly slower' if clear else 'slower, within run-to-run noise'}: {why}"),
+            })
+    return flags
+
+
+# =========================================================================== fleet & cost
+def fleet_cost(weight_bytes: int | float, decode_tokens_per_s: float,
+               bench_params: BenchmarkSection | Mapping[str, Any], label: str, batch_size: int = 1) -> dict[str, Any]:
+    """Devices needed at peak and cost per 1000 conversations, for one inference path.
+
+    Model (one replica per device, serving `batch_size` conversations at once, throughput
+    `decode_tokens_per_s` measured for that batch on ``hardware_label``):
+
+    * required throughput R = peak_conversations_per_s * tokens_per_conversation (tokens/s);
+    * throughput-bound devices D_t = R / decode_tokens_per_s;
+    * in-flight conversations (Little's law) C = D_t * batch_size (each stream runs at
+      decode_tokens_per_s / batch_size, a conversation lasts tokens / that rate);
+    * KV per conversation = kv_bytes_per_token * tokens_per_conversation (held in full);
+      conversations one device can hold = floor((device_memory - weight_bytes) / KV per conv.);
+    * memory-bound devices D_m = C / that capacity;
+    * devices at peak = ceil(max(D_t, D_m)); cost per 1000 conversations =
+      devices * price_per_device_hour / (peak_conversations_per_s * 3600) * 1000
+      (the fleet is sized for, and billed at, the peak).
+
+    GB means 10^9 bytes. Raises ValueError naming the bad input.
+    """
+    p = _bench_section(bench_params)
+
+    def _pos(name: str, value: Any, integer: bool = False) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a positive number; found {value!r}") from None
+        if not math.isfinite(v) or v <= 0 or (integer and v != int(v)):
+            kind = "a positive integer" if integer else "a positive finite number"
+            raise ValueError(f"{name}: expected {kind}; found {value!r}")
+        return v
+
+    wb = _pos("weight_bytes", weight_bytes)
+    tps = _pos("decode_tokens_per_s", decode_tokens_per_s)
+    batch = int(_pos("batch_size", batch_size, integer=True))
+    mem = _pos("device_memory_gb", p.device_memory_gb) * 1e9
+    price = _pos("price_per_device_hour", p.price_per_device_hour)
+    peak = _pos("peak_conversations_per_s", p.peak_conversations_per_s)
+    tokens = _pos("tokens_per_conversation", p.tokens_per_conversation, integer=True)
+    kv_tok = _pos("kv_bytes_per_token", p.kv_bytes_per_token, integer=True)
+    if wb >= mem:
+        raise ValueError(f"device_memory_gb: {p.device_memory_gb} GB cannot hold the weights of {label!r} "
+                         f"({wb / 1e9:.2f} GB)")
+    kv_conv = kv_tok * tokens
+    capacity = math.floor((mem - wb) / kv_conv)
+    if capacity < 1:
+        raise ValueError(f"kv_bytes_per_token: {kv_tok:.0f} B x tokens_per_conversation {tokens:.0f} = "
+                         f"{kv_conv / 1e9:.2f} GB of KV per conversation does not fit beside the weights "
+                         f"({(mem - wb) / 1e9:.2f} GB free per device)")
+    required = peak * tokens
+    d_t = required / tps
+    concurrent = d_t * batch
+    d_m = concurrent / capacity
+    devices = math.ceil(max(d_t, d_m) - 1e-9)
+    devices = max(devices, 1)
+    cost_1000 = devices * price / (peak * 3600) * 1000
+    return {
+        "label": label, "hardware": p.hardware_label, "weight_gb": wb / 1e9, "batch_size": batch,
+        "decode_tokens_per_s_per_device": tps, "required_tokens_per_s": required,
+        "kv_gb_per_conversation": kv_conv / 1e9, "conversations_per_device_by_memory": capacity,
+        "concurrent_conversations": concurrent, "devices_throughput_bound": d_t, "devices_memory_bound": d_m,
+        "bound_by": "memory" if d_m > d_t else "throughput", "devices_at_peak": devices,
+        "cost_per_hour": devices * price, "cost_per_1000_conversations": cost_1000,
+    }
+
+
+# =========================================================================== targets
+def _fast_b1_speedup(speedups, path: str = "fast4") -> tuple[float | None, str]:
+    if speedups is None:
+        return None, "no measurement"
+    if isinstance(speedups, (int, float)):
+        return float(speedups), "given"
+    t = speedups[(speedups["path"] == path) & (speedups["batch"] == 1)]
+    if "scope" in t.columns and not t.empty:
+        t = t[t["scope"] == ("full_model" if (t["scope"] == "full_model").any() else "measured")]
+    if t.empty:
+        return None, f"no {path} batch-1 row"
+    row = t.sort_values("context").iloc[0]
+    where = f"batch 1, context {row['context']}" + (f", scope {row['scope']}" if "scope" in t.columns else "")
+    return float(row["decode_speedup"]), where
+
+
+def targets(speedups, bytes_ratio: float | None) -> dict[str, dict[str, Any]]:
+    """The two benchmark targets: fast 4-bit decode speed-up at batch 1 (>= 2.5x) and
+    quantized-linear bytes vs float16 (>= 3.8x). `speedups` is a :func:`speedup_table`
+    (batch-1 fast4 row, smallest context, ``full_model`` scope when present) or a number."""
+    sp, where = _fast_b1_speedup(speedups)
+    return {
+        "cpu_fast_decode_speedup_1b_b1": {"measured": sp, "target": TARGET_FAST_DECODE_SPEEDUP,
+                                          "met": sp is not None and sp >= TARGET_FAST_DECODE_SPEEDUP, "where": where},
+        "quantized_linear_bytes_vs_fp16": {"measured": bytes_ratio, "target": TARGET_BYTES_RATIO,
+                                           "met": bytes_ratio is not None and bytes_ratio >= TARGET_BYTES_RATIO,
+                                           "where": "AutoAWQ GEMM layout (qweight + qzeros + fp16 scales)"},
+    }
+
+
+# =========================================================================== driver
+def _memory_now(device: str) -> None:
+    gc.collect()
+    if device == "cuda":  # pragma: no cover
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection | Mapping[str, Any],
+                  device: str = "cpu", progress: bool = True, *, baseline: str | Path | nn.Module | None = None,
+                  full_num_layers: int | None = None, seed: int = 0, inner_k_tiles: int = 2) -> dict[str, Any]:
+    """Benchmark every requested path of one AWQ checkpoint; returns a dict of tables.
+
+    ``baseline`` (a dense folder or module) replaces the dequantized checkpoint as the
+    baseline model; ``full_num_layers`` extrapolates the ``full_model`` scope (see module
+    docstring). Paths are built, timed and freed one at a time. An unavailable optional path is
+    skipped with a note; an unavailable ``baseline`` raises :class:`BenchError`.
+
+    Keys: timings (tidy DataFrame), memory (DataFrame per path), speedups, traps, fleet,
+    bytes_ratio, targets, notes, env.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    p = _bench_section(bench_params)
+    device = _resolve_device(device)
+    folder = Path(checkpoint_folder)
+    avail = available_paths(device)
+    ok = [k for k, v in avail.items() if v is None]
+    notes: list[str] = []
+    requested = list(dict.fromkeys(p.paths))
+    if "baseline" not in requested:
+        requested.insert(0, "baseline")
+        notes.append("baseline added: speed-ups need it")
+    if avail["baseline"] is not None:
+        raise BenchError(f"required path 'baseline' is unavailable on {device}: {avail['baseline']}; "
+                         f"available paths: {', '.join(ok) or 'none'}")
+    paths = []
+    for path in requested:
+        if avail.get(path):
+            notes.append(f"{path} skipped: {avail[path]}")
+        else:
+            paths.append(path)
+    n_shapes = len(p.batch_sizes) * len(p.context_lengths)
+    bar = tqdm(total=len(paths) * n_shapes, desc="benchmark", disable=not progress, leave=False)
+    rows: list[dict[str, Any]] = []
+    mem_rows: list[dict[str, Any]] = []
+    try:
+        for path in paths:
+            bar.set_postfix_str(path)
+            _memory_now(device)
+            rss_before = PeakRSS.rss_bytes()
+            with PeakRSS() as peak:
+                src = baseline if (path == "baseline" and baseline is not None) else folder
+                model = convert_model(src, path, device, inner_k_tiles=inner_k_tiles)
+                build_peak = peak.peak
+                rows += time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
+                                   p.repeats, device, full_num_layers=full_num_layers, seed=seed, progress=bar)
+            qlb = quantized_linear_bytes(model)
+            if path == "baseline":
+                disk = disk_bytes(baseline) if isinstance(baseline, (str, Path)) else None
+            else:
+                disk = disk_bytes(folder)
+            mem_rows.append({
+                "path": path, "weight_bytes_in_memory": tensor_bytes(model),
+                "weight_bytes_full_model": model_weight_bytes(model, full_num_layers),
+                "weight_bytes_on_disk": disk,
+                "quantized_linear_bytes": qlb["quantized_bytes"] if qlb["linears"] else None,
+                "quantized_linear_ratio_vs_fp16": qlb["ratio_vs_fp16"],
+                "rss_before_mb": round(rss_before / 2**20, 1), "peak_rss_build_mb": round(build_peak / 2**20, 1),
+                "peak_rss_mb": peak.peak_mb, "peak_rss_delta_mb": round((peak.peak - rss_before) / 2**20, 1),
+                "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                          if device == "cuda" else None),
+            })
+            del model
+            _memory_now(device)
+    finally:
+        bar.close()
+    timings = pd.DataFrame(rows)
+    memory = pd.DataFrame(mem_rows)
+    speedups = speedup_table(timings)
+    traps = flag_traps(speedups)
+    awq_ratio = quantized_linear_bytes(_load_tensors(folder))["ratio_vs_fp16"]
+    fleet_rows = []
+    scope = "full_model" if "full_model" in set(timings["scope"]) else "measured"
+    ctx = min(p.context_lengths)
+    for _, r in timings[(timings["scope"] == scope) & (timings["context"] == ctx)].iterrows():
+        wb = memory.loc[memory["path"] == r["path"], "weight_bytes_full_model"].iloc[0]
+        try:
+            fleet_rows.append({"path": r["path"], "context": ctx,
+                               **fleet_cost(wb, r["decode_tok_s_median"], p, r["path"], int(r["batch"]))})
+        except ValueError as exc:
+            notes.append(f"fleet for {r['path']} batch {r['batch']}: {exc}")
+    return {
+        "timings": timings, "memory": memory, "speedups": speedups, "traps": traps,
+        "fleet": pd.DataFrame(fleet_rows), "bytes_ratio": awq_ratio,
+        "targets": targets(speedups, awq_ratio), "notes": notes,
+        "env": {"device": device, "hardware_label": p.hardware_label, "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                "paths_available": avail, "checkpoint": str(folder), "full_num_layers": full_num_layers},
+    }
+
+
+def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], device: str = "cpu",
+                         progress: bool = True, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """:func:`production_model` + :func:`run_benchmark`, extrapolated to ``prod_num_layers``.
+
+    The baseline is the dequantized checkpoint (same shapes and dtype as the random dense
+    model, hence the same speed and memory); the dense model itself is freed before timing.
+    """
+    p = _bench_section(bench_params)
+    dense, folder = production_model(p, out_dir=out_dir, seed=seed)
+    del dense
+    gc.collect()
+    result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed)
+    result["env"]["production_folder"] = str(folder)
+    return result
