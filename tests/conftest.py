@@ -53,6 +53,7 @@ def base_params() -> dict[str, Any]:
     raw["data"]["conversations"] = "data/conversations.jsonl"
     raw["data"]["task_items"] = "data/task_items.jsonl"
     raw["model"]["path"] = "models/tiny"
+    raw["data"]["domain_lexicon"] = None
     return raw
 
 
@@ -68,3 +69,30 @@ def write_params(project: Path, base_params: dict[str, Any]) -> Callable[..., Pa
         return path
 
     return write
+
+
+TINY_TEXTS = [
+    "User: Hi, my order ORD-1234-5678 has not arrived.\nAssistant: The refund window is 30 days.\n",
+    "The Lumen X2 router costs $149 and carries a 24 months warranty.",
+    "Paris is the capital of France. The river Seine flows through the city.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (hidden 128, 2 layers) with a real BPE tokenizer, saved like the demo model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantstudy.train import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = train_tokenizer(TINY_TEXTS, 384)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

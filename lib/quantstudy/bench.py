@@ -17,8 +17,8 @@ Inference paths (``available_paths`` says which run here, and why not):
     with a float ``zero`` per group and output column; AWQ's is ``w = (q - z) * s`` with
     ``q, z`` in 0..15, so the exact conversion is ``scale = s`` and ``zero = (8 - z) * s``.
     On this kind of CPU (AVX512-BF16/AMX) the kernel is only fast with bfloat16 activations and
-    bfloat16 scales/zeros: float32 inputs take a scalar path ~5x (decode) to ~60x (prefill)
-    slower than the dense float32 matmul, and float16 is ~10x slower than bfloat16. So the
+    bfloat16 scales/zeros: float32 inputs take a slow path ~3-4x (1 token) to ~80x (128 tokens)
+    slower than the dense float32 matmul, and float16 is ~13x slower than bfloat16. So the
     layer casts ``x`` to bfloat16, runs the kernel and casts back; scales and zeros are rounded
     to bfloat16 (8-bit mantissa), which costs ~0.3% relative error against the float16-scale
     dequantized weights. ``compute_dtype=torch.float32`` keeps an exact (slow) reference.
@@ -46,6 +46,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -775,6 +776,13 @@ def targets(speedups, bytes_ratio: float | None) -> dict[str, dict[str, Any]]:
 
 
 # =========================================================================== driver
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # pragma: no cover - not on Linux/macOS
+        return None
+
+
 def _memory_now(device: str) -> None:
     gc.collect()
     if device == "cuda":  # pragma: no cover
@@ -784,12 +792,15 @@ def _memory_now(device: str) -> None:
 
 def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection | Mapping[str, Any],
                   device: str = "cpu", progress: bool = True, *, baseline: str | Path | nn.Module | None = None,
-                  full_num_layers: int | None = None, seed: int = 0, inner_k_tiles: int = 2) -> dict[str, Any]:
+                  full_num_layers: int | None = None, seed: int = 0, inner_k_tiles: int = 2,
+                  threads: int | None = None) -> dict[str, Any]:
     """Benchmark every requested path of one AWQ checkpoint; returns a dict of tables.
 
     ``baseline`` (a dense folder or module) replaces the dequantized checkpoint as the
     baseline model; ``full_num_layers`` extrapolates the ``full_model`` scope (see module
-    docstring). Paths are built, timed and freed one at a time. An unavailable optional path is
+    docstring). ``threads`` sets torch's intra-op threads for the run (restored afterwards);
+    on a machine shared with other busy processes, fewer threads than cores avoids the
+    OpenMP oversubscription that makes every small op wait. Paths are built, timed and freed one at a time. An unavailable optional path is
     skipped with a note; an unavailable ``baseline`` raises :class:`BenchError`.
 
     Keys: timings (tidy DataFrame), memory (DataFrame per path), speedups, traps, fleet,
@@ -811,6 +822,12 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     if avail["baseline"] is not None:
         raise BenchError(f"required path 'baseline' is unavailable on {device}: {avail['baseline']}; "
                          f"available paths: {', '.join(ok) or 'none'}")
+    load = _load_average()
+    cores = os.cpu_count() or 1
+    if load is not None and load > 0.5 * cores:
+        notes.append(f"machine busy before timing (1-min load average {load:.2f} on {cores} cores): other "
+                     "processes compete for the cores and memory bandwidth, so absolute tokens/s are low and noisy; "
+                     "ratios between paths are more robust but still affected")
     paths = []
     for path in requested:
         if avail.get(path):
@@ -818,6 +835,11 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
         else:
             paths.append(path)
     n_shapes = len(p.batch_sizes) * len(p.context_lengths)
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise BenchError(f"threads: expected a positive count; found {threads}")
+        torch.set_num_threads(threads)
     bar = tqdm(total=len(paths) * n_shapes, desc="benchmark", disable=not progress, leave=False)
     rows: list[dict[str, Any]] = []
     mem_rows: list[dict[str, Any]] = []
@@ -826,10 +848,12 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             bar.set_postfix_str(path)
             _memory_now(device)
             rss_before = PeakRSS.rss_bytes()
-            with PeakRSS() as peak:
+            with PeakRSS() as build_mem:
                 src = baseline if (path == "baseline" and baseline is not None) else folder
                 model = convert_model(src, path, device, inner_k_tiles=inner_k_tiles)
-                build_peak = peak.peak
+            gc.collect()
+            rss_built = PeakRSS.rss_bytes()
+            with PeakRSS() as run_mem:
                 rows += time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
                                    p.repeats, device, full_num_layers=full_num_layers, seed=seed, progress=bar)
             qlb = quantized_linear_bytes(model)
@@ -843,8 +867,11 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
                 "weight_bytes_on_disk": disk,
                 "quantized_linear_bytes": qlb["quantized_bytes"] if qlb["linears"] else None,
                 "quantized_linear_ratio_vs_fp16": qlb["ratio_vs_fp16"],
-                "rss_before_mb": round(rss_before / 2**20, 1), "peak_rss_build_mb": round(build_peak / 2**20, 1),
-                "peak_rss_mb": peak.peak_mb, "peak_rss_delta_mb": round((peak.peak - rss_before) / 2**20, 1),
+                # process RSS: before building, peak while building (skeleton + checkpoint tensors),
+                # after building, and peak while timing (the inference footprint: weights, activations, KV)
+                "rss_before_mb": round(rss_before / 2**20, 1), "peak_rss_build_mb": build_mem.peak_mb,
+                "rss_built_mb": round(rss_built / 2**20, 1), "peak_rss_run_mb": run_mem.peak_mb,
+                "peak_rss_run_delta_mb": round((run_mem.peak - rss_before) / 2**20, 1),
                 "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                           if device == "cuda" else None),
             })
@@ -852,6 +879,8 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             _memory_now(device)
     finally:
         bar.close()
+        threads_used = torch.get_num_threads()
+        torch.set_num_threads(prev_threads)
     timings = pd.DataFrame(rows)
     memory = pd.DataFrame(mem_rows)
     speedups = speedup_table(timings)
@@ -872,13 +901,15 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
         "fleet": pd.DataFrame(fleet_rows), "bytes_ratio": awq_ratio,
         "targets": targets(speedups, awq_ratio), "notes": notes,
         "env": {"device": device, "hardware_label": p.hardware_label, "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                "threads": threads_used, "cpu": platform.processor() or platform.machine(),
+                "load_average_before": load, "load_average_after": _load_average(),
                 "paths_available": avail, "checkpoint": str(folder), "full_num_layers": full_num_layers},
     }
 
 
 def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], device: str = "cpu",
-                         progress: bool = True, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+                         progress: bool = True, out_dir: str | Path | None = None, seed: int = 0,
+                         threads: int | None = None) -> dict[str, Any]:
     """:func:`production_model` + :func:`run_benchmark`, extrapolated to ``prod_num_layers``.
 
     The baseline is the dequantized checkpoint (same shapes and dtype as the random dense
@@ -888,6 +919,6 @@ def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], dev
     dense, folder = production_model(p, out_dir=out_dir, seed=seed)
     del dense
     gc.collect()
-    result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed)
+    result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads)
     result["env"]["production_folder"] = str(folder)
     return result

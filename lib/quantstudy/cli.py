@@ -5,6 +5,7 @@
     quantstudy report RUN_DIR
     quantstudy demo-data
     quantstudy demo-model [--out models/demo-support-lm] [--config demo]
+    quantstudy demo-card [--model models/demo-support-lm]
 
 Exit codes: 0 ok, 1 a step (or the report) failed, 2 bad params or bad arguments.
 """
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo-model", help="train the small demo model")
     dm.add_argument("--out", default="models/demo-support-lm", help="output folder")
     dm.add_argument("--config", default="demo", help="training config name")
+
+    dc = sub.add_parser("demo-card", help="measure the demo model and write its model card")
+    dc.add_argument("--model", default="models/demo-support-lm", help="model folder")
     return parser
 
 
@@ -139,7 +143,16 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo_card(args: argparse.Namespace) -> int:
+    from quantstudy.modelcard import write_card
+
+    card = write_card(args.model)
+    print(f"model card written to {args.model}/README.md ({card['wall_s']:.0f} s)")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "demo-card": cmd_demo_card,
     "run": cmd_run,
     "validate": cmd_validate,
     "report": cmd_report,

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 CATEGORIES = ("product", "figure", "jargon", "ordinary")
+# Baseline log-probs are cached in memory up to this size; beyond it the baseline model is
+# kept and re-run per batch (real vocabularies of 100k+ tokens).
+CACHE_LIMIT_BYTES = 6 * 2**30
 _FIGURE = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?")
 
 
@@ -246,3 +249,391 @@ def category_damage(base_nll: np.ndarray, cand_nll: np.ndarray, category: np.nda
 
 def load_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- the step
+TASKS = ("policy_closed_book", "policy_grounded", "retention")
+METRIC_TASK = {"policy_closed_book_acc": "policy_closed_book", "policy_grounded_acc": "policy_grounded",
+               "retention_acc": "retention"}
+
+
+def checkpoint_list(quantize_dir: str | Path) -> list[dict]:
+    """Checkpoint records written by step 02 (records of checkpoints present on disk)."""
+    from quantstudy.paths import resolve
+
+    folder = resolve(quantize_dir)
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} not found: run step 02_quantize first (input_dirs['02_quantize'])")
+    recs = json.loads(metrics.read_text())["checkpoints"]
+    missing = [r["name"] for r in recs if not (folder / "checkpoints" / r["name"] / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoints missing under {folder / 'checkpoints'}: {', '.join(missing)}; re-run step 02")
+    return recs
+
+
+def load_eval_data(P) -> dict:
+    """Evaluation texts of both domains and the task items (validated, optionally capped per task)."""
+    from quantstudy import data
+    from quantstudy.calibration import domain_lexicon_for
+
+    items = data.read_task_items(P.data.task_items)
+    by_task: dict[str, list[dict]] = {t: [] for t in TASKS}
+    for it in items:
+        by_task.setdefault(it["task"], []).append(it)
+    if P.evaluate.max_items_per_task:
+        by_task = {t: v[: P.evaluate.max_items_per_task] for t, v in by_task.items()}
+    convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)
+    return {"generic": data.load_generic_texts(P.data, "eval"),
+            "in_domain": [data.conversation_to_text(c) for c in convs],
+            "items": by_task, "lexicon": domain_lexicon_for(P)}
+
+
+@torch.no_grad()
+def evaluate_model(model, tokenizer, streams: dict[str, Stream], items: dict[str, list[dict]],
+                   baseline_logprobs=None, batch_size: int = 8, name: str = "", keep_logprobs: bool = False) -> dict:
+    """All per-token and per-item arrays of one model. With baseline log-probs (cached per
+    batch), also KL and top-1 agreement against the baseline."""
+    out: dict = {"streams": {}, "items": {}}
+    for dom, stream in streams.items():
+        nll, kl, agree, cache = [], [], [], []
+        for bi, i in enumerate(tqdm(range(0, len(stream.input_ids), batch_size), desc=f"{name} {dom}", leave=False)):
+            x = stream.input_ids[i:i + batch_size]
+            mask = stream.score_mask[i:i + batch_size][:, 1:]
+            lp = _window_logprobs(model, x)[:, :-1]
+            nll.append((-lp.gather(-1, x[:, 1:, None])[..., 0])[mask])
+            if baseline_logprobs is not None:
+                # A cached tensor per batch, or the baseline model itself when the cache would not fit.
+                blp = (baseline_logprobs[dom][bi] if isinstance(baseline_logprobs, dict)
+                       else _window_logprobs(baseline_logprobs, x)[:, :-1])
+                kl.append((blp.exp() * (blp - lp)).sum(-1)[mask])
+                agree.append((blp.argmax(-1) == lp.argmax(-1))[mask])
+            elif keep_logprobs:
+                cache.append(lp)
+        rec = {"nll": torch.cat(nll).double().numpy()}
+        if baseline_logprobs is not None:
+            rec["kl"] = torch.cat(kl).double().numpy()
+            rec["agree"] = torch.cat(agree).double().numpy()
+        elif keep_logprobs:
+            rec["_logprobs"] = cache
+        out["streams"][dom] = rec
+    for task, task_items in items.items():
+        if task_items:
+            out["items"][task] = score_items(model, tokenizer, task_items, desc=f"{name} {task}")
+    return out
+
+
+def summarize(arrays: dict) -> dict:
+    s = {}
+    for dom, rec in arrays["streams"].items():
+        s[f"ppl_{dom}"] = perplexity(rec["nll"])
+        if "kl" in rec:
+            s[f"kl_{dom}"] = float(rec["kl"].mean())
+            s[f"top1_{dom}"] = float(rec["agree"].mean())
+    for task, rec in arrays["items"].items():
+        s[f"{task}_acc"] = float(rec["acc"].mean())
+    return s
+
+
+def metric_pair(metric: str, base: dict, cand: dict, streams: dict[str, Stream]) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+    """(baseline array, candidate array, bootstrap statistic, groups) for a budget metric."""
+    if metric in METRIC_TASK:
+        t = METRIC_TASK[metric]
+        return base["items"][t]["acc"] * 100, cand["items"][t]["acc"] * 100, "mean_diff", None
+    if metric in ("indomain_ppl", "generic_ppl"):
+        dom = "in_domain" if metric == "indomain_ppl" else "generic"
+        return base["streams"][dom]["nll"], cand["streams"][dom]["nll"], "ppl_pct", streams[dom].window_of_token
+    if metric == "indomain_top1_agreement":
+        a = cand["streams"]["in_domain"]["agree"] * 100
+        return np.full_like(a, 100.0), a, "mean_diff", streams["in_domain"].window_of_token
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def budget_table(P, base: dict, cands: dict[str, dict], streams: dict[str, Stream]) -> list[dict]:
+    rows = []
+    for name, cand in cands.items():
+        for line in P.evaluate.budget:
+            if line.metric == "satisfaction":  # a live metric: judged by the rollout (step 05)
+                continue
+            b, c, stat, groups = metric_pair(line.metric, base, cand, streams)
+            ci = paired_bootstrap(b, c, stat, n=P.evaluate.bootstrap_samples, seed=P.study.seed,
+                                  confidence=P.evaluate.confidence, groups=groups)
+            if stat == "ppl_pct" and line.unit == "points":
+                raise ValueError(f"evaluate.budget: {line.metric} is a perplexity; use unit: percent")
+            rows.append({"checkpoint": name, **budget_verdict(line.model_dump(), ci), "ci": ci})
+    return rows
+
+
+def source_effect(per_source: dict[str, list[np.ndarray]], a: str, b: str, stat: str = "mean_diff", n: int = 1000,
+                  seed: int = 0, confidence: float = 0.95, groups: np.ndarray | None = None) -> dict:
+    """Effect of calibration source a vs b (mean over draws), with a CI that resamples both the
+    evaluation units (paired) and the draws, so draw-to-draw noise widens it."""
+    A, B = np.array(per_source[a]), np.array(per_source[b])   # [draws, units]
+    if groups is None:
+        groups = np.arange(A.shape[1])
+    uniq, inv = np.unique(groups, return_inverse=True)
+    g = len(uniq)
+    cnt = np.bincount(inv, minlength=g).astype(float)
+    SA = np.stack([np.bincount(inv, weights=r, minlength=g) for r in A])
+    SB = np.stack([np.bincount(inv, weights=r, minlength=g) for r in B])
+
+    def val(sa, sb, c):
+        if stat == "mean_diff":
+            return sa / c - sb / c
+        return 100.0 * (np.exp(sa / c - sb / c) - 1.0)
+
+    point = float(val(SA.mean(0).sum(), SB.mean(0).sum(), cnt.sum()))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n)
+    for k in range(n):
+        w = np.bincount(rng.integers(0, g, g), minlength=g).astype(float)
+        da = rng.integers(0, len(A), len(A))
+        db = rng.integers(0, len(B), len(B))
+        boots[k] = val(SA[da].mean(0) @ w, SB[db].mean(0) @ w, cnt @ w)
+    lo, hi = np.quantile(boots, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    per_draw_a = [float(val(s.sum(), 0 * s.sum(), cnt.sum())) if stat == "mean_diff" else None for s in SA]
+    return {"a": a, "b": b, "point": point, "lo": float(lo), "hi": float(hi), "draws": [len(A), len(B)],
+            "within_noise": bool(lo <= 0 <= hi), "per_draw_a": per_draw_a}
+
+
+def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
+    """Evaluate the baseline (the original model.path) and every checkpoint of step 02."""
+    from quantstudy import quantize as Q
+    from quantstudy.paths import resolve
+
+    quantize_dir = resolve(quantize_dir)
+    records = checkpoint_list(quantize_dir)
+    base_model, tok, _ = Q.load_checkpoint(P.model.path, device=P.study.device)
+    streams = {dom: build_stream(tok, data[dom], P.evaluate.window, P.evaluate.stride, P.evaluate.max_eval_tokens,
+                                 data["lexicon"]) for dom in ("generic", "in_domain")}
+    cache_bytes = sum(s.input_ids.numel() for s in streams.values()) * base_model.config.vocab_size * 4
+    keep = cache_bytes <= CACHE_LIMIT_BYTES
+    base = evaluate_model(base_model, tok, streams, data["items"], name="baseline", keep_logprobs=keep)
+    base_lp = {dom: base["streams"][dom].pop("_logprobs") for dom in streams} if keep else base_model
+    cands = {}
+    for rec in tqdm(records, desc="evaluate checkpoints"):
+        model, _, _ = Q.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device)
+        cands[rec["name"]] = evaluate_model(model, tok, streams, data["items"], base_lp, name=rec["name"])
+        del model
+    del base_lp
+    return {"records": records, "streams": streams, "base": base, "cands": cands, "items_used": data["items"]}
+
+
+def rollback_check(P, quantize_dir: str | Path, result: dict) -> dict:
+    """Reload the archived baseline after verifying its checksums; it must reproduce the
+    baseline's metrics exactly (bit-identical per-token NLL and per-item scores)."""
+    from quantstudy import quantize as Q
+    from quantstudy.paths import resolve
+
+    archive = resolve(quantize_dir) / "baseline"
+    Q.verify_archive(archive)
+    model, tok, _ = Q.load_checkpoint(archive, device=P.study.device)
+    again = evaluate_model(model, tok, result["streams"], {t: v for t, v in result["items_used"].items()}, name="archive")
+    for dom in again["streams"]:
+        again["streams"][dom].pop("_logprobs", None)
+    checks = {}
+    for dom, rec in again["streams"].items():
+        checks[f"nll_{dom}"] = bool(np.array_equal(rec["nll"], result["base"]["streams"][dom]["nll"]))
+    for task, rec in again["items"].items():
+        checks[f"{task}_scores"] = bool(np.array_equal(rec["margin"], result["base"]["items"][task]["margin"]))
+    return {"archive": str(archive), "checksums_verified": True, "identical": all(checks.values()), "checks": checks,
+            "baseline_metrics": summarize(result["base"]), "archive_metrics": summarize(again)}
+
+
+def summary_table(result: dict):
+    import pandas as pd
+
+    rows = [{"name": "baseline", "method": "baseline", "source": "", "draw": None, "bits": 16, **summarize(result["base"])}]
+    for rec in result["records"]:
+        rows.append({"name": rec["name"], "method": rec["method"], "source": rec.get("calibration_source") or "",
+                     "draw": rec.get("draw"), "bits": rec["bits"], **summarize(result["cands"][rec["name"]])})
+    return pd.DataFrame(rows).set_index("name")
+
+
+def main_checkpoints(records: list[dict]) -> list[dict]:
+    """Checkpoints of the main comparison: no sweep sets, no search-setting variants."""
+    return [r for r in records if not r.get("sweep") and not r.get("variant")]
+
+
+def source_groups(records: list[dict], bits: int = 4) -> dict[str, list[str]]:
+    """{'RTN': [...], 'generic': [draw names], 'in_domain': [...], 'mixed': [...]} at one bit width."""
+    groups: dict[str, list[str]] = {}
+    for r in main_checkpoints(records):
+        if r["bits"] != bits:
+            continue
+        key = "RTN" if r["method"] == "rtn" else r["calibration_source"]
+        groups.setdefault(key, []).append(r["name"])
+    return groups
+
+
+def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
+    """In-domain vs generic (and mixed vs generic) per budget metric, resampling items and draws."""
+    groups = source_groups(result["records"], bits)
+    out = []
+    pairs = [("in_domain", "generic"), ("mixed", "generic"), ("in_domain", "RTN")]
+    metrics = list(dict.fromkeys([b.metric for b in P.evaluate.budget if b.metric != "satisfaction"] + ["policy_closed_book_acc", "policy_grounded_acc",
+                                                                        "retention_acc", "indomain_ppl", "generic_ppl"]))
+    for a, b in pairs:
+        if a not in groups or b not in groups:
+            continue
+        for metric in metrics:
+            try:
+                per_source = {}
+                for src in (a, b):
+                    arrs = []
+                    for name in groups[src]:
+                        _, c, stat, g = metric_pair(metric, result["base"], result["cands"][name], result["streams"])
+                        arrs.append(c)
+                    per_source[src] = arrs
+            except KeyError:
+                continue
+            eff = source_effect(per_source, a, b, stat, n=P.evaluate.bootstrap_samples, seed=P.study.seed,
+                                confidence=P.evaluate.confidence, groups=g)
+            spread = {src: [float(np.mean(x)) if stat == "mean_diff" else float(np.exp(np.mean(x))) for x in per_source[src]]
+                      for src in (a, b)}
+            out.append({"metric": metric, "unit": "points" if stat == "mean_diff" else "% perplexity", **eff,
+                        "per_draw": spread})
+    return out
+
+
+def cross_domain_matrix(result: dict, bits: int = 4):
+    """Rows: calibration source (mean over draws); columns: evaluation domain/task; values:
+    change against the baseline (perplexity %, accuracy points)."""
+    import pandas as pd
+
+    base = summarize(result["base"])
+    groups = source_groups(result["records"], bits)
+    cols = {"generic ppl (%)": "ppl_generic", "in-domain ppl (%)": "ppl_in_domain",
+            "closed-book policy (pts)": "policy_closed_book_acc", "grounded policy (pts)": "policy_grounded_acc",
+            "retention (pts)": "retention_acc"}
+    rows = {}
+    for src in ("generic", "in_domain", "mixed", "RTN"):
+        if src not in groups:
+            continue
+        vals = {}
+        for label, key in cols.items():
+            if key not in base:
+                continue
+            xs = [summarize(result["cands"][n])[key] for n in groups[src]]
+            m = float(np.mean(xs))
+            vals[label] = 100 * (m / base[key] - 1) if key.startswith("ppl") else 100 * (m - base[key])
+        rows[src] = vals
+    return pd.DataFrame(rows).T
+
+
+def plot_matrix(matrix):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    # Colour by harm: perplexity up and accuracy down are both bad (red).
+    harm = matrix.copy()
+    for c in harm.columns:
+        if "pts" in c:
+            harm[c] = -harm[c]
+    sns.heatmap(harm, annot=matrix.round(2), fmt="", cmap="RdBu_r", center=0, ax=ax,
+                cbar_kws={"label": "harm (ppl % up / accuracy pts down)"})
+    ax.set(title="Cross-domain matrix: change vs baseline by calibration source (mean over draws)",
+           xlabel="evaluation", ylabel="calibration source")
+    fig.tight_layout()
+    return fig
+
+
+def plot_category_damage(result: dict, bits: int = 4):
+    """Mean NLL increase per token category on in-domain text, per calibration source."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    groups = source_groups(result["records"], bits)
+    stream = result["streams"]["in_domain"]
+    rows = []
+    for src, names in groups.items():
+        for n in names:
+            dmg = category_damage(result["base"]["streams"]["in_domain"]["nll"],
+                                  result["cands"][n]["streams"]["in_domain"]["nll"], stream.category)
+            for cat, v in dmg.items():
+                rows.append({"calibration": src, "checkpoint": n, "category": f"{cat} ({v['tokens']} tok)",
+                             "delta_nll_mnats": 1000 * v["delta_nll"]})
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    sns.barplot(data=df, x="category", y="delta_nll_mnats", hue="calibration", ax=ax, errorbar=("pi", 100), capsize=0.1)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set(title=f"Where {bits}-bit quantization hurts: NLL increase per token category (in-domain text)",
+           xlabel="token category", ylabel="mean NLL change vs baseline\n(millinats/token; bars: range over draws)")
+    ax.legend(title="calibration source")
+    fig.tight_layout()
+    return fig, df
+
+
+def plot_budget(rows: list[dict]):
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.42 * len(rows) / max(1, len(metrics)) + 2.2),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sub = [r for r in rows if r["metric"] == metric]
+        for i, r in enumerate(sub):
+            ci = r["ci"]
+            if metric.endswith("_ppl"):
+                point, lo, hi = ci["point"], ci["lo"], ci["hi"]
+            else:
+                point, lo, hi = -ci["point"], -ci["hi"], -ci["lo"]
+            color = {"pass": "#2ca02c", "fail": "#d62728", "inconclusive": "#ff7f0e"}[r["verdict"]]
+            ax.errorbar(point, i, xerr=[[point - lo], [hi - point]], fmt="o", color=color, capsize=3)
+        ax.axvline(sub[0]["limit"], color="#d62728", ls="--", label=f"budget ({sub[0]['limit']} {sub[0]['unit']})")
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(sub)), [r["checkpoint"] for r in sub], fontsize=8)
+        ax.set(title=metric, xlabel=f"degradation ({sub[0]['unit']}), 95% CI")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Quality budget: pass only when the worse end of the CI is inside the budget (green pass, red fail, orange inconclusive)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_metrics(output_dir: str | Path, P, result: dict, budget: list[dict], effects: list[dict], matrix,
+                  damage, rollback: dict, wall_s: float) -> dict:
+    table = summary_table(result)
+    verdicts: dict[str, str] = {}
+    for r in budget:
+        prev = verdicts.get(r["checkpoint"], "pass")
+        verdicts[r["checkpoint"]] = "pass" if prev == "pass" and r["verdict"] == "pass" else "fail"
+    metrics = {
+        "budget_declared": [b.model_dump() for b in P.evaluate.budget],
+        "budget": budget, "verdict_by_checkpoint": verdicts,
+        "summary": json.loads(table.reset_index().to_json(orient="records")),
+        "calibration_effects": effects,
+        "cross_domain_matrix": json.loads(matrix.to_json(orient="index")),
+        "category_damage": json.loads(damage.to_json(orient="records")),
+        "rollback_check": rollback,
+        "chance_levels": {t: float(np.mean([1 / len(i["choices"]) for i in v])) for t, v in result["items_used"].items() if v},
+        "n_items": {t: len(v) for t, v in result["items_used"].items()},
+        "n_tokens": {d: s.n_tokens for d, s in result["streams"].items()},
+        "window": P.evaluate.window, "stride": P.evaluate.stride,
+        "targets": {"evaluation_wall_s": {"measured": round(wall_s, 1), "target": 240.0, "met": wall_s <= 240.0}},
+        "wall_s": round(wall_s, 1),
+    }
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    arrays = {}
+    for name, arr in [("baseline", result["base"]), *result["cands"].items()]:
+        for dom, rec in arr["streams"].items():
+            for k, v in rec.items():
+                if not k.startswith("_"):
+                    arrays[f"{name}|{dom}|{k}"] = v
+        for task, rec in arr["items"].items():
+            for k, v in rec.items():
+                arrays[f"{name}|{task}|{k}"] = v
+    np.savez_compressed(Path(output_dir) / "per_item.npz", **arrays)
+    return metrics
+
+
+def effects_table(effects: list[dict]):
+    import pandas as pd
+
+    rows = [{"comparison": f"{e['a']} vs {e['b']}", "metric": e["metric"], "unit": e["unit"],
+             "effect": round(e["point"], 3), "CI low": round(e["lo"], 3), "CI high": round(e["hi"], 3),
+             "draws": f"{e['draws'][0]} vs {e['draws'][1]}", "within noise": e["within_noise"]} for e in effects]
+    return pd.DataFrame(rows)

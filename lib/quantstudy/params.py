@@ -37,6 +37,7 @@ BUDGET_METRICS = (
     "indomain_ppl",
     "generic_ppl",
     "indomain_top1_agreement",
+    "satisfaction",  # live user satisfaction: judged in the rollout (step 05), not offline
 )
 
 
@@ -126,13 +127,14 @@ class EvaluateSection(_Section):
     window: int = Field(256, ge=16, le=8192)
     stride: int = Field(128, ge=1, le=8192)
     max_eval_tokens: int = Field(60000, ge=256, description="per evaluation domain")
-    max_items_per_task: int | None = Field(None, ge=10, description="null = every task item")
+    max_items_per_task: int | None = Field(None, ge=10, description="null: every task item")
     bootstrap_samples: int = Field(1000, ge=100, le=100000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     budget: list[BudgetLine] = Field(default_factory=lambda: [
         BudgetLine(metric="policy_closed_book_acc", max_drop=2.0, unit="points"),
         BudgetLine(metric="retention_acc", max_drop=2.0, unit="points"),
         BudgetLine(metric="indomain_ppl", max_drop=3.0, unit="percent"),
+        BudgetLine(metric="satisfaction", max_drop=2.0, unit="points"),
     ])
     lm_eval_tasks: list[str] = Field(default_factory=list)
 
@@ -185,7 +187,7 @@ class RolloutSection(_Section):
     baseline_satisfaction: float = Field(0.82, gt=0.0, lt=1.0)
     satisfaction_per_point: float = Field(0.004, ge=0.0, description="simulated satisfaction change per task-accuracy point")
     worse_drop: float = Field(0.05, gt=0.0, lt=1.0, description="satisfaction drop of the quantized arm in the 'worse' scenario")
-    margin: float = Field(0.02, gt=0.0, lt=1.0, description="non-inferiority margin on satisfaction (absolute)")
+    margin: float | None = Field(None, gt=0.0, lt=1.0, description="null: the budget's satisfaction line sets the non-inferiority margin")
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
 
     @field_validator("stages")
@@ -300,6 +302,12 @@ def check_combinations(p: StudyParams, source: str) -> None:
     if p.rollout.logs is not None and p.rollout.scenario != "measured":
         raise ParamsError(f"{source}: rollout.scenario: expected 'measured' with real logs (scenarios only "
                           f"apply to the simulator); found {p.rollout.scenario!r}")
+    sat = [b for b in p.evaluate.budget if b.metric == "satisfaction"]
+    if p.rollout.margin is None and not sat:
+        raise ParamsError(f"{source}: evaluate.budget: expected a line {{metric: satisfaction, max_drop: <points>, "
+                          "unit: points}} to set the rollout's non-inferiority margin (or set rollout.margin); found none")
+    if sat and sat[0].unit != "points":
+        raise ParamsError(f"{source}: evaluate.budget: expected unit 'points' for the satisfaction line; found {sat[0].unit!r}")
     widths_source = _local_model_config(p.model)
     if widths_source is not None:
         cfg_path, cfg = widths_source
@@ -382,6 +390,15 @@ def validate_notebook(namespace: dict[str, Any], step: str, source: str | None =
         raise ParamsError(msg) from None
     check_combinations(params, source)
     return params
+
+
+def rollout_margin(p: StudyParams) -> float:
+    """The rollout's non-inferiority margin (absolute satisfaction): rollout.margin when set,
+    else the quality budget's satisfaction line (points / 100)."""
+    if p.rollout.margin is not None:
+        return p.rollout.margin
+    line = next(b for b in p.evaluate.budget if b.metric == "satisfaction")
+    return line.max_drop / 100.0
 
 
 def to_yaml(p: StudyParams) -> str:

@@ -575,3 +575,128 @@ def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: 
             row["worse_than_rtn_on_own_domain"] = bool(worse)
             row["worse_domains"] = worse
     return rows
+
+
+def calibration_sets(calibration_dir: str | Path) -> list[dict]:
+    """The set records step 01 wrote (its metrics.json), checked to exist on disk."""
+    folder = resolve(calibration_dir)
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        raise QuantizeError(f"{metrics} not found: run step 01_calibration first (input_dirs['01_calibration'])")
+    sets = json.loads(metrics.read_text())["sets"]
+    for s in sets:
+        if not (folder / "sets" / s["name"] / "set.json").is_file():
+            raise QuantizeError(f"calibration set {s['name']!r} is missing under {folder / 'sets'}; re-run step 01")
+    return sets
+
+
+def rollback_line(baseline_dir: Path) -> str:
+    """The one line that verifies the archived baseline and points serving back at it."""
+    rel = _rel(baseline_dir)
+    return f"(cd {rel} && sha256sum --quiet -c {CHECKSUMS}) && export MODEL_PATH={rel}"
+
+
+def _rel(path: Path) -> str:
+    from quantstudy.paths import project_root
+
+    try:
+        return str(Path(path).resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)
+
+
+def sanity_texts(P, max_docs: int = 400) -> dict[str, list[str]]:
+    """Held-out text of each calibration domain (never calibration text)."""
+    from quantstudy import data
+
+    tok = None
+    generic = data.load_generic_texts(P.data, "eval")[:max_docs]
+    convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)[:max_docs]
+    return {"generic": generic, "in_domain": [data.conversation_to_text(c, tok) for c in convs]}
+
+
+def plan_table(plan: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(plan).set_index("name")
+
+
+def records_table(records: list[dict]):
+    import pandas as pd
+
+    cols = ["method", "bits", "calibration_source", "draw", "n_samples", "duo_scaling", "apply_clip", "simulated",
+            "search_wall_s", "peak_rss_mb", "checkpoint_bytes", "effective_bits_per_weight"]
+    return pd.DataFrame([{"name": r["name"], **{c: r.get(c) for c in cols}} for r in records]).set_index("name")
+
+
+def sanity_table(rows: list[dict]):
+    import pandas as pd
+
+    out = []
+    for r in rows:
+        row = {"name": r["name"], "method": r["method"], "bits": r["bits"],
+               "ppl generic": round(r.get("ppl_generic", float("nan")), 3),
+               "ppl in-domain": round(r.get("ppl_in_domain", float("nan")), 4)}
+        for d in ("generic", "in_domain"):
+            ci = r.get(f"vs_rtn_pct_{d}")
+            row[f"vs RTN, {d} (%)"] = f"{ci['point']:+.2f} [{ci['lo']:+.2f}, {ci['hi']:+.2f}]" if ci else ""
+        row["worse than RTN on own domain"] = r.get("worse_than_rtn_on_own_domain", "")
+        out.append(row)
+    return pd.DataFrame(out).set_index("name")
+
+
+def plot_search_settings(records: list[dict], sanity: list[dict]):
+    """AutoAWQ search settings on the same calibration set: quality (in-domain perplexity vs RTN)
+    against search wall time."""
+    import matplotlib.pyplot as plt
+
+    by = {r["name"]: r for r in sanity}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ref = next((r for r in records if r.get("variant")), None)
+    chosen = [r for r in records if r["method"] == "awq" and ref and r["set"] == ref["set"] and r["bits"] == 4]
+    for r in chosen:
+        s = by[r["name"]]
+        ci = s.get("vs_rtn_pct_in_domain") or {"point": float("nan"), "lo": float("nan"), "hi": float("nan")}
+        label = f"duo_scaling={r['duo_scaling']}, apply_clip={r['apply_clip']}"
+        ax.errorbar(r["search_wall_s"], ci["point"], yerr=[[ci["point"] - ci["lo"]], [ci["hi"] - ci["point"]]],
+                    fmt="o", capsize=4, label=label)
+    ax.axhline(0, color="grey", lw=1, ls="--", label="round-to-nearest")
+    ax.set(title="AutoAWQ search settings (same in-domain calibration set)", xlabel="search wall time (s)",
+           ylabel="in-domain perplexity vs RTN (%, 95% CI)\nbelow 0 = better than RTN")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_metrics(output_dir: str | Path, P, records: list[dict], sanity: list[dict], archive: dict,
+                  wall_s: float, calibration_dir: str | Path | None = None) -> dict:
+    """metrics.json of step 02, with the performance targets checked as measured figures."""
+    awq = [r for r in records if r["method"] == "awq"]
+    default_search = [r["search_wall_s"] for r in awq if not r.get("variant")]
+    cal_wall = None
+    if calibration_dir and (resolve(calibration_dir) / "metrics.json").is_file():
+        cal_wall = json.loads((resolve(calibration_dir) / "metrics.json").read_text()).get("wall_s")
+    flagged = [r["name"] for r in sanity if r.get("worse_than_rtn_on_own_domain")]
+    variants = []
+    by = {r["name"]: r for r in sanity}
+    for r in awq:
+        if r.get("variant") or (awq and r["set"] == next((v["set"] for v in awq if v.get("variant")), None) and r["bits"] == 4):
+            variants.append({"name": r["name"], "duo_scaling": r["duo_scaling"], "apply_clip": r["apply_clip"],
+                             "search_wall_s": r["search_wall_s"], "vs_rtn_in_domain": by[r["name"]].get("vs_rtn_pct_in_domain"),
+                             "ppl_in_domain": by[r["name"]].get("ppl_in_domain")})
+    metrics = {
+        "baseline_archive": {"files": archive, "rollback": rollback_line(Path(output_dir) / "baseline")},
+        "checkpoints": records, "sanity": sanity, "worse_than_rtn_on_own_domain": flagged,
+        "search_settings": variants,
+        "targets": {
+            "awq_search_s_max": {"measured": max(default_search) if default_search else None, "target": 60.0,
+                                 "met": bool(default_search) and max(default_search) <= 60.0},
+            "steps_01_02_wall_s": {"measured": round(wall_s + (cal_wall or 0), 1), "target": 360.0,
+                                   "met": (wall_s + (cal_wall or 0)) <= 360.0, "step_01_s": cal_wall,
+                                   "step_02_s": round(wall_s, 1)},
+        },
+        "wall_s": round(wall_s, 1),
+    }
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics

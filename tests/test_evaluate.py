@@ -1,0 +1,120 @@
+"""Evaluation: perplexity against a token-by-token computation, KL, task scoring, bootstrap verdicts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quantstudy import evaluate as E
+from quantstudy import quantize as Q
+from quantstudy.params import BudgetLine, ParamsError, load_params
+
+TEXTS = ["User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
+         "The Lumen X2 router costs $149 and carries a 24 months warranty."] * 3
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_model_dir):
+    model, tok, _ = Q.load_checkpoint(tiny_model_dir)
+    return model, tok
+
+
+def test_perplexity_matches_token_by_token(model_tok):
+    model, tok = model_tok
+    stream = E.build_stream(tok, TEXTS, window=512, stride=256, max_tokens=10_000)
+    ours = E.perplexity(E.score_stream(model, stream)["nll"])
+    ids = stream.input_ids[0].tolist()
+    nll = []
+    with torch.no_grad():
+        for t in range(1, len(ids)):  # one forward per token, prefix only
+            lp = F.log_softmax(model(input_ids=torch.tensor([ids[:t]])).logits[0, -1].float(), -1)
+            nll.append(-lp[ids[t]].item())
+    assert ours == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
+
+
+def test_sliding_windows_score_each_token_once(model_tok):
+    _, tok = model_tok
+    stream = E.build_stream(tok, TEXTS, window=32, stride=16, max_tokens=10_000)
+    total = sum(len(tok(t)["input_ids"]) + 1 for t in TEXTS)
+    assert stream.n_tokens == total - 1
+    assert len(stream.category) == stream.n_tokens
+
+
+def test_kl_of_model_against_itself_is_zero(model_tok):
+    model, tok = model_tok
+    stream = E.build_stream(tok, TEXTS, 64, 32, 2000)
+    out = E.score_stream(model, stream, baseline=model)
+    assert np.abs(out["kl"]).max() < 1e-6 and out["agree"].mean() == 1.0
+
+
+def test_item_scores_equal_brute_force(model_tok):
+    model, tok = model_tok
+    item = {"context": "User: how long is the refund window?\nAssistant: It is", "choices": [" 30 days", " 14 days", " 7"],
+            "answer": 1}
+    ctx = tok(item["context"])["input_ids"]
+    brute = []
+    with torch.no_grad():
+        for c in item["choices"]:
+            ci = tok(c, add_special_tokens=False)["input_ids"]
+            lp = F.log_softmax(model(input_ids=torch.tensor([ctx + ci])).logits[0].float(), -1)
+            brute.append(sum(lp[len(ctx) - 1 + t, ci[t]].item() for t in range(len(ci))))
+    res = E.score_items(model, tok, [item])
+    assert res["acc"][0] == float(np.argmax(brute) == 1)
+    assert res["margin"][0] == pytest.approx(brute[1] - max(brute[0], brute[2]), abs=1e-4)
+
+
+def _verdict(base, cand, limit):
+    ci = E.paired_bootstrap(np.array(base) * 100.0, np.array(cand) * 100.0, n=2000, seed=0)
+    return E.budget_verdict({"metric": "policy_closed_book_acc", "max_drop": limit, "unit": "points"}, ci)
+
+
+def test_bootstrap_verdicts_on_synthetic_cases():
+    rng = np.random.default_rng(0)
+    base = (rng.random(2000) < 0.8).astype(float)
+    same = base.copy()
+    flip = rng.choice(2000, 10, replace=False)
+    same[flip] = 1 - same[flip]                       # ~0 change: clear pass at 2 points
+    assert _verdict(base, same, 2.0)["verdict"] == "pass"
+    worse = base.copy()
+    worse[np.flatnonzero(base == 1)[:200]] = 0        # -10 points: clear fail
+    assert _verdict(base, worse, 2.0)["verdict"] == "fail"
+    small = base[:300].copy()
+    small[np.flatnonzero(small == 1)[:4]] = 0         # -1.3 points on 300 items: CI crosses 2
+    v = _verdict(base[:300], small, 2.0)
+    assert v["degradation"] < 2.0 < v["worst_case"] and v["verdict"] == "inconclusive"
+
+
+def test_ppl_verdict_uses_upper_end():
+    ci = {"point": 1.0, "lo": 0.5, "hi": 3.5}
+    v = E.budget_verdict({"metric": "indomain_ppl", "max_drop": 3.0, "unit": "percent"}, ci)
+    assert v["worst_case"] == 3.5 and v["verdict"] == "inconclusive"
+
+
+def test_budget_with_unknown_metric_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown metric 'policy_acc'"):
+        BudgetLine(metric="policy_acc", max_drop=2)
+    p = tmp_path / "p.yaml"
+    p.write_text("evaluate:\n  budget:\n    - {metric: policy_acc, max_drop: 2}\n")
+    with pytest.raises(ParamsError, match=r"p.yaml: evaluate.budget.0.metric: expected unknown metric 'policy_acc'"):
+        load_params(p, check_files=False)
+
+
+def test_malformed_task_items_name_file_and_line(tmp_path):
+    from quantstudy.data import DataError, read_task_items
+
+    p = tmp_path / "items.jsonl"
+    p.write_text('{"item_id": "a", "task": "retention", "context": "x", "choices": [" a", " b"], "answer": 0}\n'
+                 '{"item_id": "b", "task": "retention", "context": "x", "choices": [" a"], "answer": 3}\n')
+    with pytest.raises(DataError, match=r"items.jsonl:2:"):
+        read_task_items(p)
+
+
+def test_source_effect_within_noise_when_draws_disagree():
+    rng = np.random.default_rng(1)
+    a = [rng.normal(0, 1, 500) + d for d in (-0.5, 0.5)]
+    b = [rng.normal(0, 1, 500) for _ in range(2)]
+    eff = E.source_effect({"a": a, "b": b}, "a", "b", n=500)
+    assert eff["within_noise"]
+    eff2 = E.source_effect({"a": [x + 1.0 for x in b], "b": b}, "a", "b", n=500)
+    assert not eff2["within_noise"] and eff2["point"] == pytest.approx(1.0)

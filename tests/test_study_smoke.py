@@ -1,0 +1,59 @@
+"""The whole study, end to end, under papermill with params/smoke.yaml (a few minutes on 2 cores)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quantstudy import cli
+from quantstudy.runner import Pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "demo-support-lm" / "config.json"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    if not MODEL.is_file():
+        pytest.skip("the demo model is not committed yet (make demo-model)")
+    out = tmp_path_factory.mktemp("outputs")
+    pipeline = Pipeline(outputs_dir=out)
+    code = cli.main(["run", str(REPO / "params" / "smoke.yaml"), "--run-id", "smoke"], pipeline=pipeline)
+    return code, out / "smoke"
+
+
+def test_smoke_study_completes(smoke_run):
+    code, run = smoke_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    failed = {k: v.get("error") for k, v in manifest["steps"].items() if v["status"] not in ("completed", "skipped")}
+    assert code == 0 and not failed, failed
+    for step in ("01_calibration", "02_quantize", "03_evaluate", "04_benchmark", "05_rollout_analysis"):
+        assert (run / step / "metrics.json").is_file(), step
+        assert (run / "notebooks" / f"{step}.ipynb").is_file(), step
+
+
+def test_smoke_outputs_are_sane(smoke_run):
+    _, run = smoke_run
+    cal = json.loads((run / "01_calibration" / "metrics.json").read_text())
+    assert cal["scrub"]["n_survivors"] == 0
+    assert all(s["kept_by_autoawq"] == s["tokens"] for s in cal["sets"])
+    q = json.loads((run / "02_quantize" / "metrics.json").read_text())
+    assert {c["method"] for c in q["checkpoints"]} == {"awq", "rtn"}
+    ev = json.loads((run / "03_evaluate" / "metrics.json").read_text())
+    assert ev["rollback_check"]["identical"] is True
+    base = next(r for r in ev["summary"] if r["name"] == "baseline")
+    assert base["policy_closed_book_acc"] > ev["chance_levels"]["policy_closed_book"]
+    ro = json.loads((run / "05_rollout_analysis" / "metrics.json").read_text())
+    assert ro["rollout"]["decision"] in ("cut over", "roll back", "continue")
+    assert ro["worse_scenario"]["decision"] == "roll back"
+
+
+def test_second_run_skips_every_step(smoke_run, tmp_path):
+    code, run = smoke_run
+    pipeline = Pipeline(outputs_dir=run.parent)
+    assert cli.main(["run", str(REPO / "params" / "smoke.yaml"), "--run-id", "smoke", "--no-report"], pipeline=pipeline) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(v["status"] == "skipped" for v in manifest["steps"].values())
