@@ -267,6 +267,11 @@ def test_run_benchmark_tiny(tiny_checkpoint):
     assert mem.loc["naive4", "quantized_linear_ratio_vs_fp16"] == pytest.approx(3.8496, abs=1e-3)
     assert res["bytes_ratio"] >= 3.8
     assert set(res["targets"]) == {"cpu_fast_decode_speedup_1b_b1", "quantized_linear_bytes_vs_fp16"}
+    if "fast4" in ran:
+        assert res["targets"]["cpu_fast_decode_speedup_1b_b1"]["layers_only"] > 0
+    mem_cols = {"peak_rss_build_mb", "peak_rss_run_mb", "weight_bytes_on_disk", "weight_bytes_full_model"}
+    assert mem_cols <= set(res["memory"].columns)
+    assert res["env"]["threads"] >= 1
     assert set(res["fleet"]["path"]) == set(ran)
     assert (res["fleet"]["hardware"] == "ci cpu").all()
     assert isinstance(res["traps"], list)
@@ -280,8 +285,9 @@ def test_run_benchmark_skips_unavailable_and_requires_baseline(tiny_checkpoint, 
     monkeypatch.setattr(bench, "available_paths",
                         lambda device="cpu": {**real(device), "fast4": "no int4 kernel in this test"})
     params = BenchmarkSection(**{**TINY, "paths": ["baseline", "fast4"], "repeats": 1, "warmup": 0})
-    res = bench.run_benchmark(folder, params, progress=False)
+    res = bench.run_benchmark(folder, params, progress=False, threads=1)
     assert set(res["timings"]["path"]) == {"baseline"}
+    assert res["env"]["threads"] == 1
     assert any("fast4 skipped" in n for n in res["notes"])
     monkeypatch.setattr(bench, "available_paths",
                         lambda device="cpu": {**real(device), "baseline": "broken in this test"})
