@@ -927,3 +927,104 @@ def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], dev
     result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads)
     result["env"]["production_folder"] = str(folder)
     return result
+
+
+# --------------------------------------------------------------------------- the step
+def pick_checkpoint(quantize_dir: str | Path) -> Path:
+    """A packed 4-bit checkpoint from step 02 (speed does not depend on which: same shapes)."""
+    import json
+
+    from quantstudy.paths import resolve
+
+    folder = resolve(quantize_dir)
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        raise BenchError(f"{metrics} not found: run step 02_quantize first (input_dirs['02_quantize'])")
+    recs = json.loads(metrics.read_text())["checkpoints"]
+    packed = [r for r in recs if r["bits"] == 4 and not r.get("simulated")]
+    if not packed:
+        raise BenchError(f"{metrics}: no packed 4-bit checkpoint to benchmark (3-bit runs are simulated)")
+    pref = sorted(packed, key=lambda r: (r["method"] != "awq", r.get("calibration_source") != "in_domain", r["name"]))
+    return folder / "checkpoints" / pref[0]["name"]
+
+
+def speed_table(result: dict[str, Any], scope: str = "full_model"):
+    sp = result["speedups"]
+    cols = ["path", "batch", "context", "decode_speedup", "decode_speedup_low", "decode_speedup_high",
+            "prefill_speedup", "prefill_speedup_low", "prefill_speedup_high"]
+    t = result["timings"]
+    t = t[t["scope"] == scope][["path", "batch", "context", "decode_tok_s_median", "decode_tok_s_min",
+                                "decode_tok_s_max", "prefill_tok_s_median"]]
+    return sp[sp["scope"] == scope][cols].merge(t, on=["path", "batch", "context"]).round(3)
+
+
+def plot_speedups(results: dict[str, dict[str, Any]], hardware: str):
+    """Decode and prefill speed-up over the baseline per path, with the spread of repeats;
+    anything left of 1.0 is the trap: a quantized path slower than the baseline."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 + 0.45 * sum(
+        len(r["speedups"][(r["speedups"]["scope"] == "full_model") & (r["speedups"]["path"] != "baseline")])
+        for r in results.values()) + 1.2), squeeze=False)
+    for ax, phase in zip(axes[0], ("decode", "prefill")):
+        labels, i = [], 0
+        for model_name, r in results.items():
+            sp = r["speedups"]
+            sp = sp[(sp["scope"] == "full_model") & (sp["path"] != "baseline")]
+            for _, row in sp.iterrows():
+                v, lo, hi = row[f"{phase}_speedup"], row[f"{phase}_speedup_low"], row[f"{phase}_speedup_high"]
+                color = "#d62728" if hi < 1.0 else ("#ff7f0e" if v < 1.0 else "#2ca02c")
+                ax.barh(i, v, color=color, alpha=0.85)
+                ax.errorbar(v, i, xerr=[[v - lo], [hi - v]], fmt="none", color="black", capsize=3)
+                labels.append(f"{model_name}: {row['path']} b{row['batch']} ctx{row['context']}")
+                i += 1
+        ax.axvline(1.0, color="black", ls="--", lw=1, label="baseline speed")
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set(title=f"{phase} speed-up over the float baseline", xlabel="x baseline tokens/s (bars: range of repeats)")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Inference paths on {hardware}: red = slower than baseline (the trap), green = faster", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_memory(results: dict[str, dict[str, Any]]):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.6), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        mem = r["memory"]
+        ax.bar(mem["path"], mem["weight_bytes_full_model"] / 1e6, color=["#7f7f7f", "#ff7f0e", "#2ca02c"][: len(mem)])
+        for x, v in zip(mem["path"], mem["weight_bytes_full_model"] / 1e6):
+            ax.text(x, v, f"{v:,.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set(title=f"{name}: weight memory per path", ylabel="MB (10^6 bytes), whole model")
+    fig.tight_layout()
+    return fig
+
+
+def fleet_table(result: dict[str, Any]):
+    cols = ["path", "hardware", "weight_gb", "decode_tokens_per_s_per_device", "conversations_per_device_by_memory",
+            "devices_at_peak", "bound_by", "cost_per_1000_conversations"]
+    f = result["fleet"]
+    return f[[c for c in cols if c in f.columns]].round(4)
+
+
+def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wall_s: float) -> dict:
+    import json
+
+    def clean(r: dict) -> dict:
+        return {"speedups": json.loads(r["speedups"].to_json(orient="records")),
+                "timings": json.loads(r["timings"].drop(columns=[c for c in r["timings"].columns if c.endswith("_raw")])
+                                      .to_json(orient="records")),
+                "memory": json.loads(r["memory"].to_json(orient="records")),
+                "fleet": json.loads(r["fleet"].to_json(orient="records")),
+                "traps": r["traps"], "targets": r["targets"], "bytes_ratio": r["bytes_ratio"],
+                "notes": r["notes"], "env": r["env"]}
+
+    metrics = {name: clean(r) for name, r in results.items()}
+    prod = results.get("production")
+    metrics["targets"] = prod["targets"] if prod else next(iter(results.values()))["targets"]
+    metrics["traps"] = [{"model": n, **t} for n, r in results.items() for t in r["traps"]]
+    metrics["wall_s"] = round(wall_s, 1)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics

@@ -160,12 +160,12 @@ class BenchmarkSection(_Section):
     prod_num_kv_heads: int = Field(8, ge=1)
     prod_vocab_size: int = Field(128256, ge=256)
     prod_bench_layers: int = Field(2, ge=1, description="decoder layers actually timed; speed scales per layer")
-    device_memory_gb: float = Field(80.0, gt=0)
-    price_per_device_hour: float = Field(2.5, gt=0)
-    peak_conversations_per_s: float = Field(20.0, gt=0)
+    device_memory_gb: float = Field(24.0, gt=0)
+    price_per_device_hour: float = Field(0.10, gt=0)
+    peak_conversations_per_s: float = Field(2.0, gt=0)
     tokens_per_conversation: int = Field(1500, ge=1)
     kv_bytes_per_token: int = Field(131072, ge=1)
-    hardware_label: str = "this machine"
+    hardware_label: str = "2-core CPU (this machine)"
 
     @model_validator(mode="after")
     def _heads_fit(self) -> "BenchmarkSection":
