@@ -76,7 +76,7 @@ class DataSection(_Section):
 class CalibrationSection(_Section):
     sources: list[Literal["generic", "in_domain", "mixed"]] = Field(
         default_factory=lambda: ["generic", "in_domain", "mixed"], min_length=1)
-    n_samples: int = Field(64, ge=1, le=4096)
+    n_samples: int = Field(32, ge=1, le=4096)
     sample_sweep: list[int] = Field(default_factory=list)
     draws: int = Field(3, ge=1, le=20)
     max_seq_len: int = Field(256, ge=16, le=8192)

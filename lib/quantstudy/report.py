@@ -1,0 +1,1059 @@
+"""The study report: one self-contained ``report.html`` per run folder.
+
+:func:`build_report` refuses an incomplete run (:class:`ReportError`), then builds an
+in-memory notebook whose markdown cells are generated from the steps' ``metrics.json``
+files (and the run's ``manifest.json``) and whose code cells re-plot the figures from
+those same numbers. The notebook is executed with nbclient (kernel ``python3``, working
+directory = project root) and exported with nbconvert's ``HTMLExporter`` (lab template,
+code hidden, figures embedded as base64 PNGs, no external scripts: MathJax, require.js
+and mermaid are left out so the page needs no network).
+
+Arc: *Situation* (baseline footprint and cost), *Decision* (method, bits, group size, the
+quality budget as declared), *Execution* (calibration sets, PII scrub, quantization runs,
+search settings), *Outcome* (quality vs budget, calibration effects, cross-domain matrix,
+speed/memory/cost, the trap callout, the rollout verdict), *Lessons* (sentences built from
+the measured numbers) and a *Process checklist* ticked from the manifest and metrics.
+
+HTML id hooks: ``stamp``, ``situation``, ``decision``, ``budget-declared``, ``execution``,
+``outcome``, ``budget``, ``effects``, ``flagged-rtn``, ``speed``, ``traps``, ``verdict``,
+``lessons``, ``checklist``.
+
+The figure functions (``fig_*``) take the dict returned by :func:`load_metrics` and return
+a matplotlib figure (or None when the run has nothing to draw); the notebook calls them.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from quantstudy.runner import DONE_STATUSES, MANIFEST, STEPS
+
+REPORT_FILE = "report.html"
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+METRICS = "metrics.json"
+KERNEL = "python3"
+CELL_TIMEOUT_S = 300
+
+METRIC_LABELS = {
+    "policy_closed_book_acc": "closed-book policy accuracy",
+    "policy_grounded_acc": "grounded policy accuracy",
+    "retention_acc": "retention accuracy",
+    "indomain_ppl": "in-domain perplexity",
+    "generic_ppl": "generic perplexity",
+    "indomain_top1_agreement": "in-domain top-1 agreement",
+    "satisfaction": "user satisfaction",
+}
+SOURCE_LABELS = {"in_domain": "In-domain", "generic": "generic", "mixed": "Mixed", "RTN": "round-to-nearest (RTN)"}
+
+
+class ReportError(ValueError):
+    """The run folder cannot be reported on (missing manifest, steps not done, metrics missing)."""
+
+
+# =========================================================================== inputs
+def check_complete(run_dir: str | Path) -> dict[str, Any]:
+    """The run's manifest, or ReportError naming every missing or unfinished step."""
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    manifest_path = run_dir / MANIFEST
+    manifest: dict[str, Any] = {}
+    if not manifest_path.is_file():
+        problems.append(f"{MANIFEST} is missing")
+    else:
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"{MANIFEST} is unreadable ({exc})")
+        if not isinstance(manifest, dict):
+            manifest = {}
+    records = manifest.get("steps") or {}
+    for name in STEP_NAMES:
+        why = []
+        if manifest:
+            status = (records.get(name) or {}).get("status")
+            if status is None:
+                why.append("not run")
+            elif status not in DONE_STATUSES:
+                why.append(f"status {status}")
+        if not (run_dir / name / METRICS).is_file():
+            why.append(f"{name}/{METRICS} missing")
+        if why:
+            problems.append(f"{name} ({'; '.join(why)})")
+    if problems:
+        raise ReportError(f"{run_dir}: incomplete run, no report built: " + ", ".join(problems)
+                          + ". Run the missing steps first (quantstudy run PARAMS --from STEP).")
+    return manifest
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """{step name: metrics dict, "manifest": manifest, "run_dir": str}."""
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {name: json.loads((run_dir / name / METRICS).read_text(encoding="utf-8"))
+                           for name in STEP_NAMES}
+    out["manifest"] = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    out["run_dir"] = str(run_dir)
+    return out
+
+
+# =========================================================================== formatting
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt(x: Any, nd: int = 2, sign: bool = False) -> str:
+    """A number for the text; 'n/a' for None/NaN; other values as str."""
+    if isinstance(x, bool) or x is None:
+        return {True: "yes", False: "no", None: "n/a"}[x]
+    v = _num(x)
+    if v is None:
+        return "n/a" if isinstance(x, (int, float)) else str(x)
+    if isinstance(x, int) and not sign:
+        return f"{x:,}"
+    if round(v, nd) == 0:
+        v = 0.0  # no "-0.00"
+    return f"{v:+,.{nd}f}" if sign else f"{v:,.{nd}f}"
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=False).replace("|", "\\|")
+
+
+def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of already formatted values."""
+    if not rows:
+        return "_(none)_"
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(_esc(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_esc(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _gb(b: Any) -> str:
+    v = _num(b)
+    return "n/a" if v is None else f"{v / 1e9:,.3f} GB"
+
+
+def _mb(b: Any) -> str:
+    v = _num(b)
+    return "n/a" if v is None else f"{v / 1e6:,.2f} MB"
+
+
+def _money(x: Any) -> str:
+    v = _num(x)
+    return "n/a" if v is None else f"${v:,.4f}"
+
+
+def _ci_level(M: Mapping[str, Any]) -> str:
+    conf = ((M.get("manifest") or {}).get("params") or {}).get("evaluate", {}).get("confidence")
+    return f"{round(100 * conf):g}% CI" if _num(conf) else "CI"
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+# =========================================================================== numbers used in several places
+def _bench_models(M: Mapping[str, Any]) -> dict[str, dict]:
+    return {k: v for k, v in M["04_benchmark"].items() if isinstance(v, dict) and "speedups" in v}
+
+
+def _main_bench(M: Mapping[str, Any]) -> tuple[str, dict]:
+    models = _bench_models(M)
+    name = "production" if "production" in models else next(iter(models), "")
+    return name, models.get(name, {})
+
+
+def _fleet_row(result: Mapping[str, Any], path: str) -> dict | None:
+    rows = [r for r in result.get("fleet") or [] if r.get("path") == path]
+    return min(rows, key=lambda r: r.get("batch_size") or 0) if rows else None
+
+
+def _memory_row(result: Mapping[str, Any], path: str) -> dict | None:
+    return next((r for r in result.get("memory") or [] if r.get("path") == path), None)
+
+
+def _speed_rows(result: Mapping[str, Any]) -> list[dict]:
+    sp = result.get("speedups") or []
+    scope = "full_model" if any(r.get("scope") == "full_model" for r in sp) else "measured"
+    return [r for r in sp if r.get("scope", scope) == scope and r.get("path") != "baseline"]
+
+
+def _effects(M: Mapping[str, Any], a: str = "in_domain", b: str = "generic") -> list[dict]:
+    return [e for e in M["03_evaluate"].get("calibration_effects") or [] if e.get("a") == a and e.get("b") == b]
+
+
+def _effect_sentence(e: Mapping[str, Any], ci: str) -> str:
+    unit = e.get("unit", "")
+    shown = "%" if unit.startswith("%") else f" {unit}"
+    what = _label(e["metric"])
+    a = SOURCE_LABELS.get(e["a"], e["a"])
+    b = SOURCE_LABELS.get(e["b"], e["b"]).lower() if e["b"] != "RTN" else SOURCE_LABELS["RTN"]
+    a = a[0].upper() + a[1:]
+    text = (f"{a} calibration changed {what} by {fmt(e['point'], 2, True)}{shown} "
+            f"({ci} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}], draws {e['draws'][0]} vs {e['draws'][1]}) "
+            f"against {b} calibration")
+    if e.get("within_noise"):
+        return text + ": within noise (the interval includes 0)."
+    lower_better = unit.startswith("%")  # perplexity: lower is better
+    better = (e["point"] < 0) == lower_better
+    return text + f": {'better' if better else 'worse'}, and the interval excludes 0."
+
+
+def _checklist(M: Mapping[str, Any], run_dir: Path) -> list[tuple[bool, str, str]]:
+    """(ticked, item, evidence) from the manifest and metrics."""
+    man = M["manifest"]
+    steps = man.get("steps") or {}
+
+    def done(name: str) -> bool:
+        return (steps.get(name) or {}).get("status") in DONE_STATUSES
+
+    sets = M["01_calibration"].get("sets") or []
+    archive = M["02_quantize"].get("baseline_archive") or {}
+    rb = M["03_evaluate"].get("rollback_check") or {}
+    declared = M["03_evaluate"].get("budget_declared")
+    params_budget = ((man.get("params") or {}).get("evaluate") or {}).get("budget")
+    yaml_budget = None
+    try:
+        import yaml
+
+        yaml_budget = (yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {}).get(
+            "evaluate", {}).get("budget")
+    except Exception:  # noqa: BLE001 - params.yaml is optional evidence
+        yaml_budget = None
+    budget_ok = declared is not None and declared == params_budget and (yaml_budget is None or yaml_budget == declared)
+    s03 = (steps.get("03_evaluate") or {}).get("start")
+    sums = run_dir / "02_quantize" / "baseline" / "SHA256SUMS"
+    trap_n = len(M["04_benchmark"].get("traps") or [])
+    return [
+        (done("01_calibration") and bool(sets), "Calibration built",
+         f"step 01 {(steps.get('01_calibration') or {}).get('status', 'not run')}; {len(sets)} calibration set(s)"),
+        (done("02_quantize") and bool(archive.get("files")) and bool(rb.get("checksums_verified"))
+         and bool(rb.get("identical")), "Baseline archived and verified",
+         f"{len(archive.get('files') or {})} file(s) archived by step 02; step 03 rollback check: checksums verified "
+         f"{fmt(rb.get('checksums_verified'))}, archived baseline reproduces the baseline exactly {fmt(rb.get('identical'))}"),
+        (budget_ok, "Budget declared before evaluation",
+         f"budget in the run's resolved params (manifest{', params.yaml' if yaml_budget is not None else ''}) "
+         f"{'equals' if budget_ok else 'DIFFERS FROM'} the budget step 03 evaluated against "
+         f"({len(declared or [])} line(s)); step 03 started {s03 or 'n/a'}"),
+        (done("04_benchmark"), "Trap checked",
+         f"step 04 {(steps.get('04_benchmark') or {}).get('status', 'not run')}; {trap_n} trap flag(s) raised"),
+        (sums.is_file(), "Rollback path present",
+         f"02_quantize/baseline/SHA256SUMS {'exists' if sums.is_file() else 'is MISSING'}"
+         + (f"; rollback: {archive.get('rollback')}" if archive.get("rollback") else "")),
+    ]
+
+
+# =========================================================================== figures
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def show(fig) -> None:
+    """Display a figure in the executing notebook (PNG) and release it."""
+    if fig is None:
+        return
+    from IPython.display import display
+
+    display(fig)
+    try:
+        _plt().close(fig)
+    except Exception:  # noqa: BLE001 - a bare Figure is not managed by pyplot
+        pass
+
+
+def fig_calibration(M: Mapping[str, Any]):
+    """Tokens drawn vs kept by AutoAWQ, domain-term coverage and 3-gram overlap per set."""
+    plt = _plt()
+    m = M["01_calibration"]
+    sets = m.get("sets") or []
+    if not sets:
+        return None
+    names = [s["name"] for s in sets]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(names) + 2.4))
+    y = range(len(names))
+    ax = axes[0]
+    ax.barh([i + 0.2 for i in y], [s.get("tokens") or 0 for s in sets], height=0.4, color="#9ecae1", label="drawn")
+    ax.barh([i - 0.2 for i in y], [s.get("kept_by_autoawq") or 0 for s in sets], height=0.4, color="#3182bd",
+            label="kept by AutoAWQ")
+    ax.set_yticks(list(y), names, fontsize=8)
+    ax.set(title="Calibration tokens per set", xlabel="tokens")
+    ax.legend(fontsize=8, loc="lower right")
+    ax = axes[1]
+    cov = m.get("coverage") or {}
+    cats = sorted({c for n in names for c in (cov.get(n) or {})})
+    if cats:
+        h = 0.8 / len(cats)
+        for k, c in enumerate(cats):
+            ax.barh([i - 0.4 + h * (k + 0.5) for i in y], [100 * ((cov.get(n) or {}).get(c, {}).get("share") or 0)
+                                                           for n in names], height=h, label=c)
+        ax.legend(title="term category", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no domain lexicon", ha="center", transform=ax.transAxes)
+    ax.set_yticks(list(y), names, fontsize=8)
+    ax.set(title="Domain-term coverage", xlabel="% of lexicon terms present")
+    ax = axes[2]
+    ov = m.get("overlap_3gram") or {}
+    ax.barh(list(y), [100 * (ov.get(n) or 0) for n in names], color="#fdae6b")
+    ax.set_yticks(list(y), names, fontsize=8)
+    ax.set(title="Overlap with in-domain evaluation text", xlabel="% of word 3-grams found in eval text")
+    fig.tight_layout()
+    return fig
+
+
+def fig_search_settings(M: Mapping[str, Any]):
+    """quantize.plot_search_settings, redrawn from step 02's checkpoint records and sanity rows."""
+    q = M["02_quantize"]
+    if not any(r.get("variant") for r in q.get("checkpoints") or []):
+        return None
+    from quantstudy.quantize import plot_search_settings
+
+    return plot_search_settings(q["checkpoints"], q.get("sanity") or [])
+
+
+def fig_budget(M: Mapping[str, Any]):
+    rows = M["03_evaluate"].get("budget") or []
+    if not rows:
+        return None
+    from quantstudy.evaluate import plot_budget
+
+    fig = plot_budget(rows)
+    for ax in fig.axes:  # keep the legend off the bottom row of points
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    fig.set_size_inches(fig.get_size_inches()[0], fig.get_size_inches()[1] + 0.6)
+    fig.tight_layout()
+    return fig
+
+
+def fig_effects(M: Mapping[str, Any]):
+    """Forest plot of the calibration-source effects, one panel per unit."""
+    plt = _plt()
+    effects = M["03_evaluate"].get("calibration_effects") or []
+    if not effects:
+        return None
+    units = list(dict.fromkeys(e.get("unit", "") for e in effects))
+    n_max = max(sum(e.get("unit", "") == u for e in effects) for u in units)
+    fig, axes = plt.subplots(1, len(units), figsize=(6.5 * len(units), 0.38 * n_max + 2.9), squeeze=False)
+    ci = _ci_level(M)
+    for ax, unit in zip(axes[0], units):
+        sub = [e for e in effects if e.get("unit", "") == unit]
+        for i, e in enumerate(sub):
+            color = "#7f7f7f" if e.get("within_noise") else "#1f77b4"
+            ax.errorbar(e["point"], i, xerr=[[e["point"] - e["lo"]], [e["hi"] - e["point"]]], fmt="o", color=color,
+                        capsize=3)
+        ax.axvline(0, color="black", lw=1, ls="--", label="no effect")
+        ax.set_yticks(range(len(sub)), [f"{e['a']} vs {e['b']}: {_label(e['metric'])}" for e in sub], fontsize=8)
+        better = "lower = better" if unit.startswith("%") else "higher = better"
+        ax.set(title=f"Calibration-source effect ({unit})", xlabel=f"difference a - b ({unit}, {ci}; {better})")
+        ax.plot([], [], "o", color="#7f7f7f", label="within noise (CI includes 0)")
+        ax.plot([], [], "o", color="#1f77b4", label="CI excludes 0")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def matrix_frame(M: Mapping[str, Any]):
+    import pandas as pd
+
+    mat = M["03_evaluate"].get("cross_domain_matrix") or {}
+    return pd.DataFrame.from_dict(mat, orient="index") if mat else None
+
+
+def fig_matrix(M: Mapping[str, Any]):
+    frame = matrix_frame(M)
+    if frame is None or frame.empty:
+        return None
+    from quantstudy.evaluate import plot_matrix
+
+    fig = plot_matrix(frame.astype(float))
+    fig.set_size_inches(10, 4.4)
+    ax = fig.axes[0]
+    ax.tick_params(axis="y", labelrotation=0)
+    ax.tick_params(axis="x", labelrotation=15)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
+def fig_category_damage(M: Mapping[str, Any]):
+    import pandas as pd
+    import seaborn as sns
+
+    plt = _plt()
+    rows = M["03_evaluate"].get("category_damage") or []
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    sns.barplot(data=df, x="category", y="delta_nll_mnats", hue="calibration", ax=ax, errorbar=("pi", 100),
+                capsize=0.1)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set(title="Where quantization hurts: NLL increase per token category (in-domain text)",
+           xlabel="token category (scored tokens)",
+           ylabel="mean NLL change vs baseline\n(millinats/token; bars: range over draws)")
+    ax.legend(title="calibration source", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_speedups(M: Mapping[str, Any]):
+    import pandas as pd
+
+    models = _bench_models(M)
+    results = {}
+    for name, r in models.items():
+        sp = pd.DataFrame(r.get("speedups") or [])
+        if sp.empty:
+            continue
+        if "scope" not in sp.columns:
+            sp["scope"] = "full_model"
+        elif not (sp["scope"] == "full_model").any():
+            sp = sp[sp["scope"] == "measured"].assign(scope="full_model")
+        results[name] = {"speedups": sp}
+    if not results:
+        return None
+    from quantstudy.bench import plot_speedups
+
+    _, main = _main_bench(M)
+    return plot_speedups(results, (main.get("env") or {}).get("hardware_label") or "this hardware")
+
+
+def fig_memory_cost(M: Mapping[str, Any]):
+    """Whole-model weight memory and fleet cost per inference path (step 04's main model)."""
+    plt = _plt()
+    name, r = _main_bench(M)
+    mem = r.get("memory") or []
+    if not mem:
+        return None
+    colors = {"baseline": "#7f7f7f", "naive4": "#ff7f0e", "fast4": "#2ca02c"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    paths = [m["path"] for m in mem]
+    gb = [(_num(m.get("weight_bytes_full_model")) or 0) / 1e9 for m in mem]
+    axes[0].bar(paths, gb, color=[colors.get(p, "#1f77b4") for p in paths])
+    for x, v in zip(paths, gb):
+        axes[0].text(x, v, f"{v:,.3f}", ha="center", va="bottom", fontsize=8)
+    axes[0].set(title=f"{name}: weight memory per path", ylabel="GB (10^9 bytes), whole model")
+    fleet = [f for p in paths if (f := _fleet_row(r, p))]
+    fp = [f["path"] for f in fleet]
+    axes[1].bar(fp, [f.get("devices_at_peak") or 0 for f in fleet], color=[colors.get(p, "#1f77b4") for p in fp])
+    for x, f in zip(fp, fleet):
+        axes[1].text(x, f.get("devices_at_peak") or 0, f"{f.get('devices_at_peak')} ({f.get('bound_by')})",
+                     ha="center", va="bottom", fontsize=8)
+    axes[1].set(title="Devices needed at peak", ylabel="devices (label: what bounds the fleet)")
+    axes[2].bar(fp, [f.get("cost_per_1000_conversations") or 0 for f in fleet],
+                color=[colors.get(p, "#1f77b4") for p in fp])
+    for x, f in zip(fp, fleet):
+        axes[2].text(x, f.get("cost_per_1000_conversations") or 0, _money(f.get("cost_per_1000_conversations")),
+                     ha="center", va="bottom", fontsize=8)
+    axes[2].set(title="Cost per 1,000 conversations", ylabel="$ per 1,000 conversations (fleet sized for peak)")
+    hw = (r.get("env") or {}).get("hardware_label") or ""
+    fig.suptitle(f"Memory, fleet and cost per inference path ({name} model on {hw}; batch "
+                 f"{fleet[0].get('batch_size') if fleet else 'n/a'})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def looks_frame(summary: Mapping[str, Any]):
+    import pandas as pd
+
+    looks = pd.DataFrame(summary.get("looks") or [])
+    looks.attrs.update({"stopped_at_look": summary.get("stopped_at_look"), "method": summary.get("method")})
+    return looks
+
+
+def fig_rollout(M: Mapping[str, Any], scenario: str = "rollout"):
+    """rollout.plot_sequential, redrawn from step 05's looks (``scenario``: rollout or worse_scenario)."""
+    summary = M["05_rollout_analysis"].get(scenario)
+    if not summary or not summary.get("looks"):
+        return None
+    from quantstudy.rollout import plot_sequential
+
+    looks = looks_frame(summary)
+    return plot_sequential(looks, float(summary.get("margin") or 0.0), bool(summary.get("simulated")))
+
+
+# =========================================================================== markdown sections
+def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
+    man = M["manifest"]
+    p = man.get("params") or {}
+    git = man.get("git") or {}
+    sha = git.get("commit") or "unknown"
+    dirty = git.get("dirty")
+    sha_text = f"`{sha}`" + (" **(dirty: uncommitted changes)**" if dirty else " (clean)" if dirty is False else "")
+    run_id = man.get("run_id") or run_dir.name
+    g = lambda sec, key: (p.get(sec) or {}).get(key)  # noqa: E731
+    summary = [
+        ("study", f"name {g('study', 'name')}, seed {g('study', 'seed')}, device {g('study', 'device')}"),
+        ("model", f"{g('model', 'path')} ({g('model', 'source')}, {g('model', 'dtype')})"),
+        ("calibration", f"sources {g('calibration', 'sources')}, {g('calibration', 'draws')} draw(s), "
+                        f"{g('calibration', 'n_samples')} samples x {g('calibration', 'max_seq_len')} tokens, "
+                        f"scrub {g('calibration', 'scrub')}"),
+        ("quantize", f"bits {g('quantize', 'bits')}, group size {g('quantize', 'group_size')}, zero point "
+                     f"{g('quantize', 'zero_point')}, {g('quantize', 'version')}, RTN reference "
+                     f"{g('quantize', 'rtn_reference')}, compare search settings {g('quantize', 'compare_search_settings')}"),
+        ("evaluate", f"window {g('evaluate', 'window')}/stride {g('evaluate', 'stride')}, "
+                     f"{g('evaluate', 'max_eval_tokens')} tokens per domain, {g('evaluate', 'bootstrap_samples')} "
+                     f"bootstrap samples, confidence {g('evaluate', 'confidence')}"),
+        ("benchmark", f"paths {g('benchmark', 'paths')}, batches {g('benchmark', 'batch_sizes')}, contexts "
+                      f"{g('benchmark', 'context_lengths')}, hardware label '{g('benchmark', 'hardware_label')}'"),
+        ("rollout", f"stages {g('rollout', 'stages')}, {g('rollout', 'days_per_stage')} day(s) per stage, "
+                    f"{g('rollout', 'daily_conversations')} conversations/day, logs "
+                    f"{g('rollout', 'logs') or 'none (simulator)'}"),
+    ]
+    steps = man.get("steps") or {}
+    step_rows = []
+    for name in STEP_NAMES:
+        rec = steps.get(name) or {}
+        nb = rec.get("notebook") or f"notebooks/{name}.ipynb"
+        step_rows.append(f"| {name} | {rec.get('status', 'n/a')} | {fmt(rec.get('duration_s'), 1)} | "
+                         f"{rec.get('start') or 'n/a'} | [{nb}]({nb}) | [{name}/{METRICS}]({name}/{METRICS}) |")
+    ticks = _checklist(M, run_dir)
+    n_ok = sum(t for t, _, _ in ticks)
+    return "\n".join([
+        f"# Quantization study report: run `{run_id}`",
+        "",
+        '<div id="stamp">',
+        "",
+        f"- **Run id:** `{run_id}`",
+        f"- **Git SHA:** {sha_text}",
+        f"- **Params file:** `{man.get('params_file', 'n/a')}` (resolved copy: [params.yaml](params.yaml))",
+        f"- **Created / updated:** {man.get('created', 'n/a')} / {man.get('updated', 'n/a')}",
+        f"- **Python:** {man.get('python', 'n/a')} on {man.get('platform', 'n/a')}",
+        f"- **Process checklist:** {n_ok}/{len(ticks)} ticked ([details](#checklist))",
+        "",
+        "**Params summary**",
+        "",
+        md_table([{"section": k, "values": v} for k, v in summary]),
+        "",
+        "**Steps** (executed notebooks and metrics, relative to this run folder)",
+        "",
+        "| step | status | duration (s) | started | executed notebook | metrics |",
+        "|---|---|---|---|---|---|",
+        *step_rows,
+        "",
+        "</div>",
+    ])
+
+
+def _situation(M: Mapping[str, Any]) -> str:
+    name, r = _main_bench(M)
+    mem = _memory_row(r, "baseline") or {}
+    fleet = _fleet_row(r, "baseline") or {}
+    demo = _bench_models(M).get("demo") if name != "demo" else None
+    lines = ['<div id="situation">', "", "## Situation", "",
+             f"The float baseline ({name} model, step 04) as it serves today, on "
+             f"**{fleet.get('hardware') or (r.get('env') or {}).get('hardware_label', 'n/a')}**:", ""]
+    rows = [
+        {"quantity": "weight bytes, whole model (in memory)", "value": f"{fmt(mem.get('weight_bytes_full_model'), 0)} B "
+                                                                   f"({_gb(mem.get('weight_bytes_full_model'))})"},
+        {"quantity": "weight bytes on disk", "value": _gb(mem.get("weight_bytes_on_disk"))},
+        {"quantity": "decode throughput per device", "value": f"{fmt(fleet.get('decode_tokens_per_s_per_device'))} tokens/s "
+                                                          f"(batch {fleet.get('batch_size', 'n/a')})"},
+        {"quantity": "required throughput at peak", "value": f"{fmt(fleet.get('required_tokens_per_s'))} tokens/s"},
+        {"quantity": "fleet devices at peak", "value": f"{fleet.get('devices_at_peak', 'n/a')} ({fleet.get('bound_by', 'n/a')}-bound)"},
+        {"quantity": "fleet cost per hour", "value": _money(fleet.get("cost_per_hour"))},
+        {"quantity": "cost per 1,000 conversations", "value": _money(fleet.get("cost_per_1000_conversations"))},
+    ]
+    if demo:
+        dm = _memory_row(demo, "baseline") or {}
+        rows.append({"quantity": "demo model weight bytes (the one quantized for quality)",
+                     "value": f"{fmt(dm.get('weight_bytes_full_model'), 0)} B ({_mb(dm.get('weight_bytes_full_model'))})"})
+    lines += [md_table(rows), "", "</div>"]
+    return "\n".join(lines)
+
+
+def _decision(M: Mapping[str, Any]) -> str:
+    q = M["02_quantize"]
+    awq = [c for c in q.get("checkpoints") or [] if c.get("method") == "awq"]
+    bits = sorted({c.get("bits") for c in awq if c.get("bits") is not None})
+    groups = sorted({c.get("group_size") for c in awq if c.get("group_size") is not None})
+    zp = sorted({str(c.get("zero_point")) for c in awq})
+    ver = sorted({str(c.get("version")) for c in awq})
+    simulated = sorted({c.get("bits") for c in awq if c.get("simulated")})
+    declared = M["03_evaluate"].get("budget_declared") or []
+    cand = M["05_rollout_analysis"].get("candidate") or {}
+    rows = [{k: v if isinstance(v, str) else json.dumps(v) for k, v in line.items()} for line in declared]
+    return "\n".join([
+        '<div id="decision">', "", "## Decision", "",
+        f"- **Method:** AWQ (activation-aware weight quantization, AutoAWQ), {len(awq)} AWQ checkpoint(s) built",
+        f"- **Bits:** {', '.join(map(str, bits)) or 'n/a'}" + (f" (simulated, not packed: {simulated})" if simulated else ""),
+        f"- **Group size:** {', '.join(map(str, groups)) or 'n/a'}; zero point {', '.join(zp)}; kernel layout {', '.join(ver)}",
+        f"- **Rollout candidate** (step 05): `{cand.get('checkpoint', 'n/a')}`",
+        "",
+        '<div id="budget-declared">', "",
+        "**Quality budget as declared** (echoed unchanged from `03_evaluate/metrics.json` `budget_declared`; "
+        "`max_drop` is the allowed degradation in `unit`):", "",
+        md_table(rows, ["metric", "max_drop", "unit"]) if rows else "_no budget declared_", "",
+        "```json", "[" + ",\n ".join(json.dumps(line) for line in declared) + "]", "```", "",
+        "</div>", "", "</div>",
+    ])
+
+
+def _execution(M: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """[(kind, source)] cells of the Execution section."""
+    c = M["01_calibration"]
+    q = M["02_quantize"]
+    man = M["manifest"]
+    sets = c.get("sets") or []
+    set_rows = [{"set": s["name"], "source": s.get("source"), "draw": s.get("draw"), "samples": s.get("n_samples"),
+                 "texts": s.get("n_texts"), "texts split": s.get("texts_split"), "tokens drawn": fmt(s.get("tokens"), 0),
+                 "tokens kept by AutoAWQ": fmt(s.get("kept_by_autoawq"), 0),
+                 "kept (%)": fmt(100 * s["kept_by_autoawq"] / s["tokens"], 1)
+                 if _num(s.get("kept_by_autoawq")) is not None and _num(s.get("tokens")) else "n/a",
+                 "3-gram overlap (%)": fmt(100 * _num((c.get("overlap_3gram") or {}).get(s["name"]) or 0), 1)}
+                for s in sets]
+    scrub = c.get("scrub") or {}
+    types = sorted(set(scrub.get("replaced_by_type") or {}) | set(scrub.get("planted_by_type") or {}))
+    scrub_rows = [{"PII type": t, "scrubbed (replaced)": (scrub.get("replaced_by_type") or {}).get(t, 0),
+                   "planted (demo record)": (scrub.get("planted_by_type") or {}).get(t, "n/a"),
+                   "recall": fmt((scrub.get("recall_by_type") or {}).get(t), 4)} for t in types]
+    total = sum((scrub.get("replaced_by_type") or {}).values())
+    if scrub.get("scored"):
+        scrub_note = (f"{total} PII spans scrubbed from the in-domain calibration pool; recall measured against "
+                      f"the planted record: {scrub.get('n_survivors', 0)} planted instance(s) survived.")
+    else:
+        scrub_note = f"{total} PII spans scrubbed; no planted-PII record, so recall was not measured."
+    pools = c.get("pools") or {}
+    cal_md = "\n".join([
+        '<div id="execution">', "", "## Execution", "", "### Calibration sets (step 01)", "",
+        f"Pools: {fmt(pools.get('generic_texts'))} generic texts, {fmt(pools.get('in_domain_texts'))} in-domain "
+        f"conversations (after scrubbing). Step 01 wall time {fmt(c.get('wall_s'), 1)} s.", "",
+        md_table(set_rows), "", "**PII scrub**: " + scrub_note, "", md_table(scrub_rows) if scrub_rows else "", "",
+        "</div>",
+    ])
+    cks = q.get("checkpoints") or []
+    run_rows = [{"checkpoint": r["name"], "method": r.get("method"), "bits": r.get("bits"),
+                 "group": r.get("group_size"), "calibration": r.get("calibration_source") or "none",
+                 "draw": "" if r.get("draw") is None else r.get("draw"),
+                 "duo_scaling / apply_clip": "" if r.get("method") != "awq" else f"{r.get('duo_scaling')} / {r.get('apply_clip')}",
+                 "simulated": fmt(r.get("simulated")), "search (s)": fmt(r.get("search_wall_s"), 1),
+                 "peak RSS (MB)": fmt(r.get("peak_rss_mb"), 0), "size on disk": _mb(r.get("checkpoint_bytes")),
+                 "bits/weight": fmt(r.get("effective_bits_per_weight"), 3)} for r in cks]
+    ci = _ci_level(M)
+    sanity_rows = []
+    for s in q.get("sanity") or []:
+        vs = [f"{d}: {fmt(v['point'], 3, True)} [{fmt(v['lo'], 3, True)}, {fmt(v['hi'], 3, True)}]"
+              for d in ("generic", "in_domain") if (v := s.get(f"vs_rtn_pct_{d}"))]
+        sanity_rows.append({"model": s["name"], "ppl generic": fmt(s.get("ppl_generic"), 3),
+                            "ppl in-domain": fmt(s.get("ppl_in_domain"), 3),
+                            f"vs RTN on own domain (% ppl, {ci})": "; ".join(vs),
+                            "worse than RTN": fmt(s.get("worse_than_rtn_on_own_domain")) if "worse_than_rtn_on_own_domain" in s else ""})
+    targets = q.get("targets") or {}
+    t_rows = [{"target": k, "measured": fmt(v.get("measured"), 1), "target value": fmt(v.get("target"), 1),
+               "met": fmt(v.get("met"))} for k, v in targets.items()]
+    quant_md = "\n".join([
+        "### Quantization runs (step 02)", "",
+        md_table(run_rows), "",
+        f"Sanity perplexities on held-out text (lower is better; change vs RTN in %, {ci}):", "",
+        md_table(sanity_rows), "",
+        "Step 02 targets:", "", md_table(t_rows) if t_rows else "_none_",
+    ])
+    settings = q.get("search_settings") or []
+    if settings:
+        s_rows = []
+        for s in settings:
+            v = s.get("vs_rtn_in_domain") or {}
+            s_rows.append({"checkpoint": s["name"], "duo_scaling": s.get("duo_scaling"), "apply_clip": s.get("apply_clip"),
+                           "search (s)": fmt(s.get("search_wall_s"), 1), "ppl in-domain": fmt(s.get("ppl_in_domain"), 3),
+                           f"vs RTN in-domain (%, {ci})": f"{fmt(v.get('point'), 3, True)} [{fmt(v.get('lo'), 3, True)}, "
+                                                         f"{fmt(v.get('hi'), 3, True)}]" if v else "n/a"})
+        search_md = "\n".join(["### AutoAWQ search settings (same calibration set)", "", md_table(s_rows)])
+    else:
+        flag = ((man.get("params") or {}).get("quantize") or {}).get("compare_search_settings")
+        search_md = ("### AutoAWQ search settings\n\nNot compared in this run"
+                     + (" (`quantize.compare_search_settings: false`)." if flag is False else "."))
+    cells = [("markdown", cal_md), ("code", "R.show(R.fig_calibration(M))"), ("markdown", quant_md),
+             ("markdown", search_md)]
+    if settings:
+        cells.append(("code", "R.show(R.fig_search_settings(M))"))
+    return cells
+
+
+def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
+    e3 = M["03_evaluate"]
+    q = M["02_quantize"]
+    ci = _ci_level(M)
+    cells: list[tuple[str, str]] = []
+    # ---- quality vs budget
+    rows = []
+    for r in e3.get("budget") or []:
+        c = r.get("ci") or {}
+        if str(r.get("metric", "")).endswith("_ppl"):
+            lo, hi = c.get("lo"), c.get("hi")
+        else:
+            lo = -c["hi"] if _num(c.get("hi")) is not None else None
+            hi = -c["lo"] if _num(c.get("lo")) is not None else None
+        rows.append({"checkpoint": r["checkpoint"], "metric": r["metric"], "budget": f"{fmt(r.get('limit'))} {r.get('unit')}",
+                     "degradation": fmt(r.get("degradation"), 2, True), f"{ci} of degradation": f"[{fmt(lo, 2, True)}, {fmt(hi, 2, True)}]",
+                     "worst case": fmt(r.get("worst_case"), 2, True), "verdict": str(r.get("verdict", "")).upper()})
+    verdicts = e3.get("verdict_by_checkpoint") or {}
+    passed = [k for k, v in verdicts.items() if v == "pass"]
+    v_rows = [{"checkpoint": k, "overall verdict": v.upper()} for k, v in verdicts.items()]
+    cells.append(("markdown", "\n".join([
+        '<div id="outcome">', "", "## Outcome", "", "</div>", "",
+        '<div id="budget">', "", "### Quality vs the declared budget (step 03)", "",
+        f"Degradation against the exact float baseline (accuracy: points lost; perplexity: % increase), with the "
+        f"paired-bootstrap {ci}. A line passes only when the worse end of the interval stays inside the budget; "
+        f"it fails when the point estimate is outside, and is inconclusive otherwise.", "",
+        md_table(rows), "",
+        f"**Overall:** {len(passed)} of {len(verdicts)} checkpoint(s) pass every budget line"
+        + (f": {', '.join(f'`{p}`' for p in passed)}." if passed else "."), "",
+        md_table(v_rows), "", "</div>"])))
+    cells.append(("code", "R.show(R.fig_budget(M))"))
+    # ---- calibration effects
+    eff = e3.get("calibration_effects") or []
+    e_rows = [{"comparison": f"{e['a']} vs {e['b']}", "metric": e["metric"], "effect (a - b)": f"{fmt(e['point'], 2, True)} {e.get('unit', '')}",
+               ci: f"[{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}]", "draws": f"{e['draws'][0]} vs {e['draws'][1]}",
+               "reading": "within noise" if e.get("within_noise") else "CI excludes 0"} for e in eff]
+    key = [_effect_sentence(e, ci) for e in _effects(M)]
+    cells.append(("markdown", "\n".join([
+        '<div id="effects">', "", "### Does calibration data matter? Generic vs in-domain", "",
+        *(f"- {s}" for s in key), "" if key else "_No in-domain vs generic comparison in this run._", "",
+        f"Effect size = mean over draws of source a minus source b (accuracy points, or % perplexity); the {ci} "
+        "resamples both evaluation items and calibration draws.", "",
+        md_table(e_rows) if e_rows else "", "", "</div>"])))
+    if eff:
+        cells.append(("code", "R.show(R.fig_effects(M))"))
+    # ---- matrix + category damage
+    mat = e3.get("cross_domain_matrix") or {}
+    if mat:
+        cols = list(dict.fromkeys(c for row in mat.values() for c in row))
+        m_rows = [{"calibration source": src, **{c: fmt(vals.get(c), 2, True) for c in cols}} for src, vals in mat.items()]
+        cells.append(("markdown", "\n".join([
+            "### Cross-domain matrix", "",
+            "Change against the baseline by calibration source (mean over draws): perplexity in %, accuracy in points.", "",
+            md_table(m_rows)])))
+        cells.append(("code", "R.show(R.fig_matrix(M))"))
+    if e3.get("category_damage"):
+        cells.append(("code", "R.show(R.fig_category_damage(M))"))
+    # ---- worse than RTN
+    flagged = q.get("worse_than_rtn_on_own_domain") or []
+    by = {s["name"]: s for s in q.get("sanity") or []}
+    if flagged:
+        items = []
+        for n in flagged:
+            s = by.get(n, {})
+            parts = [f"{d}: {fmt(v['point'], 3, True)}% perplexity vs RTN ({ci} [{fmt(v['lo'], 3, True)}, {fmt(v['hi'], 3, True)}])"
+                     for d in s.get("worse_domains") or [] if (v := s.get(f"vs_rtn_pct_{d}"))]
+            items.append(f"<li><code>{html.escape(n)}</code>: {html.escape('; '.join(parts) or 'worse than RTN')}</li>")
+        cells.append(("markdown", "\n".join([
+            '<div id="flagged-rtn" class="callout callout-warn">', "",
+            f"<strong>&#9888; {len(flagged)} AWQ checkpoint(s) worse than round-to-nearest on their own calibration "
+            "domain</strong> (step 02 sanity check; AWQ's search should never lose to no search on the domain it saw):",
+            "<ul>", *items, "</ul>", "</div>"])))
+    else:
+        cells.append(("markdown", '<div id="flagged-rtn" class="callout callout-ok">\n\n'
+                                  "No AWQ checkpoint is worse than round-to-nearest on its own calibration domain "
+                                  "(step 02 sanity check).\n\n</div>"))
+    cells += _speed_cells(M)
+    cells += _verdict_cells(M)
+    return cells
+
+
+def _speed_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
+    b = M["04_benchmark"]
+    lines = ['<div id="speed">', ""]
+    for name, r in _bench_models(M).items():
+        hw = (r.get("env") or {}).get("hardware_label", "")
+        sp_rows = [{"path": s["path"], "batch": s.get("batch"), "context": s.get("context"), "scope": s.get("scope", ""),
+                    "decode speed-up": f"{fmt(s.get('decode_speedup'))}x [{fmt(s.get('decode_speedup_low'))}, {fmt(s.get('decode_speedup_high'))}]",
+                    "prefill speed-up": f"{fmt(s.get('prefill_speedup'))}x [{fmt(s.get('prefill_speedup_low'))}, {fmt(s.get('prefill_speedup_high'))}]"}
+                   for s in _speed_rows(r)]
+        mem_rows = [{"path": m["path"], "weights, whole model": _gb(m.get("weight_bytes_full_model")),
+                     "weights on disk": _gb(m.get("weight_bytes_on_disk")),
+                     "quantized linears vs fp16": f"{fmt(m.get('quantized_linear_ratio_vs_fp16'))}x"
+                     if m.get("quantized_linear_ratio_vs_fp16") is not None else "n/a",
+                     "peak RSS while timing (MB)": fmt(m.get("peak_rss_run_mb"), 0)} for m in r.get("memory") or []]
+        fleet_rows = [{"path": f["path"], "batch": f.get("batch_size"), "decode tokens/s/device": fmt(f.get("decode_tokens_per_s_per_device")),
+                       "devices at peak": f.get("devices_at_peak"), "bound by": f.get("bound_by"),
+                       "cost/hour": _money(f.get("cost_per_hour")), "cost per 1,000 conversations": _money(f.get("cost_per_1000_conversations"))}
+                      for f in r.get("fleet") or []]
+        lines += [f"**{name} model** on {hw} (speed-up = path tokens/s / baseline tokens/s, median; brackets: "
+                  "range the repeats allow):", "", md_table(sp_rows), "", md_table(mem_rows), "",
+                  md_table(fleet_rows) if fleet_rows else "_no fleet estimate_", ""]
+        for note in r.get("notes") or []:
+            lines.append(f"- note: {_esc(note)}")
+        lines.append("")
+    t_rows = [{"target": k, "measured": fmt(v.get("measured")), "target value": fmt(v.get("target")),
+               "met": fmt(v.get("met")), "where": v.get("where", "")} for k, v in (b.get("targets") or {}).items()]
+    lines += ["Benchmark targets:", "", md_table(t_rows) if t_rows else "_none_", "", "</div>"]
+    cells = [("markdown", "### Speed, memory and cost (step 04)"), ("markdown", _trap_callout(M)),
+             ("markdown", "\n".join(lines)), ("code", "R.show(R.fig_speedups(M))"),
+             ("code", "R.show(R.fig_memory_cost(M))")]
+    return cells
+
+
+def _trap_callout(M: Mapping[str, Any]) -> str:
+    """The trap flag: a red callout naming every quantized path that ran slower than the baseline."""
+    traps = M["04_benchmark"].get("traps") or []
+    if not traps:
+        return ('<div id="traps" class="callout callout-ok">\n\n<strong>Trap check:</strong> no quantized path was '
+                "slower than the float baseline at any measured shape.\n\n</div>")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in traps:
+        groups.setdefault((str(t.get("model", "")), str(t.get("path"))), []).append(t)
+    items = []
+    for (model, path), ts in groups.items():
+        scopes = {t.get("scope") for t in ts}
+        pick = "full_model" if "full_model" in scopes else ("measured" if "measured" in scopes else None)
+        shown = [t for t in ts if t.get("scope") == pick] or ts
+        parts = [f"{html.escape(str(t.get('phase')))} {fmt(t.get('speedup'))}x (batch {t.get('batch')}, context "
+                 f"{t.get('context')}{', clearly slower' if t.get('clear') else ', within noise'})" for t in shown]
+        scope_txt = f" [scope {pick}]" if pick else ""
+        items.append(f"<li><strong>{html.escape(model)} / {html.escape(path)}</strong>{scope_txt}: "
+                     f"{'; '.join(parts)}<br><small>{html.escape(str(shown[0].get('explanation', '')))}</small></li>")
+    detail = "".join(f"<li>{html.escape(str(t.get('model', '')))}: {html.escape(str(t.get('explanation', '')))}</li>"
+                     for t in traps)
+    return "\n".join([
+        '<div id="traps" class="callout callout-danger">', "",
+        f"<strong>&#9888; TRAP: quantized paths SLOWER than the float baseline</strong> "
+        f"({len(traps)} flagged measurement(s) on {len(groups)} path(s)). Serving a flagged path costs more than the "
+        "baseline, not less:", "<ul>", *items, "</ul>",
+        f"<details><summary>all {len(traps)} flags (every scope)</summary><ul>{detail}</ul></details>", "</div>"])
+
+
+def _rollout_summary_rows(s: Mapping[str, Any]) -> list[dict]:
+    conv = s.get("conversations") or {}
+    return [
+        {"quantity": "decision", "value": str(s.get("decision", "n/a")).upper()},
+        {"quantity": "data", "value": "SIMULATED logs (seeded simulator)" if s.get("simulated") else "real rollout logs"},
+        {"quantity": "scenario", "value": s.get("scenario") or "n/a"},
+        {"quantity": "stopped at look", "value": s.get("stopped_at_look") if s.get("stopped_at_look") is not None else "not stopped (ran every look)"},
+        {"quantity": "looks", "value": s.get("n_looks")},
+        {"quantity": "method", "value": s.get("method")},
+        {"quantity": "non-inferiority margin", "value": f"{fmt(100 * _num(s.get('margin')), 2) if _num(s.get('margin')) is not None else 'n/a'} satisfaction points"},
+        {"quantity": "alpha", "value": fmt(s.get("alpha"), 3)},
+        {"quantity": "conversations (baseline / quantized)", "value": f"{fmt(conv.get('baseline'))} / {fmt(conv.get('quantized'))}"},
+        {"quantity": "final difference, quantized - baseline", "value": f"{fmt(100 * _num(s['final_difference']), 2, True)} points" if _num(s.get('final_difference')) is not None else "n/a"},
+        {"quantity": "final one-sided lower bound (NI test)", "value": f"{fmt(100 * _num(s['final_ni_lower']), 2, True)} points" if _num(s.get('final_ni_lower')) is not None else "n/a"},
+    ]
+
+
+def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
+    r5 = M["05_rollout_analysis"]
+    cand = r5.get("candidate") or {}
+    main = r5.get("rollout") or {}
+    worse = r5.get("worse_scenario")
+    sim = bool(main.get("simulated"))
+    label = '<span class="sim-label">SIMULATED</span> ' if sim else ""
+    decision = str(main.get("decision", "n/a"))
+    cls = {"cut over": "callout-ok", "roll back": "callout-danger"}.get(decision, "callout-info")
+    lines = [
+        '<div id="verdict">', "", "### Rollout verdict (step 05)", "",
+        f'<div class="callout {cls}"><strong>{label}Rollout decision: {html.escape(decision.upper())}</strong> for '
+        f"<code>{html.escape(str(cand.get('checkpoint', 'n/a')))}</code>"
+        + (" &mdash; these are simulated logs, not real users." if sim else "") + "</div>", "",
+        f"Candidate `{cand.get('checkpoint', 'n/a')}`: measured task-quality change "
+        f"{fmt(cand.get('quality_change_points'), 2, True)} points ({', '.join(cand.get('tasks') or [])}); "
+        f"passed the offline budget: **{fmt(cand.get('passed_offline_budget'))}**.", "",
+        md_table(_rollout_summary_rows(main)), "",
+    ]
+    if worse:
+        lines += [f"Check of the rollback trigger: the {'SIMULATED ' if worse.get('simulated') else ''}'worse' scenario "
+                  f"ends in **{str(worse.get('decision', 'n/a')).upper()}**"
+                  + (f" (stopped at look {worse.get('stopped_at_look')})" if worse.get("stopped_at_look") is not None else "")
+                  + ".", ""]
+    lines.append("</div>")
+    cells = [("markdown", "\n".join(lines)), ("code", "R.show(R.fig_rollout(M, 'rollout'))")]
+    if worse:
+        cells.append(("code", "R.show(R.fig_rollout(M, 'worse_scenario'))"))
+    return cells
+
+
+def _lessons(M: Mapping[str, Any]) -> str:
+    ci = _ci_level(M)
+    out: list[str] = []
+    for e in _effects(M):
+        out.append(_effect_sentence(e, ci))
+    for e in _effects(M, "in_domain", "RTN")[:1]:
+        out.append(_effect_sentence(e, ci))
+    e3 = M["03_evaluate"]
+    verdicts = e3.get("verdict_by_checkpoint") or {}
+    passed = [k for k, v in verdicts.items() if v == "pass"]
+    out.append(f"{len(passed)} of {len(verdicts)} quantized checkpoint(s) kept every offline quality-budget line "
+               f"inside its limit at the worse end of the {ci}" + (f" ({', '.join(passed)})." if passed else "."))
+    fails = {}
+    for r in e3.get("budget") or []:
+        if r.get("verdict") != "pass":
+            fails.setdefault(r["metric"], []).append(r)
+    for metric, rs in fails.items():
+        worst = max(rs, key=lambda r: _num(r.get("worst_case")) or -math.inf)
+        lab = _label(metric)
+        out.append(f"{lab[0].upper() + lab[1:]} kept {len(rs)} checkpoint(s) from passing (fail or inconclusive); "
+                   f"the largest worst case was {fmt(worst.get('worst_case'), 2, True)} {worst.get('unit')} against a "
+                   f"budget of {fmt(worst.get('limit'))} {worst.get('unit')} (`{worst['checkpoint']}`).")
+    flagged = M["02_quantize"].get("worse_than_rtn_on_own_domain") or []
+    if flagged:
+        out.append(f"{len(flagged)} AWQ checkpoint(s) were worse than round-to-nearest on their own calibration "
+                   f"domain: {', '.join(flagged)}.")
+    name, r = _main_bench(M)
+    for s in _speed_rows(r):
+        if s.get("path") == "fast4":
+            tgt = (M["04_benchmark"].get("targets") or {}).get("cpu_fast_decode_speedup_1b_b1") or {}
+            met = (f" (target {fmt(tgt.get('target'))}x: {'met' if tgt.get('met') else 'NOT met'})"
+                   if tgt.get("target") is not None else "")
+            out.append(f"With the {name} model on {(r.get('env') or {}).get('hardware_label', 'this hardware')}, "
+                       f"batch {s.get('batch')}, context {s.get('context')}, the fast 4-bit path decoded at "
+                       f"{fmt(s.get('decode_speedup'))}x and prefilled at {fmt(s.get('prefill_speedup'))}x the "
+                       f"baseline speed{met}.")
+            break
+    base_f, fast_f = _fleet_row(r, "baseline"), _fleet_row(r, "fast4")
+    if base_f and fast_f:
+        out.append(f"Fleet at peak: {base_f.get('devices_at_peak')} device(s) for the baseline "
+                   f"({_money(base_f.get('cost_per_1000_conversations'))} per 1,000 conversations) vs "
+                   f"{fast_f.get('devices_at_peak')} for fast4 ({_money(fast_f.get('cost_per_1000_conversations'))}).")
+    ratio = r.get("bytes_ratio")
+    if _num(ratio) is not None:
+        out.append(f"The quantized linears take {fmt(ratio)}x fewer bytes than float16.")
+    traps = M["04_benchmark"].get("traps") or []
+    if traps:
+        paths = sorted({f"{t.get('model', '')}/{t.get('path')}" for t in traps})
+        slowest = min(traps, key=lambda t: _num(t.get("speedup")) or math.inf)
+        out.append(f"The trap was real: {len(traps)} measurement(s) on {', '.join(paths)} ran slower than the baseline "
+                   f"(slowest {fmt(slowest.get('speedup'))}x, {slowest.get('model', '')}/{slowest.get('path')} "
+                   f"{slowest.get('phase')}).")
+    else:
+        out.append("No quantized path ran slower than the baseline at the measured shapes.")
+    main = M["05_rollout_analysis"].get("rollout") or {}
+    worse = M["05_rollout_analysis"].get("worse_scenario")
+    out.append(f"The {'SIMULATED ' if main.get('simulated') else ''}rollout ended in '{main.get('decision')}'"
+               + (f" at look {main.get('stopped_at_look')}" if main.get("stopped_at_look") is not None else
+                  f" after {main.get('n_looks')} look(s)")
+               + (f"; the simulated 'worse' scenario ended in '{worse.get('decision')}'." if worse else "."))
+    rb = e3.get("rollback_check") or {}
+    out.append(f"Rollback: the archived baseline {'reproduced' if rb.get('identical') else 'did NOT reproduce'} the "
+               "baseline's metrics bit for bit.")
+    return "\n".join(['<div id="lessons">', "", "## Lessons", "",
+                      "Each sentence below is generated from this run's metrics.", "",
+                      *(f"{i}. {s}" for i, s in enumerate(out, 1)), "", "</div>"])
+
+
+def _checklist_md(M: Mapping[str, Any], run_dir: Path) -> str:
+    items = []
+    for ok, item, evidence in _checklist(M, run_dir):
+        mark = '<span class="tick">&#10004;</span>' if ok else '<span class="cross">&#10008;</span>'
+        items.append(f'<li class="{"ok" if ok else "missing"}" data-ok="{str(ok).lower()}">{mark} '
+                     f"<strong>{html.escape(item)}</strong>: {html.escape(evidence)}</li>")
+    return "\n".join(['<div id="checklist">', "", "## Process checklist", "",
+                      "Ticked from the manifest and metrics of this run.", "",
+                      '<ul class="checklist">', *items, "</ul>", "", "</div>"])
+
+
+# =========================================================================== notebook
+SETUP = """\
+%matplotlib inline
+%config InlineBackend.figure_formats = ['png']
+import warnings
+warnings.filterwarnings("ignore")
+import matplotlib
+matplotlib.rcParams.update({{"figure.dpi": 80, "savefig.dpi": 80, "font.size": 9}})
+from quantstudy import report as R
+M = R.load_metrics({run_dir!r})"""
+
+
+def build_notebook(run_dir: str | Path):
+    """The report notebook (not executed): generated markdown + figure code cells."""
+    import nbformat
+
+    run_dir = Path(run_dir).resolve()
+    M = load_metrics(run_dir)
+    cells: list[tuple[str, str]] = [
+        ("markdown", _stamp(M, run_dir)),
+        ("code", SETUP.format(run_dir=str(run_dir))),
+        ("markdown", _situation(M)),
+        ("markdown", _decision(M)),
+        *_execution(M),
+        *_outcome(M),
+        ("markdown", _lessons(M)),
+        ("markdown", _checklist_md(M, run_dir)),
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["title"] = f"Quantization study report: {M['manifest'].get('run_id') or run_dir.name}"
+    for kind, src in cells:
+        nb.cells.append(nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src))
+    return nb
+
+
+def execute_notebook(nb, cwd: str | Path | None = None, timeout: int = CELL_TIMEOUT_S):
+    """Run the notebook's code cells with nbclient (kernel python3, cwd = project root)."""
+    from nbclient import NotebookClient
+
+    from quantstudy.paths import project_root
+
+    cwd = Path(cwd) if cwd is not None else project_root()
+    NotebookClient(nb, kernel_name=KERNEL, timeout=timeout, allow_errors=False,
+                   resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+CSS = """
+<style type="text/css">
+main { max-width: 1200px; margin: 0 auto; }
+.jp-RenderedHTMLCommon table { font-size: 12px; }
+.callout { border-left: 8px solid; border-radius: 4px; padding: 10px 16px; margin: 12px 0; }
+.callout-danger { background: #fde8e8; border-color: #c81e1e; color: #5b1010; }
+.callout-warn { background: #fff4e0; border-color: #e08a00; color: #4d3000; }
+.callout-ok { background: #e6f6ea; border-color: #2ca02c; color: #0e3d12; }
+.callout-info { background: #e8f0fb; border-color: #1f77b4; color: #0d2a45; }
+.callout strong { font-size: 1.05em; }
+.sim-label { background: #444; color: #fff; font-weight: bold; padding: 1px 8px; border-radius: 3px; letter-spacing: 0.08em; }
+ul.checklist { list-style: none; padding-left: 0.5em; }
+ul.checklist li { margin: 4px 0; }
+.tick { color: #2ca02c; font-weight: bold; }
+.cross { color: #c81e1e; font-weight: bold; }
+#stamp { background: #f5f5f5; border: 1px solid #ddd; border-radius: 4px; padding: 4px 16px; }
+</style>
+"""
+
+# The lab template, minus every script it would fetch from a CDN (require.js, MathJax,
+# mermaid): the report has no JavaScript and must render offline.
+TEMPLATE = (
+    "{%- extends 'index.html.j2' -%}\n"
+    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}\n"
+    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}\n"
+    "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n"
+    "{% block extra_css %}" + CSS + "{% endblock extra_css %}\n"
+)
+TEMPLATE_FILE = "quantstudy_report.html.j2"
+
+
+def export_html(nb) -> str:
+    """nbconvert HTMLExporter: lab template without CDN scripts, code inputs and prompts hidden."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", template_file=TEMPLATE_FILE,
+                            extra_loaders=[DictLoader({TEMPLATE_FILE: TEMPLATE})],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir/report.html``; ReportError (before anything else) for an incomplete run."""
+    run_dir = Path(run_dir).resolve()
+    check_complete(run_dir)
+    nb = build_notebook(run_dir)
+    execute_notebook(nb)
+    out = run_dir / REPORT_FILE
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(export_html(nb), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+__all__ = ["ReportError", "build_report", "build_notebook", "check_complete", "execute_notebook", "export_html",
+           "load_metrics", "REPORT_FILE"]
