@@ -1,3 +1,8 @@
 """quantstudy: does 4-bit AWQ cut serving cost without users noticing, and how much does
 the choice of calibration data matter? Notebooks communicate; this package repeats."""
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# AutoAWQ prints a long deprecation notice on import; the project pins it knowingly (README).
+_warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"awq(\.|$)")

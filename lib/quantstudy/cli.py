@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dc = sub.add_parser("demo-card", help="measure the demo model and write its model card")
     dc.add_argument("--model", default="models/demo-support-lm", help="model folder")
+    dc.add_argument("--render-only", action="store_true", help="re-render README.md from card_metrics.json")
     return parser
 
 
@@ -146,7 +147,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_demo_card(args: argparse.Namespace) -> int:
     from quantstudy.modelcard import write_card
 
-    card = write_card(args.model)
+    card = write_card(args.model, remeasure=not args.render_only)
     print(f"model card written to {args.model}/README.md ({card['wall_s']:.0f} s)")
     return EXIT_OK
 

@@ -480,7 +480,12 @@ def fig_rollout(M: Mapping[str, Any], scenario: str = "rollout"):
     from quantstudy.rollout import plot_sequential
 
     looks = looks_frame(summary)
-    return plot_sequential(looks, float(summary.get("margin") or 0.0), bool(summary.get("simulated")))
+    fig = plot_sequential(looks, float(summary.get("margin") or 0.0), bool(summary.get("simulated")))
+    which = ("Rollback-trigger check, 'worse' scenario" if scenario == "worse_scenario"
+             else f"Rollout of the candidate, scenario '{summary.get('scenario') or 'real logs'}'")
+    for ax in fig.axes[:1]:
+        ax.set_title(f"{which}\n{ax.get_title()}", fontsize=10)
+    return fig
 
 
 # =========================================================================== markdown sections
