@@ -123,7 +123,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         _err(f"error: quantstudy.report.build_report is not available ({exc})")
         return EXIT_FAILED
-    result = build_report(run_dir)
+    from quantstudy.report import ReportError
+
+    try:
+        result = build_report(run_dir)
+    except ReportError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
     print(f"report: {result}" if result is not None else "report built")
     return EXIT_OK
 

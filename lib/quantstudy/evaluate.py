@@ -637,3 +637,33 @@ def effects_table(effects: list[dict]):
              "effect": round(e["point"], 3), "CI low": round(e["lo"], 3), "CI high": round(e["hi"], 3),
              "draws": f"{e['draws'][0]} vs {e['draws'][1]}", "within noise": e["within_noise"]} for e in effects]
     return pd.DataFrame(rows)
+
+
+def run_lm_eval(P, quantize_dir: str | Path) -> dict | None:
+    """Optional lm-eval-harness tasks (evaluate.lm_eval_tasks) for the real-model path.
+
+    Needs the `lm_eval` package, network for its datasets, and (for AWQ checkpoints) a GPU
+    with AutoAWQ kernels; the default demo run names no tasks and skips this entirely.
+    """
+    tasks = list(P.evaluate.lm_eval_tasks)
+    if not tasks:
+        return None
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise RuntimeError("evaluate.lm_eval_tasks names tasks but lm-eval-harness is not installed: "
+                           "pip install lm-eval (and run on a machine with network), or set lm_eval_tasks: []") from None
+    from lm_eval import simple_evaluate
+
+    from quantstudy.paths import resolve
+
+    folder = resolve(quantize_dir)
+    models = {"baseline": str(folder / "baseline")}
+    models.update({r["name"]: str(folder / "checkpoints" / r["name"]) for r in main_checkpoints(checkpoint_list(folder))})
+    device = "cuda" if P.study.device != "cpu" else "cpu"
+    out = {}
+    for name, path in tqdm(models.items(), desc="lm-eval"):
+        res = simple_evaluate(model="hf", model_args=f"pretrained={path},dtype={P.model.dtype}", tasks=tasks,
+                              device=device, batch_size="auto")
+        out[name] = {t: {k: v for k, v in r.items() if isinstance(v, (int, float))} for t, r in res["results"].items()}
+    return out
