@@ -123,6 +123,18 @@ def test_group_size_must_divide_model_widths(write_params, capsys):
     refused_by_validate(path, capsys, str(path), "quantize.group_size", "512")
 
 
+def test_unsupported_model_type_lists_supported(write_params, project, capsys):
+    (project / "models" / "tiny" / "config.json").write_text(
+        '{"model_type": "bert", "hidden_size": 256, "intermediate_size": 768}')
+    path = write_params()
+    refused_by_validate(path, capsys, str(path), "model.path", "'bert'", "llama")
+
+
+def test_rollout_margin_needs_a_budget_line(write_params, capsys):
+    path = write_params(**{"evaluate.budget": [{"metric": "retention_acc", "max_drop": 2.0, "unit": "points"}]})
+    refused_by_validate(path, capsys, str(path), "evaluate.budget", "satisfaction")
+
+
 def test_yaml_syntax_error(write_params, capsys):
     path = write_params(text="study:\n  name: [unclosed\nmodel: {\n")
     refused_by_validate(path, capsys, str(path), "not valid YAML", "line")

@@ -311,6 +311,14 @@ def check_combinations(p: StudyParams, source: str) -> None:
     widths_source = _local_model_config(p.model)
     if widths_source is not None:
         cfg_path, cfg = widths_source
+        mtype = cfg.get("model_type")
+        if mtype is not None:
+            from quantstudy.quantize import supported_model_types
+
+            supported = supported_model_types()
+            if mtype not in supported:
+                raise ParamsError(f"{source}: model.path: expected a model type AutoAWQ supports "
+                                  f"({', '.join(supported)}); found {mtype!r} in {cfg_path}")
         for key in ("hidden_size", "intermediate_size"):
             width = cfg.get(key)
             if isinstance(width, int) and width % p.quantize.group_size:
