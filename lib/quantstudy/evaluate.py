@@ -139,45 +139,61 @@ def perplexity(nll: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- tasks
 @torch.no_grad()
-def score_items(model, tokenizer, items: list[dict], desc: str = "tasks") -> dict:
+def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_items: int = 16) -> dict:
     """Log-likelihood ranking, as lm-eval-harness scores multiple choice.
 
-    Score(choice) = sum of log p(choice tokens | context). The context runs once; its KV cache
-    is repeated for all choices. Returns per-item correctness (acc), length-normalised
+    Score(choice) = sum of log p(choice tokens | context). Each batch of contexts runs once,
+    left-padded (rotary positions are relative, so a constant shift of a row's positions does
+    not change its attention), and its KV cache is repeated for the choices, which are scored
+    in a second, right-padded pass. Returns per-item correctness (acc), length-normalised
     correctness (acc_norm, per character), and the correct choice's margin over the best
     distractor (log-prob units).
     """
     dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     acc, acc_norm, margin = [], [], []
-    for item in tqdm(items, desc=desc, leave=False):
-        ctx = tokenizer(item["context"])["input_ids"]
-        choice_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item["choices"]]
-        out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True)
-        first_lp = F.log_softmax(out.logits[0, -1].float(), -1)
-        n = len(choice_ids)
-        longest = max(len(c) for c in choice_ids)
-        scores = []
+    for b in tqdm(range(0, len(items), batch_items), desc=desc, leave=False):
+        chunk = items[b:b + batch_items]
+        n_choices = {len(it["choices"]) for it in chunk}
+        if len(n_choices) != 1:  # mixed choice counts: score item by item
+            for it in chunk:
+                r = score_items(model, tokenizer, [it], desc=desc, batch_items=1)
+                acc.append(r["acc"][0]); acc_norm.append(r["acc_norm"][0]); margin.append(r["margin"][0])
+            continue
+        k = n_choices.pop()
+        ctxs = [tokenizer(it["context"])["input_ids"] for it in chunk]
+        width = max(map(len, ctxs))
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        cmask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, c in enumerate(ctxs):
+            x[i, width - len(c):] = torch.tensor(c)
+            cmask[i, width - len(c):] = 1
+        out = model(input_ids=x.to(dev), attention_mask=cmask.to(dev), use_cache=True, logits_to_keep=1)
+        first_lp = F.log_softmax(out.logits[:, -1].float(), -1)          # predicts each choice's first token
+        choices = [tokenizer(c, add_special_tokens=False)["input_ids"] for it in chunk for c in it["choices"]]
+        longest = max(map(len, choices))
+        scores = torch.stack([first_lp[i // k, c[0]] for i, c in enumerate(choices)]).cpu()
         if longest > 1:
             cache = getattr(out, "cache", None) or out.past_key_values
-            cache.batch_repeat_interleave(n)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            batch = torch.tensor([c + [pad] * (longest - len(c)) for c in choice_ids], device=dev)
-            attn = torch.ones(n, len(ctx) + longest, dtype=torch.long, device=dev)
-            lp = F.log_softmax(model(input_ids=batch, cache=cache, attention_mask=attn).logits.float(), -1)
-            for j, c in enumerate(choice_ids):
-                s = first_lp[c[0]].item()
-                for t in range(1, len(c)):
-                    s += lp[j, t - 1, c[t]].item()
-                scores.append(s)
-        else:
-            scores = [first_lp[c[0]].item() for c in choice_ids]
-        scores = np.array(scores)
-        lens = np.array([max(1, len(c)) for c in item["choices"]])
-        ans = int(item["answer"])
-        acc.append(float(np.argmax(scores) == ans))
-        acc_norm.append(float(np.argmax(scores / lens) == ans))
-        others = np.delete(scores, ans)
-        margin.append(float(scores[ans] - others.max()))
+            cache.batch_repeat_interleave(k)
+            y = torch.full((len(choices), longest), pad, dtype=torch.long)
+            for i, c in enumerate(choices):
+                y[i, :len(c)] = torch.tensor(c)
+            mask = torch.cat([cmask.repeat_interleave(k, 0), torch.ones((len(choices), longest), dtype=torch.long)], 1)
+            lp = F.log_softmax(model(input_ids=y.to(dev), attention_mask=mask.to(dev), cache=cache).logits.float(), -1)
+            rest = torch.zeros(len(choices))
+            for i, c in enumerate(choices):
+                if len(c) > 1:
+                    t = torch.arange(len(c) - 1, device=dev)
+                    rest[i] = lp[i, t, y[i, 1:len(c)].to(dev)].sum().cpu()
+            scores = scores + rest
+        scores = scores.view(len(chunk), k).numpy().astype(np.float64)
+        for it, sc in zip(chunk, scores):
+            lens = np.array([max(1, len(c)) for c in it["choices"]])
+            ans = int(it["answer"])
+            acc.append(float(np.argmax(sc) == ans))
+            acc_norm.append(float(np.argmax(sc / lens) == ans))
+            margin.append(float(sc[ans] - np.delete(sc, ans).max()))
     return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "margin": np.array(margin)}
 
 
@@ -402,7 +418,9 @@ def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     from quantstudy.paths import resolve
 
     quantize_dir = resolve(quantize_dir)
-    records = checkpoint_list(quantize_dir)
+    # Search-setting variants and sample-count sweeps were compared in step 02's sanity check;
+    # the full evaluation covers the main comparison (RTN and AWQ per source and draw).
+    records = main_checkpoints(checkpoint_list(quantize_dir))
     base_model, tok, _ = Q.load_checkpoint(P.model.path, device=P.study.device)
     streams = {dom: build_stream(tok, data[dom], P.evaluate.window, P.evaluate.stride, P.evaluate.max_eval_tokens,
                                  data["lexicon"]) for dom in ("generic", "in_domain")}

@@ -78,7 +78,7 @@ class CalibrationSection(_Section):
         default_factory=lambda: ["generic", "in_domain", "mixed"], min_length=1)
     n_samples: int = Field(32, ge=1, le=4096)
     sample_sweep: list[int] = Field(default_factory=list)
-    draws: int = Field(3, ge=1, le=20)
+    draws: int = Field(2, ge=1, le=20)
     max_seq_len: int = Field(256, ge=16, le=8192)
     long_samples: Literal["split", "truncate"] = "split"
     mixed_in_domain_fraction: float = Field(0.5, ge=0.0, le=1.0)
@@ -126,8 +126,8 @@ class BudgetLine(_Section):
 class EvaluateSection(_Section):
     window: int = Field(256, ge=16, le=8192)
     stride: int = Field(128, ge=1, le=8192)
-    max_eval_tokens: int = Field(60000, ge=256, description="per evaluation domain")
-    max_items_per_task: int | None = Field(None, ge=10, description="null: every task item")
+    max_eval_tokens: int = Field(20000, ge=256, description="per evaluation domain")
+    max_items_per_task: int | None = Field(300, ge=10, description="null: every task item")
     bootstrap_samples: int = Field(1000, ge=100, le=100000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     budget: list[BudgetLine] = Field(default_factory=lambda: [
