@@ -4,5 +4,11 @@ __version__ = "0.1.0"
 
 import warnings as _warnings
 
-# AutoAWQ prints a long deprecation notice on import; the project pins it knowingly (README).
-_warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"awq(\.|$)")
+# AutoAWQ (pinned knowingly, see README) prints a long deprecation notice on import and resets
+# the DeprecationWarning filter; import it once here, quietly, and restore the filters.
+with _warnings.catch_warnings(record=True):
+    _warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import awq as _awq  # noqa: F401
+    except ImportError:  # the package still imports without it; quantization steps will say so
+        pass
