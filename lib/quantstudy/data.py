@@ -103,26 +103,31 @@ def validate_conversation(obj: Any, where: str = "conversation") -> None:
                         f"{', '.join(CONVERSATION_SPLITS)}; found {split!r}")
 
 
-def read_conversations(path: str | Path) -> list[dict[str, Any]]:
-    """Conversations from JSONL, one ``{conversation_id, turns, metadata}`` object per line."""
-    p, lines = _open_lines(path, "conversations",
-                           "fix data.conversations in the params file, or run `make demo-data`")
+def _read_records(path: str | Path, what: str, key: str, validate, fix: str) -> list[dict[str, Any]]:
+    """Validated JSONL records, unique by `key`; errors name the file and line."""
+    p, lines = _open_lines(path, what, fix)
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         obj = _json_line(p, lineno, line)
-        validate_conversation(obj, f"{p}:{lineno}")
-        cid = obj["conversation_id"]
-        if cid in seen:
-            raise DataError(f"{p}:{lineno}: duplicate conversation_id {cid!r} (first on line {seen[cid]})")
-        seen[cid] = lineno
+        validate(obj, f"{p}:{lineno}")
+        rid = obj[key]
+        if rid in seen:
+            raise DataError(f"{p}:{lineno}: duplicate {key} {rid!r} (first on line {seen[rid]})")
+        seen[rid] = lineno
         obj.setdefault("metadata", {})
         out.append(obj)
     if not out:
-        raise DataError(f"{p}: no conversations in file; expected one JSON object per line")
+        raise DataError(f"{p}: no {what} in file; expected one JSON object per line")
     return out
+
+
+def read_conversations(path: str | Path) -> list[dict[str, Any]]:
+    """Conversations from JSONL, one ``{conversation_id, turns, metadata}`` object per line."""
+    return _read_records(path, "conversations", "conversation_id", validate_conversation,
+                         "fix data.conversations in the params file, or run `make demo-data`")
 
 
 def validate_task_item(obj: Any, where: str = "task item") -> None:
@@ -154,24 +159,8 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
 
 def read_task_items(path: str | Path) -> list[dict[str, Any]]:
     """Multiple-choice task items from JSONL (``{item_id, task, context, choices, answer, metadata}``)."""
-    p, lines = _open_lines(path, "task items",
-                           "fix data.task_items in the params file, or run `make demo-data`")
-    out: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        obj = _json_line(p, lineno, line)
-        validate_task_item(obj, f"{p}:{lineno}")
-        iid = obj["item_id"]
-        if iid in seen:
-            raise DataError(f"{p}:{lineno}: duplicate item_id {iid!r} (first on line {seen[iid]})")
-        seen[iid] = lineno
-        obj.setdefault("metadata", {})
-        out.append(obj)
-    if not out:
-        raise DataError(f"{p}: no task items in file; expected one JSON object per line")
-    return out
+    return _read_records(path, "task items", "item_id", validate_task_item,
+                         "fix data.task_items in the params file, or run `make demo-data`")
 
 
 # --------------------------------------------------------------------------- splits
