@@ -149,10 +149,10 @@ class BenchmarkSection(_Section):
     paths: list[Literal["baseline", "naive4", "fast4"]] = Field(
         default_factory=lambda: ["baseline", "naive4", "fast4"], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)
-    context_lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1)
+    context_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
     decode_tokens: int = Field(16, ge=1, le=4096)
-    warmup: int = Field(2, ge=0, le=50)
-    repeats: int = Field(5, ge=1, le=100)
+    warmup: int = Field(1, ge=0, le=50)
+    repeats: int = Field(3, ge=1, le=100)
     prod_hidden_size: int = Field(2048, ge=128)
     prod_intermediate_size: int = Field(8192, ge=128)
     prod_num_layers: int = Field(16, ge=1)
