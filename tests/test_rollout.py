@@ -79,7 +79,7 @@ def test_missing_file_and_bad_extension(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- simulator
 def test_simulator_deterministic_marked_and_on_schedule() -> None:
-    p = RolloutSection(daily_conversations=2000)
+    p = RolloutSection(daily_conversations=2000, margin=0.02)
     a = rollout.simulate_logs(p, -1.0, seed=7, scenario="measured")
     b = rollout.simulate_logs(p, -1.0, seed=7, scenario="measured")
     pd.testing.assert_frame_equal(a, b)
@@ -98,7 +98,7 @@ def test_simulator_deterministic_marked_and_on_schedule() -> None:
 
 # --------------------------------------------------------------------------- decisions
 def test_measured_no_change_cuts_over() -> None:
-    res = rollout.analyse(RolloutSection(scenario="measured"), quality_change_points=0.0, seed=0)
+    res = rollout.analyse(RolloutSection(scenario="measured", margin=0.02), quality_change_points=0.0, seed=0)
     looks = res["looks"]
     assert res["simulated"] is True and res["method"] == "sequential"
     assert res["decision"] == "cut over"
@@ -107,14 +107,14 @@ def test_measured_no_change_cuts_over() -> None:
     assert looks.loc[first, "final_stage"]
     assert (looks.loc[first:, "decision"] == "cut over").all()
     assert (looks.loc[:first - 1, "decision"] == "continue").all()
-    assert looks["non_inferior"].iloc[-1] and (looks["ni_lower"].iloc[-1] > -RolloutSection().margin)
+    assert looks["non_inferior"].iloc[-1] and (looks["ni_lower"].iloc[-1] > -RolloutSection(margin=0.02).margin)
     # cumulative counts grow and add up to all logs
     assert (looks["n_baseline"].diff().dropna() >= 0).all()
     assert looks[["n_baseline", "n_quantized"]].iloc[-1].sum() == len(res["logs"])
 
 
 def test_worse_scenario_rolls_back() -> None:
-    p = RolloutSection(scenario="worse")
+    p = RolloutSection(scenario="worse", margin=0.02)
     res = rollout.analyse(p, quality_change_points=0.0, seed=0)
     looks = res["looks"]
     assert res["decision"] == "roll back"
@@ -134,15 +134,15 @@ def test_bonferroni_fallback_when_sequential_breaks(monkeypatch: pytest.MonkeyPa
         return real(data, alpha, sequential, nim)
 
     monkeypatch.setattr(rollout, "_ztest_difference", broken)
-    logs = rollout.simulate_logs(RolloutSection(), 0.0, 0, "worse")
+    logs = rollout.simulate_logs(RolloutSection(margin=0.02), 0.0, 0, "worse")
     with pytest.warns(RuntimeWarning, match="fell back to Bonferroni"):
-        looks = rollout.sequential_analysis(logs, RolloutSection())
+        looks = rollout.sequential_analysis(logs, RolloutSection(margin=0.02))
     assert looks.attrs["method"] == "bonferroni"
     assert looks["decision"].iloc[-1] == "roll back"
 
 
 def test_continuous_csat_and_real_logs_path(tmp_path: Path) -> None:
-    p = RolloutSection(stages=[0.5, 1.0], days_per_stage=1, daily_conversations=400)
+    p = RolloutSection(stages=[0.5, 1.0], days_per_stage=1, daily_conversations=400, margin=0.02)
     sim = rollout.simulate_logs(p, 0.0, 3, "measured")
     rng = np.random.default_rng(0)
     sim["satisfaction"] = np.clip(sim["satisfaction"] * 0.8 + rng.uniform(0, 0.2, len(sim)), 0, 1)
@@ -165,9 +165,9 @@ def _texts(fig) -> str:
 
 @pytest.mark.parametrize("simulated", [True, False])
 def test_figures_build_and_label_simulated(simulated: bool) -> None:
-    res = rollout.analyse(RolloutSection(daily_conversations=1000), 0.0, 1)
+    res = rollout.analyse(RolloutSection(daily_conversations=1000, margin=0.02), 0.0, 1)
     f1 = rollout.plot_daily(res["daily"], simulated=simulated)
-    f2 = rollout.plot_sequential(res["looks"], RolloutSection().margin, simulated=simulated)
+    f2 = rollout.plot_sequential(res["looks"], RolloutSection(margin=0.02).margin, simulated=simulated)
     for fig in (f1, f2):
         text = _texts(fig)
         assert ("SIMULATED" in text) is simulated

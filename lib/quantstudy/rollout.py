@@ -362,6 +362,9 @@ def sequential_analysis(df: pd.DataFrame, rollout_params: RolloutSection, method
     wide = cum.pivot(index="look", columns="arm", values="count")
     usable = wide.index[(wide["baseline"] > 0) & (wide["quantized"] > 0)]
     data = cum[cum["look"].isin(usable)].copy()
+    if rollout_params.margin is None:
+        raise RolloutError("rollout.margin is not set: take it from the quality budget with "
+                           "quantstudy.params.rollout_margin(params) (rollout.run_step does)")
     margin, alpha = float(rollout_params.margin), float(rollout_params.alpha)
     base_mean = (data[data["arm"] == "baseline"].set_index("look").eval("sum / count"))
     data["non_inferiority_margin"] = margin / data["look"].map(base_mean)  # relative NIM, see docstring
