@@ -33,6 +33,8 @@ def test_smoke_study_completes(smoke_run):
     for step in ("01_calibration", "02_quantize", "03_evaluate", "04_benchmark", "05_rollout_analysis"):
         assert (run / step / "metrics.json").is_file(), step
         assert (run / "notebooks" / f"{step}.ipynb").is_file(), step
+    report = (run / "report.html").read_text()
+    assert "Situation" in report and 'id="verdict"' in report and "<script" not in report
 
 
 def test_smoke_outputs_are_sane(smoke_run):
