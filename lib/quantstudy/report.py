@@ -199,7 +199,7 @@ def _effect_sentence(e: Mapping[str, Any], ci: str) -> str:
     a = a[0].upper() + a[1:]
     text = (f"{a} calibration changed {what} by {fmt(e['point'], 2, True)}{shown} "
             f"({ci} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}], draws {e['draws'][0]} vs {e['draws'][1]}) "
-            f"against {b} calibration")
+            + (f"against {b} (no calibration)" if e["b"] == "RTN" else f"against {b} calibration"))
     if e.get("within_noise"):
         return text + ": within noise (the interval includes 0)."
     lower_better = unit.startswith("%")  # perplexity: lower is better
