@@ -29,8 +29,9 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# JupyterLab refuses to run as root without --allow-root (containers, CI machines).
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=. notebooks/
+	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 demo-data: $(STAMP)
 	$(BIN)/quantstudy demo-data
