@@ -2,6 +2,7 @@
 fleet/cost arithmetic and a tiny end-to-end run (tiny shapes, seconds)."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -277,6 +278,39 @@ def test_run_benchmark_tiny(tiny_checkpoint):
     assert isinstance(res["traps"], list)
     sp = res["speedups"]
     assert math.isclose(sp[(sp["path"] == "baseline")]["decode_speedup"].iloc[0], 1.0)
+    agree = res["agreement"].set_index("path")
+    assert list(agree.index) == ran  # baseline first, every built path scored
+    assert agree.loc["baseline", "rel_rms_diff"] == 0.0
+    assert agree.loc["naive4", "rel_rms_diff"] < 1e-5  # same dequantized weights
+    if "fast4" in ran:
+        assert 0 < agree.loc["fast4", "rel_rms_diff"] < 0.05  # bfloat16 scales: rounding, not a bug
+
+
+def test_agreement_flags_a_wrong_kernel():
+    base = torch.randn(16, 50, generator=torch.Generator().manual_seed(0))
+    good = bench.agreement("fast4", base * 1.001, base)
+    bad = bench.agreement("fast4", torch.randn(16, 50, generator=torch.Generator().manual_seed(1)), base)
+    assert good["rel_rms_diff"] == pytest.approx(1e-3, rel=1e-3) and good["top1_agreement"] == 1.0
+    assert bad["rel_rms_diff"] > 1.0 and bad["top1_agreement"] < 0.5
+
+
+def test_run_benchmark_skips_a_path_that_breaks(tiny_checkpoint, monkeypatch):
+    _, folder = tiny_checkpoint
+    real = bench.convert_model
+
+    def broken(src, path, *args, **kwargs):
+        if path == "naive4":
+            raise RuntimeError("kernel has no implementation for this shape")
+        return real(src, path, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "convert_model", broken)
+    params = BenchmarkSection(**{**TINY, "paths": ["naive4", "baseline"], "repeats": 1, "warmup": 0})
+    res = bench.run_benchmark(folder, params, progress=False)
+    assert set(res["timings"]["path"]) == {"baseline"}
+    assert any(n.startswith("naive4 failed on cpu and was skipped: RuntimeError: kernel has no") for n in res["notes"])
+    monkeypatch.setattr(bench, "convert_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no baseline")))
+    with pytest.raises(RuntimeError, match="no baseline"):
+        bench.run_benchmark(folder, params, progress=False)
 
 
 def test_run_benchmark_skips_unavailable_and_requires_baseline(tiny_checkpoint, monkeypatch):
@@ -293,3 +327,16 @@ def test_run_benchmark_skips_unavailable_and_requires_baseline(tiny_checkpoint, 
                         lambda device="cpu": {**real(device), "baseline": "broken in this test"})
     with pytest.raises(ValueError, match="available paths: naive4"):
         bench.run_benchmark(folder, params, progress=False)
+
+
+def test_bench_command_writes_metrics_and_figures(tiny_checkpoint, tmp_path, capsys):
+    from quantstudy.cli import main
+
+    _, folder = tiny_checkpoint
+    assert main(["bench", "params/smoke.yaml", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    out = tmp_path / "bench"
+    assert main(["bench", "params/smoke.yaml", "--checkpoint", str(folder), "--out", str(out), "--no-production"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["path"] for r in metrics["demo"]["agreement"]][:2] == ["baseline", "naive4"]
+    assert (out / "speedups.png").stat().st_size > 10_000 and (out / "memory.png").is_file()

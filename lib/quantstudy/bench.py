@@ -319,7 +319,14 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
     if device == "cuda" and path == "fast4":  # pragma: no cover - needs a GPU
         from awq import AutoAWQForCausalLM
 
-        return AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model.to(device).eval()
+        try:
+            model = AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model.to(device).eval()
+            model.quantstudy_loader = "AutoAWQForCausalLM.from_quantized"
+            return model
+        except Exception as exc:  # same kernels, our loader: see _wqlinear_gemm
+            fallback_reason = f"from_quantized failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
+    else:
+        fallback_reason = None
     if qc is not None:
         del cfg.quantization_config
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
@@ -339,6 +346,8 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
         bias = tensors.pop(f"{prefix}.bias", None)
         if path == "naive4":
             mod = NaiveAWQLinear(qw, qz, sc, None if bias is None else bias.to(dtype), qc["group_size"], qc["bits"])
+        elif device == "cuda":  # pragma: no cover - needs a GPU
+            mod = _wqlinear_gemm(qw, qz, sc, bias, qc["group_size"], qc["bits"])
         else:
             mod = Int4CPULinear.from_awq(qw, qz, sc, bias, qc["group_size"], qc["bits"],
                                          inner_k_tiles=inner_k_tiles, compute_dtype=compute_dtype)
@@ -354,7 +363,46 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
                          f"unexpected {list(unexpected)[:5]})")
     if tied:
         model.tie_weights()
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if fallback_reason:  # pragma: no cover - needs a GPU
+        model.quantstudy_loader = f"AutoAWQ WQLinear_GEMM modules loaded by quantstudy; {fallback_reason}"
+    return model
+
+
+def _wqlinear_gemm(qweight, qzeros, scales, bias, group_size: int, bits: int):  # pragma: no cover - GPU
+    """AutoAWQ's own GEMM module (its awq_ext or triton kernels) holding the packed tensors."""
+    from awq.modules.linear.gemm import WQLinear_GEMM
+
+    in_f, out_f = qweight.shape[0], qweight.shape[1] * (32 // bits)
+    mod = WQLinear_GEMM(bits, group_size, in_f, out_f, bias is not None, "cpu")
+    mod.qweight.copy_(qweight)
+    mod.qzeros.copy_(qzeros)
+    mod.scales.copy_(scales.half())
+    if bias is not None:
+        mod.bias.copy_(bias.half())
+    return mod
+
+
+def probe_logits(model: nn.Module, device: str, tokens: int = 64, seed: int = 0) -> torch.Tensor:
+    """float32 logits of one fixed random prompt (the same for every path of a model)."""
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(seed + 1))
+    with torch.inference_mode():
+        return model(input_ids=ids.to(device)).logits.float().cpu()[0]
+
+
+def agreement(path: str, logits: torch.Tensor, base: torch.Tensor) -> dict[str, Any]:
+    """How far a path's logits are from the baseline's on the same prompt.
+
+    ``rel_rms_diff`` = RMS(logits - baseline) / RMS(baseline): a kernel bug shows up as a
+    value near 1, rounding (e.g. bfloat16 scales) as well under 0.05. ``top1_agreement`` is
+    the share of positions with the same arg-max token; on random weights the logits are
+    nearly flat, so tiny rounding flips near-ties and top-1 agreement is the weaker check.
+    """
+    diff = logits - base
+    return {"path": path, "tokens": int(base.shape[0]),
+            "rel_rms_diff": float(diff.pow(2).mean().sqrt() / base.pow(2).mean().sqrt().clamp_min(1e-12)),
+            "max_abs_diff": float(diff.abs().max()),
+            "top1_agreement": float((logits.argmax(-1) == base.argmax(-1)).float().mean())}
 
 
 # =========================================================================== production model
@@ -795,6 +843,45 @@ def _memory_now(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: str, full_num_layers: int | None,
+                seed: int, inner_k_tiles: int, bar) -> dict[str, Any]:
+    """Build one path's model, score the probe prompt, time it, account its memory, free it."""
+    _memory_now(device)
+    rss_before = PeakRSS.rss_bytes()
+    with PeakRSS() as build_mem:
+        src = baseline if (path == "baseline" and baseline is not None) else folder
+        model = convert_model(src, path, device, inner_k_tiles=inner_k_tiles)
+    gc.collect()
+    rss_built = PeakRSS.rss_bytes()
+    logits = probe_logits(model, device, seed=seed)
+    with PeakRSS() as run_mem:
+        timings = time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
+                             p.repeats, device, full_num_layers=full_num_layers, seed=seed, progress=bar)
+    qlb = quantized_linear_bytes(model)
+    if path == "baseline":
+        disk = disk_bytes(baseline) if isinstance(baseline, (str, Path)) else None
+    else:
+        disk = disk_bytes(folder)
+    memory = {
+        "path": path, "weight_bytes_in_memory": tensor_bytes(model),
+        "weight_bytes_full_model": model_weight_bytes(model, full_num_layers),
+        "weight_bytes_on_disk": disk,
+        "quantized_linear_bytes": qlb["quantized_bytes"] if qlb["linears"] else None,
+        "quantized_linear_ratio_vs_fp16": qlb["ratio_vs_fp16"],
+        # process RSS: before building, peak while building (skeleton + checkpoint tensors),
+        # after building, and peak while timing (the inference footprint: weights, activations, KV)
+        "rss_before_mb": round(rss_before / 2**20, 1), "peak_rss_build_mb": build_mem.peak_mb,
+        "rss_built_mb": round(rss_built / 2**20, 1), "peak_rss_run_mb": run_mem.peak_mb,
+        "peak_rss_run_delta_mb": round((run_mem.peak - rss_before) / 2**20, 1),
+        "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                  if device == "cuda" else None),
+    }
+    loader = getattr(model, "quantstudy_loader", "quantstudy.bench.convert_model")
+    del model
+    _memory_now(device)
+    return {"timings": timings, "memory": memory, "logits": logits, "loader": loader}
+
+
 def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection | Mapping[str, Any],
                   device: str = "cpu", progress: bool = True, *, baseline: str | Path | nn.Module | None = None,
                   full_num_layers: int | None = None, seed: int = 0, inner_k_tiles: int = 2,
@@ -808,7 +895,10 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     OpenMP oversubscription that makes every small op wait. Paths are built, timed and freed one at a time. An unavailable optional path is
     skipped with a note; an unavailable ``baseline`` raises :class:`BenchError`.
 
-    Keys: timings (tidy DataFrame), memory (DataFrame per path), speedups, traps, fleet,
+    Every built path also scores one fixed random prompt; ``agreement`` compares its logits
+    with the baseline's (a fast kernel that is wrong is worse than a slow one).
+
+    Keys: timings (tidy DataFrame), memory (DataFrame per path), speedups, traps, agreement, fleet,
     bytes_ratio, targets, notes, env.
     """
     import pandas as pd
@@ -822,8 +912,8 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     notes: list[str] = []
     requested = list(dict.fromkeys(p.paths))
     if "baseline" not in requested:
-        requested.insert(0, "baseline")
         notes.append("baseline added: speed-ups need it")
+    requested = ["baseline", *(q for q in requested if q != "baseline")]  # first: the others compare to it
     if avail["baseline"] is not None:
         raise BenchError(f"required path 'baseline' is unavailable on {device}: {avail['baseline']}; "
                          f"available paths: {', '.join(ok) or 'none'}")
@@ -848,40 +938,27 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     bar = tqdm(total=len(paths) * n_shapes, desc="benchmark", disable=not progress, leave=False)
     rows: list[dict[str, Any]] = []
     mem_rows: list[dict[str, Any]] = []
+    agree_rows: list[dict[str, Any]] = []
+    base_logits = None
     try:
         for path in paths:
             bar.set_postfix_str(path)
-            _memory_now(device)
-            rss_before = PeakRSS.rss_bytes()
-            with PeakRSS() as build_mem:
-                src = baseline if (path == "baseline" and baseline is not None) else folder
-                model = convert_model(src, path, device, inner_k_tiles=inner_k_tiles)
-            gc.collect()
-            rss_built = PeakRSS.rss_bytes()
-            with PeakRSS() as run_mem:
-                rows += time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
-                                   p.repeats, device, full_num_layers=full_num_layers, seed=seed, progress=bar)
-            qlb = quantized_linear_bytes(model)
-            if path == "baseline":
-                disk = disk_bytes(baseline) if isinstance(baseline, (str, Path)) else None
-            else:
-                disk = disk_bytes(folder)
-            mem_rows.append({
-                "path": path, "weight_bytes_in_memory": tensor_bytes(model),
-                "weight_bytes_full_model": model_weight_bytes(model, full_num_layers),
-                "weight_bytes_on_disk": disk,
-                "quantized_linear_bytes": qlb["quantized_bytes"] if qlb["linears"] else None,
-                "quantized_linear_ratio_vs_fp16": qlb["ratio_vs_fp16"],
-                # process RSS: before building, peak while building (skeleton + checkpoint tensors),
-                # after building, and peak while timing (the inference footprint: weights, activations, KV)
-                "rss_before_mb": round(rss_before / 2**20, 1), "peak_rss_build_mb": build_mem.peak_mb,
-                "rss_built_mb": round(rss_built / 2**20, 1), "peak_rss_run_mb": run_mem.peak_mb,
-                "peak_rss_run_delta_mb": round((run_mem.peak - rss_before) / 2**20, 1),
-                "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                                          if device == "cuda" else None),
-            })
-            del model
-            _memory_now(device)
+            try:
+                measured = _bench_path(path, folder, baseline, p, device, full_num_layers, seed, inner_k_tiles, bar)
+            except Exception as exc:
+                if path == "baseline" or isinstance(exc, (KeyboardInterrupt, MemoryError)):
+                    raise
+                # an optional quantized path that breaks (a kernel missing a shape, say) is
+                # reported and skipped: the other paths' numbers are not lost
+                notes.append(f"{path} failed on {device} and was skipped: {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                _memory_now(device)
+                continue
+            rows += measured["timings"]
+            mem_rows.append(measured["memory"])
+            logits = measured.pop("logits")
+            base_logits = logits if path == "baseline" else base_logits
+            agree_rows.append({**agreement(path, logits, base_logits), "loader": measured["loader"]})
     finally:
         bar.close()
         threads_used = torch.get_num_threads()
@@ -903,12 +980,14 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             notes.append(f"fleet for {r['path']} batch {r['batch']}: {exc}")
     return {
         "timings": timings, "memory": memory, "speedups": speedups, "traps": traps,
+        "agreement": pd.DataFrame(agree_rows),
         "fleet": pd.DataFrame(fleet_rows), "bytes_ratio": awq_ratio,
         "targets": targets(speedups, awq_ratio), "notes": notes,
         "env": {"device": device, "hardware_label": p.hardware_label, "torch": torch.__version__,
                 "threads": threads_used, "cpu": platform.processor() or platform.machine(),
                 "load_average_before": load, "load_average_after": _load_average(),
-                "paths_available": avail, "checkpoint": str(folder), "full_num_layers": full_num_layers},
+                "paths_available": avail, "checkpoint": str(folder), "full_num_layers": full_num_layers,
+                "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
     }
 
 
@@ -1016,6 +1095,7 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
                 "timings": json.loads(r["timings"].drop(columns=[c for c in r["timings"].columns if c.endswith("_raw")])
                                       .to_json(orient="records")),
                 "memory": json.loads(r["memory"].to_json(orient="records")),
+                "agreement": json.loads(r["agreement"].to_json(orient="records")) if "agreement" in r else [],
                 "fleet": json.loads(r["fleet"].to_json(orient="records")),
                 "traps": r["traps"], "targets": r["targets"], "bytes_ratio": r["bytes_ratio"],
                 "notes": r["notes"], "env": r["env"]}
@@ -1027,4 +1107,26 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
     metrics["wall_s"] = round(wall_s, 1)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def benchmark_checkpoint(params, checkpoint: str | Path, out_dir: str | Path, baseline: str | Path | None = None,
+                         production: bool = True, progress: bool = True) -> dict:
+    """Step 04 outside papermill (``quantstudy bench``): the demo-sized checkpoint and the
+    production-shaped model on ``params.study.device``; writes metrics.json and the two
+    figures to `out_dir` and returns the metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    started = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(params.study.device)
+    results = {"demo": run_benchmark(checkpoint, params.benchmark, device, progress, baseline=baseline)}
+    if production:
+        results["production"] = production_benchmark(params.benchmark, device, progress)
+    metrics = write_metrics(out_dir, results, time.time() - started)
+    label = params.benchmark.hardware_label
+    plot_speedups(results, label).savefig(out_dir / "speedups.png", dpi=110)
+    plot_memory(results).savefig(out_dir / "memory.png", dpi=110)
     return metrics

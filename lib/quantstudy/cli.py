@@ -6,6 +6,7 @@
     quantstudy demo-data
     quantstudy demo-model [--out models/demo-support-lm] [--config demo]
     quantstudy demo-card [--model models/demo-support-lm]
+    quantstudy bench PARAMS --checkpoint DIR --out DIR [--baseline DIR] [--no-production]
 
 Exit codes: 0 ok, 1 a step (or the report) failed, 2 bad params or bad arguments.
 """
@@ -67,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     dc = sub.add_parser("demo-card", help="measure the demo model and write its model card")
     dc.add_argument("--model", default="models/demo-support-lm", help="model folder")
     dc.add_argument("--render-only", action="store_true", help="re-render README.md from card_metrics.json")
+
+    bn = sub.add_parser("bench", help="run the step-04 benchmark on one AWQ checkpoint (e.g. on a GPU machine)")
+    bn.add_argument("params", help="params YAML file; its study.device and benchmark section are used")
+    bn.add_argument("--checkpoint", required=True, help="AutoAWQ GEMM 4-bit checkpoint folder")
+    bn.add_argument("--baseline", help="dense baseline folder (default: the dequantized checkpoint)")
+    bn.add_argument("--out", required=True, help="folder for metrics.json and the figures")
+    bn.add_argument("--no-production", action="store_true", help="skip the production-shaped model")
     return parser
 
 
@@ -158,7 +166,32 @@ def cmd_demo_card(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from quantstudy import bench
+
+    params = load_params(args.params)
+    for name in ("checkpoint", "baseline"):
+        folder = getattr(args, name)
+        if folder and not (Path(folder) / "config.json").is_file():
+            _err(f"--{name} {folder}: no config.json there; pass a model checkpoint folder")
+            return EXIT_USAGE
+    try:
+        print("inference paths:", {k: v or "available" for k, v in bench.available_paths(params.study.device).items()})
+        metrics = bench.benchmark_checkpoint(params, args.checkpoint, args.out, baseline=args.baseline,
+                                             production=not args.no_production)
+    except bench.BenchError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    summary = {name: {"agreement": m["agreement"], "speedups": [r for r in m["speedups"] if r["scope"] == "full_model"],
+                      "traps": m["traps"], "env": m["env"]}
+               for name, m in metrics.items() if isinstance(m, dict) and "speedups" in m}
+    _print_json({"targets": metrics["targets"], **summary, "wall_s": metrics["wall_s"]})
+    print(f"metrics and figures written to {_show(Path(args.out))}")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "bench": cmd_bench,
     "demo-card": cmd_demo_card,
     "run": cmd_run,
     "validate": cmd_validate,
