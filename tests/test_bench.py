@@ -166,6 +166,8 @@ def test_targets():
     assert not t["cpu_fast_decode_speedup_1b_b1"]["met"] and not t["quantized_linear_bytes_vs_fp16"]["met"]
     table = bench.speedup_table(_timings({"baseline": (9.8, 10.0, 10.2), "fast4": (29, 30, 31)}))
     assert bench.targets(table, 3.85)["cpu_fast_decode_speedup_1b_b1"]["measured"] == pytest.approx(3.0)
+    gpu = bench.targets(0.6, 3.85, device="cuda")["cpu_fast_decode_speedup_1b_b1"]
+    assert gpu["measured"] == 0.6 and gpu["met"] is None and "CPU path" in gpu["where"]
 
 
 # --------------------------------------------------------------------------- fleet & cost

@@ -809,7 +809,7 @@ def _fast_b1_speedup(speedups, path: str = "fast4") -> tuple[float | None, str]:
     return float(row["decode_speedup"]), where
 
 
-def targets(speedups, bytes_ratio: float | None) -> dict[str, dict[str, Any]]:
+def targets(speedups, bytes_ratio: float | None, device: str = "cpu") -> dict[str, dict[str, Any]]:
     """The two benchmark targets: fast 4-bit decode speed-up at batch 1 (>= 2.5x) and
     quantized-linear bytes vs float16 (>= 3.8x). `speedups` is a :func:`speedup_table`
     (batch-1 fast4 row, smallest context, ``full_model`` scope when present) or a number."""
@@ -818,10 +818,13 @@ def targets(speedups, bytes_ratio: float | None) -> dict[str, dict[str, Any]]:
     if not isinstance(speedups, (int, float, type(None))) and "scope" in speedups.columns:
         t = speedups[(speedups["path"] == "fast4") & (speedups["batch"] == 1) & (speedups["scope"] == "layers")]
         layers_only = float(t.sort_values("context")["decode_speedup"].iloc[0]) if not t.empty else None
+    speed = {"measured": sp, "target": TARGET_FAST_DECODE_SPEEDUP,
+             "met": sp is not None and sp >= TARGET_FAST_DECODE_SPEEDUP, "where": where, "layers_only": layers_only}
+    if device != "cpu":  # the 2.5x target is the CPU int4 kernel's; on a GPU report the ratio only
+        speed.update(target=None, met=None, where=f"{where}; on {device} (fast4 = AutoAWQ's kernels vs float16): "
+                     "the 2.5x target applies to the CPU path, so none is set here")
     return {
-        "cpu_fast_decode_speedup_1b_b1": {"measured": sp, "target": TARGET_FAST_DECODE_SPEEDUP,
-                                          "met": sp is not None and sp >= TARGET_FAST_DECODE_SPEEDUP, "where": where,
-                                          "layers_only": layers_only},
+        "cpu_fast_decode_speedup_1b_b1": speed,
         "quantized_linear_bytes_vs_fp16": {"measured": bytes_ratio, "target": TARGET_BYTES_RATIO,
                                            "met": bytes_ratio is not None and bytes_ratio >= TARGET_BYTES_RATIO,
                                            "where": "AutoAWQ GEMM layout (qweight + qzeros + fp16 scales)"},
@@ -982,7 +985,7 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
         "timings": timings, "memory": memory, "speedups": speedups, "traps": traps,
         "agreement": pd.DataFrame(agree_rows),
         "fleet": pd.DataFrame(fleet_rows), "bytes_ratio": awq_ratio,
-        "targets": targets(speedups, awq_ratio), "notes": notes,
+        "targets": targets(speedups, awq_ratio, device), "notes": notes,
         "env": {"device": device, "hardware_label": p.hardware_label, "torch": torch.__version__,
                 "threads": threads_used, "cpu": platform.processor() or platform.machine(),
                 "load_average_before": load, "load_average_after": _load_average(),
