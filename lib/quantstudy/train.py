@@ -48,9 +48,9 @@ class DemoConfig:
     num_heads: int = 4
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 1200
-    lr: float = 2e-3
-    min_lr: float = 1e-4
+    steps: int = 2000
+    lr: float = 4e-3  # attempt 2: twice attempt 1's rate grew the outlier channels AWQ protects
+    min_lr: float = 2e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
