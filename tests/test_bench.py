@@ -286,6 +286,8 @@ def test_run_benchmark_tiny(tiny_checkpoint):
     assert agree.loc["naive4", "rel_rms_diff"] < 1e-5  # same dequantized weights
     if "fast4" in ran:
         assert 0 < agree.loc["fast4", "rel_rms_diff"] < 0.05  # bfloat16 scales: rounding, not a bug
+    table = bench.agreement_table({"tiny": res})
+    assert list(table["model"].unique()) == ["tiny"] and list(table["path"]) == ran
 
 
 def test_agreement_flags_a_wrong_kernel():

@@ -35,6 +35,7 @@ def test_smoke_study_completes(smoke_run):
         assert (run / "notebooks" / f"{step}.ipynb").is_file(), step
     report = (run / "report.html").read_text()
     assert "Situation" in report and 'id="verdict"' in report and "<script" not in report
+    assert "vs dequantized weights" in report
 
 
 def test_smoke_outputs_are_sane(smoke_run):
@@ -48,6 +49,13 @@ def test_smoke_outputs_are_sane(smoke_run):
     assert ev["rollback_check"]["identical"] is True
     base = next(r for r in ev["summary"] if r["name"] == "baseline")
     assert base["policy_closed_book_acc"] > ev["chance_levels"]["policy_closed_book"]
+    bm = json.loads((run / "04_benchmark" / "metrics.json").read_text())
+    for model in ("demo", "production"):
+        agree = {a["path"]: a["rel_rms_diff"] for a in bm[model]["agreement"]}
+        assert agree["naive4"] < 1e-5 and agree.get("fast4", 0.0) < 0.05, agree  # the kernels hold the checkpoint
+    demo = {a["path"]: a for a in bm["demo"]["agreement"]}  # demo baseline = the original model, not the checkpoint
+    assert demo["baseline"]["rel_rms_diff_vs_baseline"] == 0.0 and demo["baseline"]["rel_rms_diff"] > 1e-3
+    assert demo["naive4"]["rel_rms_diff_vs_baseline"] == pytest.approx(demo["baseline"]["rel_rms_diff"], rel=0.05)  # RMS of the other side
     ro = json.loads((run / "05_rollout_analysis" / "metrics.json").read_text())
     assert ro["rollout"]["decision"] in ("cut over", "roll back", "continue")
     assert ro["worse_scenario"]["decision"] == "roll back"

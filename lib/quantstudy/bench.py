@@ -899,7 +899,10 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     skipped with a note; an unavailable ``baseline`` raises :class:`BenchError`.
 
     Every built path also scores one fixed random prompt; ``agreement`` compares its logits
-    with the baseline's (a fast kernel that is wrong is worse than a slow one).
+    with the dequantized checkpoint's (``rel_rms_diff``: the kernel alone; a fast kernel that
+    is wrong is worse than a slow one) and with the timed baseline's
+    (``rel_rms_diff_vs_baseline``: plus the quantization error when ``baseline`` is the
+    original model).
 
     Keys: timings (tidy DataFrame), memory (DataFrame per path), speedups, traps, agreement, fleet,
     bytes_ratio, targets, notes, env.
@@ -942,7 +945,14 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     rows: list[dict[str, Any]] = []
     mem_rows: list[dict[str, Any]] = []
     agree_rows: list[dict[str, Any]] = []
-    base_logits = None
+    base_logits = ref_logits = None
+    if baseline is not None and "baseline" in paths:
+        # the kernels' reference is the dequantized checkpoint (the very weights they hold); a
+        # separate baseline (the original model) adds the quantization error on top
+        ref_model = convert_model(folder, "baseline", device)
+        ref_logits = probe_logits(ref_model, device, seed=seed)
+        del ref_model
+        _memory_now(device)
     try:
         for path in paths:
             bar.set_postfix_str(path)
@@ -960,8 +970,11 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             rows += measured["timings"]
             mem_rows.append(measured["memory"])
             logits = measured.pop("logits")
-            base_logits = logits if path == "baseline" else base_logits
-            agree_rows.append({**agreement(path, logits, base_logits), "loader": measured["loader"]})
+            if path == "baseline":
+                base_logits = logits
+                ref_logits = ref_logits if ref_logits is not None else logits
+            agree_rows.append({**agreement(path, logits, ref_logits), "loader": measured["loader"],
+                               "rel_rms_diff_vs_baseline": agreement(path, logits, base_logits)["rel_rms_diff"]})
     finally:
         bar.close()
         threads_used = torch.get_num_threads()
@@ -1081,6 +1094,18 @@ def plot_memory(results: dict[str, dict[str, Any]]):
         ax.set(title=f"{name}: weight memory per path", ylabel="MB (10^6 bytes), whole model")
     fig.tight_layout()
     return fig
+
+
+def agreement_table(results: dict[str, dict[str, Any]]):
+    """Every path's logits against its baseline's, per model (see :func:`agreement`)."""
+    import pandas as pd
+
+    frames = [r["agreement"].assign(model=name) for name, r in results.items() if "agreement" in r]
+    if not frames:
+        return pd.DataFrame()
+    cols = ["model", "path", "rel_rms_diff", "max_abs_diff", "top1_agreement", "rel_rms_diff_vs_baseline", "loader"]
+    table = pd.concat(frames, ignore_index=True)
+    return table[[c for c in cols if c in table.columns]].round(5)
 
 
 def fleet_table(result: dict[str, Any]):

@@ -784,9 +784,18 @@ def _speed_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
                        "devices at peak": f.get("devices_at_peak"), "bound by": f.get("bound_by"),
                        "cost/hour": _money(f.get("cost_per_hour")), "cost per 1,000 conversations": _money(f.get("cost_per_1000_conversations"))}
                       for f in r.get("fleet") or []]
+        agree_rows = [{"path": a["path"], "logits RMS diff / RMS, vs dequantized weights": fmt(a.get("rel_rms_diff"), 4),
+                       "top-1 agreement": fmt(a.get("top1_agreement"), 3),
+                       "vs the timed baseline": fmt(a.get("rel_rms_diff_vs_baseline"), 4), "loaded by": a.get("loader", "")}
+                      for a in r.get("agreement") or []]
         lines += [f"**{name} model** on {hw} (speed-up = path tokens/s / baseline tokens/s, median; brackets: "
                   "range the repeats allow):", "", md_table(sp_rows), "", md_table(mem_rows), "",
                   md_table(fleet_rows) if fleet_rows else "_no fleet estimate_", ""]
+        if agree_rows:
+            lines += ["Each path's logits on one fixed prompt against the dequantized checkpoint (the weights its "
+                      "kernel holds: a path that computes the wrong thing shows a difference near 1) and against the "
+                      "timed baseline (which adds the quantization error when that is the original model):", "",
+                      md_table(agree_rows), ""]
         for note in r.get("notes") or []:
             lines.append(f"- note: {_esc(note)}")
         lines.append("")
