@@ -344,3 +344,5 @@ def test_bench_command_writes_metrics_and_figures(tiny_checkpoint, tmp_path, cap
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["path"] for r in metrics["demo"]["agreement"]][:2] == ["baseline", "naive4"]
     assert (out / "speedups.png").stat().st_size > 10_000 and (out / "memory.png").is_file()
+    assert main(["bench", "params/smoke.yaml", "--out", str(out), "--no-production"]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err

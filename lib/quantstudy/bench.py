@@ -1138,9 +1138,9 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
     return metrics
 
 
-def benchmark_checkpoint(params, checkpoint: str | Path, out_dir: str | Path, baseline: str | Path | None = None,
+def benchmark_checkpoint(params, checkpoint: str | Path | None, out_dir: str | Path, baseline: str | Path | None = None,
                          production: bool = True, progress: bool = True) -> dict:
-    """Step 04 outside papermill (``quantstudy bench``): the demo-sized checkpoint and the
+    """Step 04 outside papermill (``quantstudy bench``): a checkpoint (``demo``) and/or the
     production-shaped model on ``params.study.device``; writes metrics.json and the two
     figures to `out_dir` and returns the metrics."""
     import matplotlib
@@ -1150,7 +1150,11 @@ def benchmark_checkpoint(params, checkpoint: str | Path, out_dir: str | Path, ba
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(params.study.device)
-    results = {"demo": run_benchmark(checkpoint, params.benchmark, device, progress, baseline=baseline)}
+    if checkpoint is None and not production:
+        raise BenchError("nothing to benchmark: give a checkpoint, or leave the production-shaped model on")
+    results = {}
+    if checkpoint is not None:
+        results["demo"] = run_benchmark(checkpoint, params.benchmark, device, progress, baseline=baseline)
     if production:
         results["production"] = production_benchmark(params.benchmark, device, progress)
     metrics = write_metrics(out_dir, results, time.time() - started)

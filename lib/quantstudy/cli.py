@@ -6,7 +6,7 @@
     quantstudy demo-data
     quantstudy demo-model [--out models/demo-support-lm] [--config demo]
     quantstudy demo-card [--model models/demo-support-lm]
-    quantstudy bench PARAMS --checkpoint DIR --out DIR [--baseline DIR] [--no-production]
+    quantstudy bench PARAMS --out DIR [--checkpoint DIR] [--baseline DIR] [--no-production]
 
 Exit codes: 0 ok, 1 a step (or the report) failed, 2 bad params or bad arguments.
 """
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="run the step-04 benchmark on one AWQ checkpoint (e.g. on a GPU machine)")
     bn.add_argument("params", help="params YAML file; its study.device and benchmark section are used")
-    bn.add_argument("--checkpoint", required=True, help="AutoAWQ GEMM 4-bit checkpoint folder")
+    bn.add_argument("--checkpoint", help="AutoAWQ GEMM 4-bit checkpoint folder (default: the production-shaped model only)")
     bn.add_argument("--baseline", help="dense baseline folder (default: the dequantized checkpoint)")
     bn.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     bn.add_argument("--no-production", action="store_true", help="skip the production-shaped model")
@@ -170,6 +170,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from quantstudy import bench
 
     params = load_params(args.params)
+    if args.checkpoint is None and args.no_production:
+        _err("--no-production needs --checkpoint: there is nothing else to benchmark")
+        return EXIT_USAGE
     for name in ("checkpoint", "baseline"):
         folder = getattr(args, name)
         if folder and not (Path(folder) / "config.json").is_file():

@@ -164,7 +164,7 @@ class BenchmarkSection(_Section):
     price_per_device_hour: float = Field(0.10, gt=0)
     peak_conversations_per_s: float = Field(2.0, gt=0)
     tokens_per_conversation: int = Field(1500, ge=1)
-    kv_bytes_per_token: int = Field(131072, ge=1)
+    kv_bytes_per_token: int = Field(65536, ge=1)
     hardware_label: str = "2-core CPU (this machine)"
 
     @model_validator(mode="after")
