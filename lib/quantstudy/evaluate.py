@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from quantstudy.data import encode
+
 CATEGORIES = ("product", "figure", "jargon", "ordinary")
 # Baseline log-probs are cached in memory up to this size; beyond it the baseline model is
 # kept and re-run per batch (real vocabularies of 100k+ tokens).
@@ -66,8 +68,10 @@ def build_stream(tokenizer, texts: list[str], window: int, stride: int, max_toke
     ids: list[int] = []
     cats: list[int] = []
     eos = tokenizer.eos_token_id
+    from quantstudy.data import encode_with_offsets
+
     for text in texts:
-        enc = tokenizer(text, return_offsets_mapping=True)
+        enc = encode_with_offsets(tokenizer, text)
         char_cat = _char_categories(text, lexicon or {})
         for tok, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
             ids.append(tok)
@@ -138,6 +142,11 @@ def perplexity(nll: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- tasks
+def batch_order(items: list[dict]) -> list[int]:
+    """The order score_items batches items in: by choice count, then context length."""
+    return sorted(range(len(items)), key=lambda i: (len(items[i]["choices"]), len(items[i]["context"])))
+
+
 @torch.no_grad()
 def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_items: int = 16) -> dict:
     """Log-likelihood ranking, as lm-eval-harness scores multiple choice.
@@ -149,10 +158,17 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
     correctness (acc_norm, per character), and the correct choice's margin over the best
     distractor (log-prob units).
     """
+    if len(items) > batch_items:
+        # Batch items of similar length (less padding), then restore the given order.
+        order = batch_order(items)
+        parts = [score_items(model, tokenizer, [items[i] for i in order[b:b + batch_items]], desc, batch_items)
+                 for b in tqdm(range(0, len(order), batch_items), desc=desc, leave=False)]
+        inverse = np.argsort(order)
+        return {k: np.concatenate([p[k] for p in parts])[inverse] for k in ("acc", "acc_norm", "margin")}
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     acc, acc_norm, margin = [], [], []
-    for b in tqdm(range(0, len(items), batch_items), desc=desc, leave=False):
+    for b in range(0, len(items), batch_items):
         chunk = items[b:b + batch_items]
         n_choices = {len(it["choices"]) for it in chunk}
         if len(n_choices) != 1:  # mixed choice counts: score item by item
@@ -161,7 +177,7 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
                 acc.append(r["acc"][0]); acc_norm.append(r["acc_norm"][0]); margin.append(r["margin"][0])
             continue
         k = n_choices.pop()
-        ctxs = [tokenizer(it["context"])["input_ids"] for it in chunk]
+        ctxs = [encode(tokenizer, it["context"]) for it in chunk]
         width = max(map(len, ctxs))
         x = torch.full((len(chunk), width), pad, dtype=torch.long)
         cmask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -288,21 +304,28 @@ def checkpoint_list(quantize_dir: str | Path) -> list[dict]:
     return recs
 
 
-def load_eval_data(P) -> dict:
-    """Evaluation texts of both domains and the task items (validated, optionally capped per task)."""
-    from quantstudy import data
+def load_eval_data(P, tokenizer=None) -> dict:
+    """Evaluation texts of both domains and the task items (validated, optionally capped per
+    task), rendered as the model will see them: conversations and structured items through the
+    tokenizer's chat template when it has one. Reference tasks (``evaluate.reference_tasks``)
+    are kept apart: the baseline alone scores them, against chance."""
+    from quantstudy import data, modelsource
     from quantstudy.calibration import domain_lexicon_for
 
+    tokenizer = tokenizer if tokenizer is not None else modelsource.load_tokenizer(P.model)
     items = data.read_task_items(P.data.task_items)
     by_task: dict[str, list[dict]] = {t: [] for t in TASKS}
     for it in items:
-        by_task.setdefault(it["task"], []).append(it)
+        rendered = {**it, "context": data.item_context(it, tokenizer)}
+        by_task.setdefault(it["task"], []).append(rendered)
     if P.evaluate.max_items_per_task:
         by_task = {t: v[: P.evaluate.max_items_per_task] for t, v in by_task.items()}
+    reference = {t: by_task.pop(t) for t in P.evaluate.reference_tasks if t in by_task}
     convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)
     return {"generic": data.load_generic_texts(P.data, "eval"),
-            "in_domain": [data.conversation_to_text(c) for c in convs],
-            "items": by_task, "lexicon": domain_lexicon_for(P)}
+            "in_domain": [data.conversation_to_text(c, tokenizer) for c in convs],
+            "items": by_task, "reference_items": reference, "lexicon": domain_lexicon_for(P),
+            "tokenizer": tokenizer, "chat_template": data.has_chat_template(tokenizer)}
 
 
 @torch.no_grad()
@@ -351,11 +374,28 @@ def summarize(arrays: dict) -> dict:
     return s
 
 
+def flips(base_acc: np.ndarray, cand_acc: np.ndarray) -> dict:
+    """Items whose correctness differs from the baseline's: right->wrong and wrong->right.
+    Equal accuracy can hide many flips (Dutta et al., NeurIPS 2024)."""
+    b, c = np.asarray(base_acc) > 0.5, np.asarray(cand_acc) > 0.5
+    return {"right_to_wrong": int((b & ~c).sum()), "wrong_to_right": int((~b & c).sum()), "n_items": int(len(b)),
+            "flip_rate": float((b != c).mean()) if len(b) else float("nan")}
+
+
 def metric_pair(metric: str, base: dict, cand: dict, streams: dict[str, Stream]) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
-    """(baseline array, candidate array, bootstrap statistic, groups) for a budget metric."""
+    """(baseline array, candidate array, bootstrap statistic, groups) for a metric.
+
+    ``<task>_flip_rate``: the candidate array is 100 where an item's correctness differs from
+    the baseline's and 0 elsewhere, against a baseline of zeros, so the mean difference is the
+    flip rate in points with a paired CI over items.
+    """
     if metric in METRIC_TASK:
         t = METRIC_TASK[metric]
         return base["items"][t]["acc"] * 100, cand["items"][t]["acc"] * 100, "mean_diff", None
+    if metric.endswith("_flip_rate"):
+        t = metric.removesuffix("_flip_rate")
+        flipped = (base["items"][t]["acc"] > 0.5) != (cand["items"][t]["acc"] > 0.5)
+        return np.zeros(len(flipped)), flipped * 100.0, "mean_diff", None
     if metric in ("indomain_ppl", "generic_ppl"):
         dom = "in_domain" if metric == "indomain_ppl" else "generic"
         return base["streams"][dom]["nll"], cand["streams"][dom]["nll"], "ppl_pct", streams[dom].window_of_token
@@ -412,6 +452,24 @@ def source_effect(per_source: dict[str, list[np.ndarray]], a: str, b: str, stat:
             "within_noise": bool(lo <= 0 <= hi), "per_draw_a": per_draw_a}
 
 
+def eval_dtype(P) -> torch.dtype:
+    return getattr(torch, P.model.eval_dtype)
+
+
+def load_baseline(P):
+    """The full-precision model from its source (a GGUF file is dequantized again, so the
+    rollback check compares the archive with the source), in the evaluation dtype."""
+    from quantstudy import modelsource
+    from quantstudy import quantize as Q
+
+    if P.model.source == "gguf":
+        model = modelsource.load_float_model(P.model).to(Q._device(P.study.device))
+        tok = modelsource.load_tokenizer(P.model)
+    else:
+        model, tok, _ = Q.load_checkpoint(P.model.path, device=P.study.device)
+    return model.to(eval_dtype(P)).eval(), tok
+
+
 def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     """Evaluate the baseline (the original model.path) and every checkpoint of step 02."""
     from quantstudy import quantize as Q
@@ -421,41 +479,99 @@ def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     # Search-setting variants and sample-count sweeps were compared in step 02's sanity check;
     # the full evaluation covers the main comparison (RTN and AWQ per source and draw).
     records = main_checkpoints(checkpoint_list(quantize_dir))
-    base_model, tok, _ = Q.load_checkpoint(P.model.path, device=P.study.device)
+    base_model, tok = load_baseline(P)
     streams = {dom: build_stream(tok, data[dom], P.evaluate.window, P.evaluate.stride, P.evaluate.max_eval_tokens,
                                  data["lexicon"]) for dom in ("generic", "in_domain")}
     cache_bytes = sum(s.input_ids.numel() for s in streams.values()) * base_model.config.vocab_size * 4
     keep = cache_bytes <= CACHE_LIMIT_BYTES
     base = evaluate_model(base_model, tok, streams, data["items"], name="baseline", keep_logprobs=keep)
+    reference = {t: score_items(base_model, tok, v, desc=f"baseline {t} (reference)")
+                 for t, v in data.get("reference_items", {}).items() if v}
     base_lp = {dom: base["streams"][dom].pop("_logprobs") for dom in streams} if keep else base_model
     cands = {}
     for rec in tqdm(records, desc="evaluate checkpoints"):
-        model, _, _ = Q.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device)
+        model, _, _ = Q.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
+                                        dtype=eval_dtype(P))
         cands[rec["name"]] = evaluate_model(model, tok, streams, data["items"], base_lp, name=rec["name"])
         del model
     del base_lp
-    return {"records": records, "streams": streams, "base": base, "cands": cands, "items_used": data["items"]}
+    return {"records": records, "streams": streams, "base": base, "cands": cands, "items_used": data["items"],
+            "reference": reference, "reference_items": data.get("reference_items", {}),
+            "eval_dtype": P.model.eval_dtype, "chat_template": data.get("chat_template", False)}
 
 
-def rollback_check(P, quantize_dir: str | Path, result: dict) -> dict:
-    """Reload the archived baseline after verifying its checksums; it must reproduce the
-    baseline's metrics exactly (bit-identical per-token NLL and per-item scores)."""
+def reference_table(result: dict):
+    """Reference tasks: the baseline's accuracy against chance, with a 95% bootstrap CI."""
+    import pandas as pd
+
+    rows = []
+    for task, rec in result.get("reference", {}).items():
+        items = result["reference_items"][task]
+        chance = float(np.mean([1 / len(i["choices"]) for i in items]))
+        ci = paired_bootstrap(np.full(len(rec["acc"]), chance * 100), rec["acc"] * 100, "mean_diff", n=1000, seed=0)
+        rows.append({"task": task, "items": len(items), "baseline accuracy (%)": round(100 * rec["acc"].mean(), 1),
+                     "chance (%)": round(100 * chance, 1),
+                     "above chance (pts, 95% CI)": f"{ci['point']:+.1f} [{ci['lo']:+.1f}, {ci['hi']:+.1f}]",
+                     "above_chance_ci": ci})
+    return pd.DataFrame(rows).set_index("task") if rows else pd.DataFrame()
+
+
+def flip_table(P, result: dict):
+    """Per checkpoint and task: accuracy change, flip rate with a paired 95% CI over items, and
+    the flips in each direction."""
+    import pandas as pd
+
+    rows = []
+    for name, cand in result["cands"].items():
+        for task in cand["items"]:
+            b, c = result["base"]["items"][task]["acc"], cand["items"][task]["acc"]
+            f = flips(b, c)
+            _, arr, _, _ = metric_pair(f"{task}_flip_rate", result["base"], cand, result["streams"])
+            ci = paired_bootstrap(np.zeros(len(arr)), arr, "mean_diff", n=P.evaluate.bootstrap_samples,
+                                  seed=P.study.seed, confidence=P.evaluate.confidence)
+            rows.append({"checkpoint": name, "task": task, "accuracy change (pts)": round(100 * (c.mean() - b.mean()), 1),
+                         "flip rate (%)": round(ci["point"], 1), "CI low": round(ci["lo"], 1),
+                         "CI high": round(ci["hi"], 1), "right->wrong": f["right_to_wrong"],
+                         "wrong->right": f["wrong_to_right"], "items": f["n_items"]})
+    return pd.DataFrame(rows).set_index(["checkpoint", "task"]) if rows else pd.DataFrame()
+
+
+def _head_of_stream(stream: Stream, n_windows: int) -> tuple[Stream, int]:
+    """The first n_windows of a stream, and how many scored tokens they hold."""
+    mask = stream.score_mask[:n_windows]
+    n = int(mask.sum())
+    return Stream(stream.input_ids[:n_windows], mask, stream.category[:n], stream.window_of_token[:n]), n
+
+
+def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8, n_items: int = 16) -> dict:
+    """Reload the archived baseline after verifying its checksums: every tensor must equal the
+    evaluated baseline's bit for bit, and re-scoring the first windows of each domain and the
+    first items of each task must reproduce the baseline's numbers exactly."""
     from quantstudy import quantize as Q
     from quantstudy.paths import resolve
 
     archive = resolve(quantize_dir) / "baseline"
     Q.verify_archive(archive)
     model, tok, _ = Q.load_checkpoint(archive, device=P.study.device)
-    again = evaluate_model(model, tok, result["streams"], {t: v for t, v in result["items_used"].items()}, name="archive")
-    for dom in again["streams"]:
-        again["streams"][dom].pop("_logprobs", None)
-    checks = {}
+    model = model.to(eval_dtype(P))
+    base_model, _ = load_baseline(P)
+    base_state = base_model.state_dict()
+    weights_equal = all(torch.equal(t, base_state[k]) for k, t in model.state_dict().items())
+    del base_model, base_state
+    heads = {dom: _head_of_stream(s, n_windows) for dom, s in result["streams"].items()}
+    # The first batch exactly as score_items formed it, so padding (and so every bit) matches.
+    picked = {t: batch_order(v)[:n_items] for t, v in result["items_used"].items()}
+    again = evaluate_model(model, tok, {d: h[0] for d, h in heads.items()},
+                           {t: [v[i] for i in picked[t]] for t, v in result["items_used"].items()}, name="archive")
+    checks = {"weights": bool(weights_equal)}
     for dom, rec in again["streams"].items():
-        checks[f"nll_{dom}"] = bool(np.array_equal(rec["nll"], result["base"]["streams"][dom]["nll"]))
+        rec.pop("_logprobs", None)
+        checks[f"nll_{dom}"] = bool(np.array_equal(rec["nll"], result["base"]["streams"][dom]["nll"][:heads[dom][1]]))
     for task, rec in again["items"].items():
-        checks[f"{task}_scores"] = bool(np.array_equal(rec["margin"], result["base"]["items"][task]["margin"]))
+        checks[f"{task}_scores"] = bool(np.array_equal(rec["margin"], result["base"]["items"][task]["margin"][picked[task]]))
     return {"archive": str(archive), "checksums_verified": True, "identical": all(checks.values()), "checks": checks,
-            "baseline_metrics": summarize(result["base"]), "archive_metrics": summarize(again)}
+            "rescored": {"windows_per_domain": n_windows, "items_per_task": n_items},
+            "baseline_metrics": summarize(result["base"])}
 
 
 def summary_table(result: dict):
@@ -488,9 +604,10 @@ def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
     """In-domain vs generic (and mixed vs generic) per budget metric, resampling items and draws."""
     groups = source_groups(result["records"], bits)
     out = []
-    pairs = [("in_domain", "generic"), ("mixed", "generic"), ("in_domain", "RTN")]
-    metrics = list(dict.fromkeys([b.metric for b in P.evaluate.budget if b.metric != "satisfaction"] + ["policy_closed_book_acc", "policy_grounded_acc",
-                                                                        "retention_acc", "indomain_ppl", "generic_ppl"]))
+    pairs = [("in_domain", "generic"), ("mixed", "generic"), ("in_domain", "RTN"), ("generic", "RTN")]
+    metrics = list(dict.fromkeys([b.metric for b in P.evaluate.budget if b.metric != "satisfaction"] + [
+        "policy_closed_book_acc", "policy_grounded_acc", "retention_acc", "indomain_ppl", "generic_ppl",
+        "policy_grounded_flip_rate", "retention_flip_rate", "policy_closed_book_flip_rate"]))
     for a, b in pairs:
         if a not in groups or b not in groups:
             continue
@@ -626,6 +743,10 @@ def write_metrics(output_dir: str | Path, P, result: dict, budget: list[dict], e
         "cross_domain_matrix": json.loads(matrix.to_json(orient="index")),
         "category_damage": json.loads(damage.to_json(orient="records")),
         "rollback_check": rollback,
+        "flips": json.loads(flip_table(P, result).reset_index().to_json(orient="records")),
+        "reference_tasks": {t: {k: v for k, v in row.items()} for t, row in
+                            json.loads(reference_table(result).to_json(orient="index")).items()},
+        "eval_dtype": result.get("eval_dtype", "float32"), "chat_template": bool(result.get("chat_template")),
         "chance_levels": {t: float(np.mean([1 / len(i["choices"]) for i in v])) for t, v in result["items_used"].items() if v},
         "n_items": {t: len(v) for t, v in result["items_used"].items()},
         "n_tokens": {d: s.n_tokens for d, s in result["streams"].items()},

@@ -23,7 +23,7 @@ from quantstudy.paths import resolve
 # Step order and the params sections each step notebook receives.
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "01_calibration": ("study", "model", "data", "calibration"),
-    "02_quantize": ("study", "model", "quantize"),
+    "02_quantize": ("study", "model", "data", "quantize"),
     "03_evaluate": ("study", "model", "data", "evaluate"),
     "04_benchmark": ("study", "model", "quantize", "benchmark"),
     "05_rollout_analysis": ("study", "evaluate", "rollout"),
@@ -56,9 +56,11 @@ class StudySection(_Section):
 
 
 class ModelSection(_Section):
-    source: Literal["embedded", "hf"] = "embedded"
-    path: str = Field("models/demo-support-lm", min_length=1, description="local folder or Hugging Face model id")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    source: Literal["embedded", "hf", "gguf"] = "embedded"
+    path: str = Field("models/demo-support-lm", min_length=1,
+                      description="local folder, Hugging Face model id, or .gguf file / package resource")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # the AWQ search and the archived baseline
+    eval_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # forward passes that score models
     trust_remote_code: bool = False
 
 
@@ -83,6 +85,7 @@ class CalibrationSection(_Section):
     long_samples: Literal["split", "truncate"] = "split"
     mixed_in_domain_fraction: float = Field(0.5, ge=0.0, le=1.0)
     scrub: bool = True
+    chat_template: bool = True  # render conversations with the tokenizer's chat template (when it has one)
 
     @field_validator("sample_sweep")
     @classmethod
@@ -101,6 +104,7 @@ class QuantizeSection(_Section):
     apply_clip: bool = False
     rtn_reference: bool = True
     compare_search_settings: bool = True  # also run AutoAWQ's defaults on in-domain draw 0
+    sanity_tokens: int = Field(8000, ge=256, description="held-out tokens per domain for step 02's sanity check")
 
     @field_validator("group_size")
     @classmethod
@@ -137,11 +141,18 @@ class EvaluateSection(_Section):
         BudgetLine(metric="satisfaction", max_drop=2.0, unit="points"),
     ])
     lm_eval_tasks: list[str] = Field(default_factory=list)
+    reference_tasks: list[Literal["policy_closed_book", "policy_grounded", "retention"]] = Field(
+        default_factory=list, description="scored on the baseline only, against chance; never budgeted")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "EvaluateSection":
         if self.stride > self.window:
             raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
+        for line in self.budget:
+            task = line.metric.removesuffix("_acc")
+            if task in self.reference_tasks:
+                raise ValueError(f"budget metric {line.metric} is a reference task (scored on the baseline only); "
+                                 f"remove it from reference_tasks or from the budget")
         return self
 
 
@@ -284,8 +295,9 @@ def check_combinations(p: StudyParams, source: str) -> None:
     if p.model.dtype == "float16" and p.study.device == "cpu":
         raise ParamsError(f"{source}: model.dtype: expected float32 when study.device is cpu "
                           "(half-precision matmuls run ~40x slower on this CPU); found 'float16'")
-    if p.model.source == "embedded" and (p.data.generic_source == "hf"):
-        pass  # allowed: real generic text against the demo model
+    if p.model.eval_dtype == "float16" and p.study.device == "cpu":
+        raise ParamsError(f"{source}: model.eval_dtype: expected float32 or bfloat16 when study.device is cpu "
+                          "(float16 matmuls run ~40x slower on this CPU); found 'float16'")
     if p.data.generic_source == "hf" and not p.data.generic_dataset:
         raise ParamsError(f"{source}: data.generic_dataset: expected a Hugging Face dataset id when "
                           "data.generic_source is 'hf'; found None")
@@ -308,34 +320,43 @@ def check_combinations(p: StudyParams, source: str) -> None:
                           "unit: points}} to set the rollout's non-inferiority margin (or set rollout.margin); found none")
     if sat and sat[0].unit != "points":
         raise ParamsError(f"{source}: evaluate.budget: expected unit 'points' for the satisfaction line; found {sat[0].unit!r}")
-    widths_source = _local_model_config(p.model)
-    if widths_source is not None:
-        cfg_path, cfg = widths_source
-        mtype = cfg.get("model_type")
-        if mtype is not None:
-            from quantstudy.quantize import supported_model_types
-
-            supported = supported_model_types()
-            if mtype not in supported:
-                raise ParamsError(f"{source}: model.path: expected a model type AutoAWQ supports "
-                                  f"({', '.join(supported)}); found {mtype!r} in {cfg_path}")
-        for key in ("hidden_size", "intermediate_size"):
-            width = cfg.get(key)
-            if isinstance(width, int) and width % p.quantize.group_size:
-                raise ParamsError(
-                    f"{source}: quantize.group_size: expected a divisor of every quantized layer's input width "
-                    f"({key}={width} in {cfg_path}); found {p.quantize.group_size}")
+    check_model_source(p, source)
 
 
-def _local_model_config(model: ModelSection) -> tuple[Path, dict] | None:
-    folder = resolve(model.path)
-    cfg = folder / "config.json"
-    if cfg.is_file():
+def check_model_source(p: StudyParams, source: str) -> None:
+    """The model's architecture (AutoAWQ must support it) and layer widths (the group size must
+    divide them), from config.json or the GGUF header: before any long work."""
+    from quantstudy import modelsource
+
+    if p.model.source == "gguf" and p.model.trust_remote_code:
+        raise ParamsError(f"{source}: model.trust_remote_code: expected false for a GGUF model; found true")
+    try:
+        found = modelsource.model_config(p.model)
+    except modelsource.ModelSourceError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
+    if found is None:
+        return
+    where, cfg = found
+    mtype = cfg.get("model_type")
+    from quantstudy.quantize import supported_model_types
+
+    supported = supported_model_types()
+    if p.model.source == "gguf":
         try:
-            return cfg, json.loads(cfg.read_text())
-        except json.JSONDecodeError:
-            return None
-    return None
+            modelsource.check_gguf(modelsource.gguf_path(p.model.path), supported)
+        except modelsource.ModelSourceError as exc:
+            raise ParamsError(f"{source}: {exc}") from None
+    elif mtype is not None and mtype not in supported:
+        raise ParamsError(f"{source}: model.path: expected a model type AutoAWQ supports "
+                          f"({', '.join(supported)}); found {mtype!r} in {where}")
+    for key in ("hidden_size", "intermediate_size"):
+        width = cfg.get(key)
+        if isinstance(width, int) and width % p.quantize.group_size:
+            divisors = [g for g in (32, 64, 128, 256) if width % g == 0]
+            raise ParamsError(
+                f"{source}: quantize.group_size: expected a divisor of every quantized layer's input width "
+                f"({key}={width} in {where}; e.g. {', '.join(map(str, divisors)) or 'none of 32-256'}); "
+                f"found {p.quantize.group_size}")
 
 
 def check_input_files(p: StudyParams, source: str) -> None:
@@ -352,6 +373,8 @@ def check_input_files(p: StudyParams, source: str) -> None:
         if not resolve(value).is_file():
             raise ParamsError(f"{source}: {key}: expected an existing file; found {value!r} (missing). "
                               "Fix the path, or run `make demo-data` for the embedded demo files")
+    if p.model.source == "gguf":
+        return  # checked with the model itself (check_model_source)
     if p.model.source == "embedded" and not (resolve(p.model.path) / "config.json").is_file():
         raise ParamsError(f"{source}: model.path: expected a model folder with config.json for "
                           f"source 'embedded'; found {p.model.path!r}. Run `make demo-model` or fix the path")

@@ -40,8 +40,18 @@ def supported_model_types() -> list[str]:
     return sorted(AWQ_CAUSAL_LM_MODEL_MAP)
 
 
-def read_config(model_path: str | Path) -> dict:
-    """config.json of a local folder, or of a hub id through transformers (needs network)."""
+def read_config(model: Any) -> dict:
+    """config.json of a local folder, the header of a GGUF file, or a hub id's config through
+    transformers (needs network). ``model`` is the params' model section or a folder path."""
+    from quantstudy import modelsource
+
+    if not isinstance(model, (str, Path)):
+        found = modelsource.model_config(model)
+        if found is not None:
+            return found[1]
+        model_path = model.path
+    else:
+        model_path = model
     folder = resolve(model_path)
     if (folder / "config.json").is_file():
         return json.loads((folder / "config.json").read_text())
@@ -95,14 +105,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def archive_baseline(src: str | Path, dst: str | Path) -> dict[str, str]:
-    """Copy the full-precision model folder and write SHA256SUMS. Returns {file: sha256}."""
-    src, dst = resolve(src), Path(dst)
-    if not src.is_dir():
-        raise QuantizeError(f"baseline model folder {src} does not exist")
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+def archive_baseline(model: Any, dst: str | Path) -> dict[str, str]:
+    """Write the full-precision model as a local folder (a copy of an embedded folder; a hub
+    model or a GGUF file converted once to float weights) and its SHA256SUMS.
+
+    ``model`` is the params' model section (or, for an embedded folder, its path).
+    Returns {file: sha256}.
+    """
+    from quantstudy import modelsource
+    from quantstudy.params import ModelSection
+
+    if isinstance(model, (str, Path)):
+        model = ModelSection(source="embedded", path=str(model))
+    dst = Path(dst)
+    try:
+        modelsource.materialize(model, dst, dtype=model.dtype)
+    except modelsource.ModelSourceError as exc:
+        raise QuantizeError(str(exc)) from None
     sums = {str(p.relative_to(dst)): sha256_file(p) for p in sorted(dst.rglob("*")) if p.is_file()}
     (dst / CHECKSUMS).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
     return sums
@@ -536,14 +555,17 @@ def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir
 
 
 def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: Path, texts: dict[str, list[str]],
-                        max_tokens: int = 8000) -> list[dict]:
-    """Perplexity of the baseline and every checkpoint on held-out text of each domain, and the
-    flag: an AWQ checkpoint worse than RTN (same bits) on its own calibration domain."""
+                        max_tokens: int | None = None) -> list[dict]:
+    """Perplexity of the baseline and every checkpoint on held-out text of each domain
+    (``quantize.sanity_tokens`` tokens each, in ``model.eval_dtype``), and the flag: an AWQ
+    checkpoint worse than RTN (same bits) on its own calibration domain."""
     from tqdm.auto import tqdm
 
     from quantstudy import evaluate as E
 
-    base, tok, _ = load_checkpoint(baseline_dir, device=P.study.device)
+    max_tokens = max_tokens or P.quantize.sanity_tokens
+    dtype = _dtype(P.model.eval_dtype)
+    base, tok, _ = load_checkpoint(baseline_dir, device=P.study.device, dtype=dtype)
     streams = {d: E.build_stream(tok, t, P.evaluate.window, P.evaluate.stride, max_tokens) for d, t in texts.items()}
     base_nll = {d: E.score_stream(base, s)["nll"] for d, s in streams.items()}
     rows = [{"name": "baseline", "method": "baseline", "bits": 16,
@@ -551,7 +573,7 @@ def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: 
     del base
     nll: dict[str, dict[str, np.ndarray]] = {}
     for rec in tqdm(records, desc="sanity ppl"):
-        model, _, _ = load_checkpoint(Path(output_dir) / "checkpoints" / rec["name"], device=P.study.device)
+        model, _, _ = load_checkpoint(Path(output_dir) / "checkpoints" / rec["name"], device=P.study.device, dtype=dtype)
         nll[rec["name"]] = {d: E.score_stream(model, s)["nll"] for d, s in streams.items()}
         rows.append({"name": rec["name"], "method": rec["method"], "bits": rec["bits"],
                      **{f"ppl_{d}": E.perplexity(v) for d, v in nll[rec["name"]].items()}})
@@ -605,11 +627,14 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def sanity_texts(P, max_docs: int = 400) -> dict[str, list[str]]:
-    """Held-out text of each calibration domain (never calibration text)."""
+def sanity_texts(P, baseline_dir: Path, max_docs: int = 400) -> dict[str, list[str]]:
+    """Held-out text of each calibration domain (never calibration text); conversations in the
+    model's chat template when it has one, as evaluation renders them."""
+    from transformers import AutoTokenizer
+
     from quantstudy import data
 
-    tok = None
+    tok = AutoTokenizer.from_pretrained(str(baseline_dir))
     generic = data.load_generic_texts(P.data, "eval")[:max_docs]
     convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)[:max_docs]
     return {"generic": generic, "in_domain": [data.conversation_to_text(c, tok) for c in convs]}

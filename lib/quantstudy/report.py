@@ -45,6 +45,9 @@ METRIC_LABELS = {
     "generic_ppl": "generic perplexity",
     "indomain_top1_agreement": "in-domain top-1 agreement",
     "satisfaction": "user satisfaction",
+    "policy_grounded_flip_rate": "grounded policy flip rate",
+    "retention_flip_rate": "retention flip rate",
+    "policy_closed_book_flip_rate": "closed-book policy flip rate",
 }
 SOURCE_LABELS = {"in_domain": "In-domain", "generic": "generic", "mixed": "Mixed", "RTN": "round-to-nearest (RTN)"}
 
@@ -202,7 +205,7 @@ def _effect_sentence(e: Mapping[str, Any], ci: str) -> str:
             + (f"against {b} (no calibration)" if e["b"] == "RTN" else f"against {b} calibration"))
     if e.get("within_noise"):
         return text + ": within noise (the interval includes 0)."
-    lower_better = unit.startswith("%")  # perplexity: lower is better
+    lower_better = unit.startswith("%") or e["metric"].endswith("_flip_rate")  # perplexity, flips: lower is better
     better = (e["point"] < 0) == lower_better
     return text + f": {'better' if better else 'worse'}, and the interval excludes 0."
 
@@ -730,6 +733,8 @@ def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
         md_table(e_rows) if e_rows else "", "", "</div>"])))
     if eff:
         cells.append(("code", "R.show(R.fig_effects(M))"))
+    # ---- flips and reference tasks
+    cells += _flip_cells(M)
     # ---- matrix + category damage
     mat = e3.get("cross_domain_matrix") or {}
     if mat:
@@ -764,6 +769,32 @@ def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     cells += _speed_cells(M)
     cells += _verdict_cells(M)
     return cells
+
+
+def _flip_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flip rates per checkpoint and task, and reference tasks (baseline against chance)."""
+    e3 = M["03_evaluate"]
+    ci = _ci_level(M)
+    lines: list[str] = []
+    flips = e3.get("flips") or []
+    if flips:
+        rows = [{"checkpoint": f["checkpoint"], "task": f["task"], "accuracy change (pts)": fmt(f.get("accuracy change (pts)"), 1, True),
+                 "flip rate (%)": fmt(f.get("flip rate (%)"), 1), ci: f"[{fmt(f.get('CI low'), 1)}, {fmt(f.get('CI high'), 1)}]",
+                 "right->wrong": f.get("right->wrong"), "wrong->right": f.get("wrong->right"), "items": f.get("items")}
+                for f in flips]
+        lines += ['<div id="flips">', "", "### Flips: answers that change", "",
+                  "Equal accuracy can hide many changed answers (Dutta et al., NeurIPS 2024). The flip rate is the share "
+                  f"of task items whose correctness differs from the baseline's, with a paired {ci} over items.", "",
+                  md_table(rows), "", "</div>"]
+    ref = e3.get("reference_tasks") or {}
+    if ref:
+        r_rows = [{"task": t, "items": v.get("items"), "baseline accuracy (%)": fmt(v.get("baseline accuracy (%)"), 1),
+                   "chance (%)": fmt(v.get("chance (%)"), 1), "above chance (pts, 95% CI)": v.get("above chance (pts, 95% CI)")}
+                  for t, v in ref.items()]
+        lines += ['<div id="reference-tasks">', "", "### Reference tasks (baseline only, outside the budget)", "",
+                  "Scored on the baseline alone against chance: a task the model cannot do at full precision cannot "
+                  "show what quantization does to it.", "", md_table(r_rows), "", "</div>"]
+    return [("markdown", "\n".join(lines))] if lines else []
 
 
 def _speed_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -75,7 +75,7 @@ class Step:
 
 STEPS: tuple[Step, ...] = (
     Step("01_calibration", "01_calibration.ipynb", (), ("data.conversations", "model.path")),
-    Step("02_quantize", "02_quantize.ipynb", ("01_calibration",), ("model.path",)),
+    Step("02_quantize", "02_quantize.ipynb", ("01_calibration",), ("model.path", "data.conversations")),
     Step("03_evaluate", "03_evaluate.ipynb", ("01_calibration", "02_quantize"),
          ("model.path", "data.conversations", "data.task_items")),
     Step("04_benchmark", "04_benchmark.ipynb", ("02_quantize",), ("model.path",)),
@@ -209,7 +209,11 @@ def external_inputs(p: StudyParams, step: Step | str, steps: Sequence[Step] = ST
         if value is None:
             continue
         path = resolve(value)
-        if key == "model.path" and not path.exists():
+        if key == "model.path" and p.model.source == "gguf":
+            from quantstudy.modelsource import gguf_path
+
+            path = gguf_path(value)  # a file, or a resource inside an installed package
+        elif key == "model.path" and not path.exists():
             continue  # a Hugging Face hub id
         out.append(path)
     return out
@@ -226,7 +230,7 @@ def input_hashes(p: StudyParams, step: Step, run_dir: Path) -> dict[str, str]:
             hashes[_rel(path, root)] = sha256_file(path)
         else:
             hashes[_rel(path, root)] = "missing"
-    if "model.path" in step.inputs and not resolve(p.model.path).exists():
+    if "model.path" in step.inputs and p.model.source != "gguf" and not resolve(p.model.path).exists():
         hashes[f"hf:{p.model.path}"] = p.model.path
     for need in step.needs:
         hashes.update(hash_tree(run_dir / need, base=run_dir))
