@@ -19,7 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 DEFAULT_PARAMS = REPO / "params" / "default.yaml"
 IDS = [p.stem for p in NOTEBOOKS]
-needs_notebooks = pytest.mark.skipif(not NOTEBOOKS, reason="no step notebooks yet")
+needs_notebooks = pytest.mark.usefixtures()  # the notebooks are committed: test_every_step_has_a_notebook fails without them
+
+
+def test_every_step_has_a_notebook():
+    assert sorted(p.stem for p in NOTEBOOKS) == sorted(STEP_SECTIONS), "notebooks/ must hold one notebook per step"
 
 
 def _read(path: Path) -> nbformat.NotebookNode:
@@ -75,10 +79,8 @@ def test_one_parameters_cell(path):
 @needs_notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_parameter_defaults_equal_default_params(path):
-    if path.stem not in STEP_SECTIONS:
-        pytest.skip(f"{path.name} is not a step notebook")
-    if not DEFAULT_PARAMS.is_file():
-        pytest.skip("params/default.yaml not written yet")
+    assert path.stem in STEP_SECTIONS, f"{path.name} is not a step notebook"
+    assert DEFAULT_PARAMS.is_file(), "params/default.yaml is missing"
     expected = step_parameters(load_params(DEFAULT_PARAMS, check_files=False), path.stem)
     cells = _parameters_cells(_read(path))
     assert cells, f"{path.name}: no parameters cell"

@@ -178,29 +178,6 @@ def test_report_notebook_is_built_from_metrics(run_dir: Path, report: ModuleType
     assert all("R.show(" in c.source or "load_metrics" in c.source for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.skipif(not (REPO / "outputs" / "smoke" / "manifest.json").is_file(), reason="no outputs/smoke run")
-def test_report_on_smoke_run_if_present(tmp_path: Path, report: ModuleType) -> None:
-    """When a real smoke run exists (quantstudy run params/smoke.yaml), its report builds too."""
-    src = REPO / "outputs" / "smoke"
-    try:
-        report.check_complete(src)
-    except report.ReportError as exc:
-        pytest.skip(f"outputs/smoke is not complete: {exc}")
-    dst = tmp_path / "smoke"
-    dst.mkdir()
-    for name in ("manifest.json", "params.yaml"):
-        shutil.copy2(src / name, dst / name)
-    shutil.copytree(src / "notebooks", dst / "notebooks")
-    for step in report.STEP_NAMES:
-        (dst / step).mkdir()
-        shutil.copy2(src / step / "metrics.json", dst / step / "metrics.json")
-    if (src / "02_quantize" / "baseline" / "SHA256SUMS").is_file():
-        (dst / "02_quantize" / "baseline").mkdir()
-        shutil.copy2(src / "02_quantize" / "baseline" / "SHA256SUMS", dst / "02_quantize" / "baseline" / "SHA256SUMS")
-    text = report.build_report(dst).read_text(encoding="utf-8")
-    assert "smoke" in text and 'id="verdict"' in text and 'id="budget"' in text and "<img" in text
-
-
 # --------------------------------------------------------------------------- browser
 @pytest.mark.browser
 def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:

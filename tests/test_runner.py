@@ -321,3 +321,55 @@ def test_demo_commands_call_the_package(monkeypatch, capsys):
     assert seen == {"config": "tiny", "out": "models/x"}
     assert cli.main(["demo-model"]) == 0
     assert seen == {"config": "demo", "out": "models/demo-support-lm"}
+
+
+def test_a_library_change_reruns_the_steps(write_params, project, run, monkeypatch, tmp_path):
+    """The skip key covers the library a step runs: editing a module of (a copy of) the package
+    re-runs every step, and each step records the commit and code hash that computed it."""
+    import shutil
+
+    import quantstudy
+
+    lib = tmp_path / "quantstudy_copy"
+    shutil.copytree(Path(quantstudy.__file__).parent, lib, ignore=shutil.ignore_patterns("__pycache__"))
+    real = runner.code_sha256
+    monkeypatch.setattr(runner, "code_sha256", lambda: real(lib))
+    params = write_params()
+    assert run(str(params))[0] == 0
+    first = manifest(project)["steps"]
+    assert all(re.match(r"^[0-9a-f]{64}$", first[n]["code_sha256"]) for n in NAMES)
+    assert all("git_commit" in first[n] for n in NAMES)
+    assert run(str(params))[0] == 0
+    assert statuses(project) == {n: "skipped" for n in NAMES}
+
+    (lib / "evaluate.py").write_text((lib / "evaluate.py").read_text() + "\n# a changed scorer\n")
+    code, _, err = run(str(params))
+    assert code == 0, err
+    assert statuses(project) == {n: "completed" for n in NAMES}
+    again = manifest(project)["steps"]
+    assert all(again[n]["code_sha256"] != first[n]["code_sha256"] for n in NAMES)
+    assert again["a_make"]["reason"] == "library code or key package versions changed"
+
+
+
+def test_budget_history_survives_a_change_after_results(write_params, project, capsys):
+    """The first evaluation records the budget in the manifest before it runs; a later run
+    that brings another budget is recorded as a change after results, and --force keeps it."""
+    sections = dict(FIXTURE_SECTIONS, c_check=("rollout", "evaluate"))
+    pipe = Pipeline(steps=FIXTURE_STEPS, sections=sections, notebooks_dir=project / "notebooks", report=False)
+    params = write_params()
+    assert cli.main(["run", str(params)], pipeline=pipe) == 0
+    history = manifest(project)["budget_history"]
+    assert len(history) == 1 and history[0]["after_results"] is False and history[0]["step"] == "c_check"
+    assert not runner.budget_changed_after_results(manifest(project))
+
+    loose = [{"metric": "retention_acc", "max_drop": 10.0, "unit": "points"},
+             {"metric": "satisfaction", "max_drop": 2.0, "unit": "points"}]
+    write_params(**{"evaluate.budget": loose})
+    assert cli.main(["run", str(params)], pipeline=pipe) == 0
+    assert cli.main(["run", str(params), "--force"], pipeline=pipe) == 0
+    m = manifest(project)
+    assert len(m["budget_history"]) == 2 and m["budget_history"][1]["after_results"] is True
+    assert m["budget_history"][1]["budget"][0]["max_drop"] == 10.0
+    assert runner.budget_changed_after_results(m)
+    capsys.readouterr()

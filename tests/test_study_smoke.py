@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    if not MODEL.is_file():
-        pytest.skip("the demo model is not committed yet (make demo-model)")
+    assert MODEL.is_file(), "the committed demo model is missing (models/demo-support-lm; make demo-model rebuilds it)"
     out = tmp_path_factory.mktemp("outputs")
     pipeline = Pipeline(outputs_dir=out)
     code = cli.main(["run", str(REPO / "params" / "smoke.yaml"), "--run-id", "smoke"], pipeline=pipeline)
@@ -35,6 +34,7 @@ def test_smoke_study_completes(smoke_run):
         assert (run / "notebooks" / f"{step}.ipynb").is_file(), step
     report = (run / "report.html").read_text()
     assert "Situation" in report and 'id="verdict"' in report and "<script" not in report
+    assert 'id="budget"' in report and "<img" in report and 'id="flips"' in report
     assert "vs dequantized weights" in report
 
 
@@ -47,6 +47,11 @@ def test_smoke_outputs_are_sane(smoke_run):
     assert {c["method"] for c in q["checkpoints"]} == {"awq", "rtn"}
     ev = json.loads((run / "03_evaluate" / "metrics.json").read_text())
     assert ev["rollback_check"]["identical"] is True
+    flips = {(f["checkpoint"], f["task"]): f for f in ev["flips"]}
+    assert len(flips) == (len(ev["summary"]) - 1) * len(ev["n_items"])
+    for f in flips.values():
+        assert f["right->wrong"] + f["wrong->right"] == round(f["flip rate (%)"] * f["items"] / 100)
+        assert f["CI low"] <= f["flip rate (%)"] <= f["CI high"]
     base = next(r for r in ev["summary"] if r["name"] == "baseline")
     assert base["policy_closed_book_acc"] > ev["chance_levels"]["policy_closed_book"]
     bm = json.loads((run / "04_benchmark" / "metrics.json").read_text())

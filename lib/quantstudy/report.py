@@ -231,7 +231,11 @@ def _checklist(M: Mapping[str, Any], run_dir: Path) -> list[tuple[bool, str, str
             "evaluate", {}).get("budget")
     except Exception:  # noqa: BLE001 - params.yaml is optional evidence
         yaml_budget = None
-    budget_ok = declared is not None and declared == params_budget and (yaml_budget is None or yaml_budget == declared)
+    from quantstudy.runner import budget_changed_after_results
+
+    changed = budget_changed_after_results(man)
+    budget_ok = (declared is not None and declared == params_budget and (yaml_budget is None or yaml_budget == declared)
+                 and not changed)
     s03 = (steps.get("03_evaluate") or {}).get("start")
     sums = run_dir / "02_quantize" / "baseline" / "SHA256SUMS"
     trap_n = len(M["04_benchmark"].get("traps") or [])
@@ -245,7 +249,8 @@ def _checklist(M: Mapping[str, Any], run_dir: Path) -> list[tuple[bool, str, str
         (budget_ok, "Budget declared before evaluation",
          f"budget in the run's resolved params (manifest{', params.yaml' if yaml_budget is not None else ''}) "
          f"{'equals' if budget_ok else 'DIFFERS FROM'} the budget step 03 evaluated against "
-         f"({len(declared or [])} line(s)); step 03 started {s03 or 'n/a'}"),
+         f"({len(declared or [])} line(s)); step 03 started {s03 or 'n/a'}"
+         + ("; THE BUDGET WAS CHANGED AFTER RESULTS WERE SEEN (manifest budget_history)" if changed else "")),
         (done("04_benchmark"), "Trap checked",
          f"step 04 {(steps.get('04_benchmark') or {}).get('status', 'not run')}; {trap_n} trap flag(s) raised"),
         (sums.is_file(), "Rollback path present",
@@ -524,8 +529,13 @@ def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
     for name in STEP_NAMES:
         rec = steps.get(name) or {}
         nb = rec.get("notebook") or f"notebooks/{name}.ipynb"
+        commit = rec.get("git_commit")
+        computed = (f"`{str(commit)[:12]}`" + (" (dirty)" if rec.get("git_dirty") else "")) if commit else "n/a"
+        if commit and sha != "unknown" and commit != sha:
+            computed += " **older commit**"
         step_rows.append(f"| {name} | {rec.get('status', 'n/a')} | {fmt(rec.get('duration_s'), 1)} | "
-                         f"{rec.get('start') or 'n/a'} | [{nb}]({nb}) | [{name}/{METRICS}]({name}/{METRICS}) |")
+                         f"{rec.get('start') or 'n/a'} | {computed} | [{nb}]({nb}) | [{name}/{METRICS}]({name}/{METRICS}) |")
+    older = [n for n in STEP_NAMES if (steps.get(n) or {}).get("git_commit") not in (None, sha)]
     ticks = _checklist(M, run_dir)
     n_ok = sum(t for t, _, _ in ticks)
     return "\n".join([
@@ -546,9 +556,12 @@ def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
         "",
         "**Steps** (executed notebooks and metrics, relative to this run folder)",
         "",
-        "| step | status | duration (s) | started | executed notebook | metrics |",
-        "|---|---|---|---|---|---|",
+        "| step | status | duration (s) | started | computed at commit | executed notebook | metrics |",
+        "|---|---|---|---|---|---|---|",
         *step_rows,
+        "",
+        (f"**{len(older)} step(s) were computed under an older commit than the one stamped above** "
+         f"({', '.join(older)}): their library code hash matched, so their results were kept." if older else ""),
         "",
         "</div>",
     ])
@@ -894,8 +907,18 @@ def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     label = '<span class="sim-label">SIMULATED</span> ' if sim else ""
     decision = str(main.get("decision", "n/a"))
     cls = {"cut over": "callout-ok", "roll back": "callout-danger"}.get(decision, "callout-info")
-    lines = [
-        '<div id="verdict">', "", "### Rollout verdict (step 05)", "",
+    lines = ['<div id="verdict">', "", "### Rollout verdict (step 05)", ""]
+    history = (M["manifest"].get("budget_history") or [])
+    from quantstudy.runner import budget_changed_after_results
+
+    if budget_changed_after_results(M["manifest"]):
+        def _b(entry: Mapping[str, Any]) -> str:
+            return "; ".join(f"{b['metric']} {b['max_drop']} {b['unit']}" for b in entry.get("budget") or [])
+        lines += ['<div class="callout callout-danger"><strong>&#9888; The quality budget was changed after results '
+                  "were seen in this run folder.</strong> Verdicts below use the newer budget.<br>"
+                  f"First declared ({html.escape(str(history[0].get('recorded')))}): {html.escape(_b(history[0]))}<br>"
+                  f"Now ({html.escape(str(history[-1].get('recorded')))}): {html.escape(_b(history[-1]))}</div>", ""]
+    lines += [
         f'<div class="callout {cls}"><strong>{label}Rollout decision: {html.escape(decision.upper())}</strong> for '
         f"<code>{html.escape(str(cand.get('checkpoint', 'n/a')))}</code>"
         + (" &mdash; these are simulated logs, not real users." if sim else "") + "</div>", "",

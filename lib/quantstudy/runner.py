@@ -369,8 +369,27 @@ def _kernel_name(nb_path: Path) -> str | None:
     return "python3"
 
 
+# Packages whose version can change a step's numbers: part of every step's skip key.
+KEY_PACKAGES = ("torch", "transformers", "autoawq", "tokenizers", "safetensors", "numpy", "gguf", "datasets")
+
+
+def code_sha256(package_dir: Path | None = None) -> str:
+    """Hash of the library a step runs: every source and template file of the installed
+    ``quantstudy`` package (paths and contents), and the versions of :data:`KEY_PACKAGES`."""
+    import quantstudy
+
+    root = Path(package_dir or Path(quantstudy.__file__).parent)
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".j2", ".css", ".json", ".yaml", ".txt"):
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+    h.update(json.dumps(package_versions(KEY_PACKAGES), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def _skip_reason(record: Mapping[str, Any] | None, nb_hash: str, p_hash: str,
-                 inputs: Mapping[str, str], run_dir: Path) -> str | None:
+                 inputs: Mapping[str, str], run_dir: Path, code_hash: str | None = None) -> str | None:
     """Why the step must run, or None when it can be skipped."""
     if not record:
         return "no earlier run"
@@ -378,6 +397,8 @@ def _skip_reason(record: Mapping[str, Any] | None, nb_hash: str, p_hash: str,
         return f"last run {record.get('status')}"
     if record.get("notebook_sha256") != nb_hash:
         return "notebook changed"
+    if code_hash is not None and record.get("code_sha256") != code_hash:
+        return "library code or key package versions changed"
     if record.get("params_sha256") != p_hash:
         return "params changed"
     if record.get("inputs") != dict(inputs):
@@ -387,6 +408,26 @@ def _skip_reason(record: Mapping[str, Any] | None, nb_hash: str, p_hash: str,
         if not f.is_file() or sha256_file(f) != digest:
             return f"output {rel} changed or missing"
     return None
+
+
+def record_budget(manifest: dict[str, Any], p: StudyParams, step: str, results_existed: bool) -> dict[str, Any] | None:
+    """Append the quality budget to ``manifest["budget_history"]`` when it differs from the last
+    one recorded (the first evaluation records it before any checkpoint is scored). An entry
+    made after results existed in this run folder marks a budget changed after the fact.
+    Nothing is ever removed (``--force`` included). Returns the new entry, if any."""
+    budget = [b.model_dump(mode="json") for b in p.evaluate.budget]
+    digest = hashlib.sha256(json.dumps(budget, sort_keys=True).encode()).hexdigest()
+    history = manifest.setdefault("budget_history", [])
+    if history and history[-1].get("sha256") == digest:
+        return None
+    entry = {"budget": budget, "sha256": digest, "recorded": _now(), "step": step,
+             "after_results": bool(results_existed or history)}
+    history.append(entry)
+    return entry
+
+
+def budget_changed_after_results(manifest: Mapping[str, Any]) -> bool:
+    return any(e.get("after_results") for e in (manifest.get("budget_history") or [])[1:])
 
 
 def run_study(
@@ -438,13 +479,15 @@ def run_study(
                     f"run it too (e.g. --from {need})")
 
     say = on_message or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    code_hash = code_sha256()
+    git_now = git_info()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "params.yaml").write_text(to_yaml(p), encoding="utf-8")
     manifest.update({
         "run_id": run_id,
         "params_file": _rel(params_path, project_root()),
         "params": p.model_dump(mode="json"),
-        "git": git_info(),
+        "git": git_now,
         "python": sys.version.split()[0],
         "python_full": sys.version,
         "platform": platform.platform(),
@@ -485,7 +528,7 @@ def run_study(
             if reason is None and any(n in rerun for n in step.needs):
                 reason = "a needed step re-ran"
             if reason is None:
-                reason = _skip_reason(prev, nb_hash, p_hash, inputs, run_dir)
+                reason = _skip_reason(prev, nb_hash, p_hash, inputs, run_dir, code_hash)
             if reason is None:
                 rec = dict(prev or {})
                 rec["status"] = "skipped"
@@ -514,6 +557,9 @@ def run_study(
                 "notebook": _rel(executed, run_dir),
                 "notebook_sha256": nb_hash,
                 "params_sha256": p_hash,
+                "code_sha256": code_hash,
+                "git_commit": git_now.get("commit"),
+                "git_dirty": git_now.get("dirty"),
                 "inputs": inputs,
                 "outputs": {},
                 "start": _now(),
@@ -523,6 +569,9 @@ def run_study(
                 "error": None,
             }
             records[step.name] = rec
+            if "evaluate" in pipeline.sections[step.name] and step.name == next(
+                    (s.name for s in pipeline.steps if "evaluate" in pipeline.sections[s.name]), None):
+                record_budget(manifest, p, step.name, results_existed=bool(prev and prev.get("outputs")))
             write_manifest(run_dir, manifest)
             t0 = time.perf_counter()
             error: dict[str, Any] | None = None
