@@ -23,9 +23,9 @@ from quantstudy.paths import resolve
 # Step order and the params sections each step notebook receives.
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "01_calibration": ("study", "model", "data", "calibration"),
-    "02_quantize": ("study", "model", "data", "quantize"),
-    "03_evaluate": ("study", "model", "data", "evaluate"),
-    "04_benchmark": ("study", "model", "quantize", "benchmark"),
+    "02_quantize": ("study", "model", "data", "quantize", "targets"),
+    "03_evaluate": ("study", "model", "data", "evaluate", "targets"),
+    "04_benchmark": ("study", "model", "quantize", "benchmark", "targets"),
     "05_rollout_analysis": ("study", "evaluate", "rollout"),
 }
 
@@ -211,6 +211,15 @@ class RolloutSection(_Section):
         return v
 
 
+class TargetsSection(_Section):
+    """Performance targets, checked against what each step measures and echoed in the report."""
+    awq_search_s_max: float = Field(60.0, gt=0, description="slowest AWQ search of one calibration set, seconds")
+    steps_01_02_wall_s: float = Field(360.0, gt=0, description="steps 01 + 02 wall time, seconds")
+    evaluation_wall_s: float = Field(240.0, gt=0, description="step 03 wall time, seconds")
+    fast_decode_speedup: float = Field(2.5, gt=0, description="CPU int4 decode at batch 1 vs float32 (1B shape)")
+    quantized_bytes_ratio: float = Field(3.8, gt=0, description="float16 bytes / 4-bit bytes of the quantized linears")
+
+
 class StudyParams(_Section):
     study: StudySection = Field(default_factory=StudySection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -220,6 +229,7 @@ class StudyParams(_Section):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
+    targets: TargetsSection = Field(default_factory=TargetsSection)
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {
