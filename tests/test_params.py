@@ -53,9 +53,36 @@ def test_defaults_round_trip_through_yaml(write_params, project):
     assert load_params(again) == p
 
 
-def test_empty_file_means_defaults(write_params):
-    p = load_params(write_params(text=""), check_files=False)
-    assert p == StudyParams()
+def test_empty_file_is_refused(write_params, capsys):
+    """An empty file would silently start the whole default study: refused."""
+    for text in ("", "# only a comment\n"):
+        refused_by_validate(write_params(text=text), capsys, "the file is empty", "params/default.yaml")
+
+
+def test_binary_and_non_utf8_files(write_params, project, capsys):
+    (project / "params" / "bin.yaml").write_bytes(b"\xff\xfe\x00binary")
+    refused_by_validate(project / "params" / "bin.yaml", capsys, "bin.yaml", "not a UTF-8 text file")
+    (project / "params" / "nul.yaml").write_bytes(b"study:\n  name: a\x00b\n")
+    refused_by_validate(project / "params" / "nul.yaml", capsys, "nul.yaml", "NUL")
+
+
+def test_yaml_error_names_the_line_where_the_construct_starts(write_params, capsys):
+    path = write_params(text="study:\n  seed: [1\nmodel: x\n")
+    refused_by_validate(path, capsys, "line 2", "noticed at line 3", "not valid YAML")
+
+
+def test_directories_are_not_files(write_params, project, capsys):
+    (project / "params" / "folder.yaml").mkdir()
+    refused_by_validate(project / "params" / "folder.yaml", capsys, "is a directory")
+    path = write_params(**{"data.conversations": "data"})
+    refused_by_validate(path, capsys, "data.conversations", "which is a directory")
+
+
+def test_type_errors_read_plainly(write_params, capsys):
+    err = refused_by_validate(write_params(**{"study.seed": "abc"}), capsys, "study.seed", "expected an integer", "'abc'")
+    assert "Input should be" not in err
+    err = refused_by_validate(write_params(**{"calibration.scrub": "maybe"}), capsys, "calibration.scrub", "true or false")
+    assert "Input should be" not in err
 
 
 def test_step_parameters_are_flat_literals(write_params):

@@ -238,6 +238,13 @@ SECTION_MODELS: dict[str, type[_Section]] = {
 
 
 # --------------------------------------------------------------------------- errors
+# pydantic error types in plain words (the rest: pydantic's message without "Input should be").
+_PLAIN_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+    "dict_type": "a mapping of keys to values", "model_type": "a mapping of keys to values",
+}
 def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
@@ -264,9 +271,8 @@ def _format_validation_error(source: str, err: ValidationError, prefix: str = ""
     elif kind == "missing":
         msg = f"{source}: {loc}: required key is missing"
     else:
-        expected = first["msg"].removeprefix("Value error, ")
-        if kind.startswith(("int_", "float_", "bool_", "string_", "list_", "dict_")) and "type" in kind:
-            expected = f"a value of type {kind.split('_')[0]} ({first['msg']})"
+        expected = first["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+        expected = _PLAIN_EXPECTED.get(kind, expected)
         msg = f"{source}: {loc}: expected {expected}; found {_describe(first.get('input'))}"
     if len(problems) > 1:
         msg += f" (+{len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
@@ -278,16 +284,35 @@ def load_params(path: str | Path, check_files: bool = True) -> StudyParams:
     """Read and validate a params YAML file; raise ParamsError with a one-line message."""
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise ParamsError(f"{source}: is a directory, not a params file; pass one of the files under params/")
     if not path.is_file():
         raise ParamsError(f"{source}: params file not found; pass one of the files under params/")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{source}: not a UTF-8 text file (byte {exc.start} cannot be decoded); "
+                          "a params file is YAML text, e.g. a copy of params/default.yaml") from None
+    except OSError as exc:
+        raise ParamsError(f"{source}: cannot be read ({exc.strerror}); check its permissions") from None
+    if "\x00" in text:
+        raise ParamsError(f"{source}: not a text file (it contains NUL bytes); a params file is YAML text, "
+                          "e.g. a copy of params/default.yaml")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem_mark", None)
+        context = getattr(exc, "context_mark", None)
+        mark = context or problem
         where = f"line {mark.line + 1}" if mark else "?"
-        raise ParamsError(f"{source}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if context and problem and problem.line != context.line:
+            where += f" (noticed at line {problem.line + 1})"
+        what = getattr(exc, "problem", None) or exc
+        ctx = getattr(exc, "context", None)
+        raise ParamsError(f"{source}: {where}: not valid YAML ({(ctx + ': ') if ctx else ''}{what})") from None
     if raw is None:
-        raw = {}
+        raise ParamsError(f"{source}: the file is empty; expected the sections of a study (study, model, data, ...), "
+                          "e.g. a copy of params/default.yaml")
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: top level: expected a mapping of sections; found {_describe(raw)}")
     try:
@@ -380,6 +405,8 @@ def check_input_files(p: StudyParams, source: str) -> None:
     if p.data.domain_lexicon is not None:
         needed.append(("data.domain_lexicon", p.data.domain_lexicon))
     for key, value in needed:
+        if resolve(value).is_dir():
+            raise ParamsError(f"{source}: {key}: expected a file; found {value!r}, which is a directory")
         if not resolve(value).is_file():
             raise ParamsError(f"{source}: {key}: expected an existing file; found {value!r} (missing). "
                               "Fix the path, or run `make demo-data` for the embedded demo files")
