@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 DEFAULT_PARAMS = REPO / "params" / "default.yaml"
 IDS = [p.stem for p in NOTEBOOKS]
-needs_notebooks = pytest.mark.usefixtures()  # the notebooks are committed: test_every_step_has_a_notebook fails without them
 
 
 def test_every_step_has_a_notebook():
@@ -61,7 +60,6 @@ def test_runner_steps_match_step_sections():
     assert [s.name for s in runner.STEPS] == list(STEP_SECTIONS)
 
 
-@needs_notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_committed_without_outputs(path):
     nb = _read(path)
@@ -70,13 +68,11 @@ def test_committed_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
 
 
-@needs_notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_one_parameters_cell(path):
     assert len(_parameters_cells(_read(path))) == 1
 
 
-@needs_notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_parameter_defaults_equal_default_params(path):
     assert path.stem in STEP_SECTIONS, f"{path.name} is not a step notebook"
@@ -91,7 +87,6 @@ def test_parameter_defaults_equal_default_params(path):
     assert not wrong, f"{path.name}: defaults differ from params/default.yaml (found, expected): {wrong}"
 
 
-@needs_notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_no_definitions_in_notebooks(path):
     defs = []
@@ -113,3 +108,50 @@ def test_checks_work_on_a_fixture_notebook():
         "study_seed": 0, "quantize_group_size": 128, "run_dir": "", "output_dir": "", "input_dirs": {}}
     annotated = nbformat.v4.new_code_cell("x: int = 3\ny = [1, 2]\n%matplotlib inline\nz = len(y)")
     assert parameter_defaults(annotated) == {"x": 3, "y": [1, 2], "z": "len(y)"}
+
+
+def test_run_folder_paths_resolve_against_the_project_root(monkeypatch, tmp_path):
+    """JupyterLab runs a notebook with its working directory in notebooks/: the relative
+    defaults of the parameters cell must still land under <project root>/outputs/lab."""
+    from quantstudy.params import validate_notebook
+    from quantstudy.paths import project_root
+
+    monkeypatch.chdir(REPO / "notebooks")
+    cell = _parameters_cells(_read(REPO / "notebooks" / "03_evaluate.ipynb"))[0]
+    namespace = dict(parameter_defaults(cell))
+    validate_notebook(namespace, "03_evaluate")
+    root = project_root()
+    assert namespace["output_dir"] == str(root / "outputs" / "lab" / "03_evaluate")
+    assert namespace["run_dir"] == str(root / "outputs" / "lab")
+    assert namespace["input_dirs"] == {"01_calibration": str(root / "outputs" / "lab" / "01_calibration"),
+                                       "02_quantize": str(root / "outputs" / "lab" / "02_quantize")}
+
+
+@pytest.mark.slow
+def test_notebook_run_from_notebooks_folder_writes_under_outputs(tmp_path):
+    """Execute a real step notebook as JupyterLab would (cwd notebooks/) and check where its
+    files land: step 05 on a fixture step-03 folder (seconds)."""
+    import json
+    import shutil
+
+    import papermill as pm
+
+    lab = REPO / "outputs" / "lab"
+    fixture = REPO / "tests" / "fixtures" / "run" / "03_evaluate"
+    stray = REPO / "notebooks" / "outputs"
+    assert fixture.is_dir(), "tests/fixtures/run/03_evaluate is committed"
+    shutil.rmtree(lab / "05_rollout_analysis", ignore_errors=True)
+    src_03 = lab / "03_evaluate"
+    had_03 = src_03.exists()
+    if not had_03:
+        shutil.copytree(fixture, src_03)
+    try:
+        pm.execute_notebook(str(REPO / "notebooks" / "05_rollout_analysis.ipynb"), str(tmp_path / "05.ipynb"),
+                            cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
+        assert (lab / "05_rollout_analysis" / "metrics.json").is_file()
+        assert json.loads((lab / "05_rollout_analysis" / "metrics.json").read_text())["rollout"]["decision"]
+        assert not stray.exists(), "the notebook wrote into notebooks/outputs"
+    finally:
+        shutil.rmtree(stray, ignore_errors=True)
+        if not had_03:
+            shutil.rmtree(src_03, ignore_errors=True)

@@ -90,15 +90,16 @@ def test_external_inputs_per_step(write_params, project):
     p = load_params(write_params())
     model, conv, tasks = project / "models/tiny", project / "data/conversations.jsonl", project / "data/task_items.jsonl"
     assert runner.external_inputs(p, "01_calibration") == [conv, model]
-    assert runner.external_inputs(p, "02_quantize") == [model]
+    assert runner.external_inputs(p, "02_quantize") == [model, conv]  # its sanity check reads held-out conversations
     assert runner.external_inputs(p, "03_evaluate") == [model, conv, tasks]
     assert runner.external_inputs(p, "04_benchmark") == [model]
     assert runner.external_inputs(p, "05_rollout_analysis") == []
     hashes = runner.input_hashes(p, runner.STEPS[1], project / "outputs" / "x")
-    assert list(hashes) == ["models/tiny/config.json"]
+    assert list(hashes) == ["data/conversations.jsonl", "models/tiny/config.json"]
     # A hub id is recorded by name.
     hub = p.model_copy(update={"model": p.model.model_copy(update={"source": "hf", "path": "org/some-model"})})
-    assert runner.input_hashes(hub, runner.STEPS[1], project / "outputs" / "x") == {"hf:org/some-model": "org/some-model"}
+    hub_hashes = runner.input_hashes(hub, runner.STEPS[1], project / "outputs" / "x")
+    assert hub_hashes["hf:org/some-model"] == "org/some-model" and "models/tiny/config.json" not in hub_hashes
 
 
 def test_notebook_hash_ignores_outputs_and_metadata(tmp_path):
@@ -373,3 +374,38 @@ def test_budget_history_survives_a_change_after_results(write_params, project, c
     assert m["budget_history"][1]["budget"][0]["max_drop"] == 10.0
     assert runner.budget_changed_after_results(m)
     capsys.readouterr()
+
+
+def test_one_run_per_folder(write_params, project, run, tmp_path):
+    """A live run's lock refuses a second run in one line naming its pid; a stale lock (its
+    process is gone) is taken over; the lock is released after the run."""
+    import subprocess
+
+    params = write_params()
+    run_dir = project / "outputs" / "study"
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / runner.LOCK).write_text(f"{holder.pid} 2026-01-01T00:00:00\n")
+        code, out, err = run(str(params))
+        assert code == 2 and f"process {holder.pid}" in err and "another run" in err
+        assert len(err.strip().splitlines()) == 1 and not (run_dir / "a_make").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out, err = run(str(params))  # the holder is gone: stale lock, taken over
+    assert code == 0, err
+    assert not (run_dir / runner.LOCK).exists()
+
+
+def test_manifest_follows_the_umask(write_params, project, run):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert run(str(write_params()))[0] == 0
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((project / "outputs" / "study" / "manifest.json").stat().st_mode)
+    assert mode == 0o644, oct(mode)

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--baseline", help="dense baseline folder (default: the dequantized checkpoint)")
     bn.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     bn.add_argument("--no-production", action="store_true", help="skip the production-shaped model")
+
+    bd = sub.add_parser("bench-doc", help="regenerate a benchmark page's tables (FOLDER/README.md) from metrics.json")
+    bd.add_argument("folder", help="page folder, e.g. docs/gpu-benchmark-h100")
+    bd.add_argument("--check", action="store_true", help="rewrite nothing; exit 2 if the README differs from metrics")
     return parser
 
 
@@ -213,8 +217,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_doc(args: argparse.Namespace) -> int:
+    from quantstudy import benchdoc
+
+    readme = _show(Path(args.folder) / "README.md")
+    try:
+        if args.check:
+            drift = benchdoc.check_doc(args.folder)
+            if drift:
+                _err(drift)
+                return EXIT_USAGE
+            print(f"ok: {readme} matches its metrics.json")
+        else:
+            changed = benchdoc.write_doc(args.folder)
+            print(f"{readme} {'rewritten' if changed else 'unchanged'}")
+    except benchdoc.BenchDocError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 COMMANDS = {
     "bench": cmd_bench,
+    "bench-doc": cmd_bench_doc,
     "demo-card": cmd_demo_card,
     "run": cmd_run,
     "validate": cmd_validate,

@@ -325,8 +325,9 @@ def load_params(path: str | Path, check_files: bool = True) -> StudyParams:
     return params
 
 
-def check_combinations(p: StudyParams, source: str) -> None:
-    """Impossible or self-defeating combinations, caught before any long work."""
+def check_combinations(p: StudyParams, source: str, sections: tuple[str, ...] | None = None) -> None:
+    """Impossible or self-defeating combinations, caught before any long work. ``sections``:
+    the sections a notebook received (the others hold defaults and are not checked)."""
     if p.model.dtype == "float16" and p.study.device == "cpu":
         raise ParamsError(f"{source}: model.dtype: expected float32 when study.device is cpu "
                           "(half-precision matmuls run ~40x slower on this CPU); found 'float16'")
@@ -355,10 +356,10 @@ def check_combinations(p: StudyParams, source: str) -> None:
                           "unit: points}} to set the rollout's non-inferiority margin (or set rollout.margin); found none")
     if sat and sat[0].unit != "points":
         raise ParamsError(f"{source}: evaluate.budget: expected unit 'points' for the satisfaction line; found {sat[0].unit!r}")
-    check_model_source(p, source)
+    check_model_source(p, source, check_group_size=sections is None or "quantize" in sections)
 
 
-def check_model_source(p: StudyParams, source: str) -> None:
+def check_model_source(p: StudyParams, source: str, check_group_size: bool = True) -> None:
     """The model's architecture (AutoAWQ must support it) and layer widths (the group size must
     divide them), from config.json or the GGUF header: before any long work."""
     from quantstudy import modelsource
@@ -384,7 +385,7 @@ def check_model_source(p: StudyParams, source: str) -> None:
     elif mtype is not None and mtype not in supported:
         raise ParamsError(f"{source}: model.path: expected a model type AutoAWQ supports "
                           f"({', '.join(supported)}); found {mtype!r} in {where}")
-    for key in ("hidden_size", "intermediate_size"):
+    for key in ("hidden_size", "intermediate_size") if check_group_size else ():
         width = cfg.get(key)
         if isinstance(width, int) and width % p.quantize.group_size:
             divisors = [g for g in (32, 64, 128, 256) if width % g == 0]
@@ -436,9 +437,16 @@ def validate_notebook(namespace: dict[str, Any], step: str, source: str | None =
     """Rebuild and validate the params a notebook was given (its globals()).
 
     Sections the step does not use keep their defaults. Raises ParamsError naming the
-    notebook variable at fault.
+    notebook variable at fault. The run-folder variables (``run_dir``, ``output_dir``,
+    ``input_dirs``) are made absolute against the project root in the namespace itself, so a
+    notebook run from ``notebooks/`` (JupyterLab's working directory) writes where a batch run does.
     """
     source = source or f"notebooks/{step}.ipynb parameters"
+    for key in ("run_dir", "output_dir"):
+        if isinstance(namespace.get(key), str) and namespace[key]:
+            namespace[key] = str(resolve(namespace[key]))
+    if isinstance(namespace.get("input_dirs"), dict):
+        namespace["input_dirs"] = {k: str(resolve(v)) for k, v in namespace["input_dirs"].items()}
     raw: dict[str, dict[str, Any]] = {}
     for section in STEP_SECTIONS[step]:
         model = SECTION_MODELS[section]
@@ -456,7 +464,7 @@ def validate_notebook(namespace: dict[str, Any], step: str, source: str | None =
         for section in STEP_SECTIONS[step]:
             msg = msg.replace(f": {section}.", f": {section}_", 1)
         raise ParamsError(msg) from None
-    check_combinations(params, source)
+    check_combinations(params, source, STEP_SECTIONS[step])
     return params
 
 

@@ -245,6 +245,17 @@ def _save(awq_model, tokenizer, req: QuantRequest, meta: dict) -> None:
         awq_model.save_quantized(str(out))
     tokenizer.save_pretrained(out)
     (out / QUANT_META).write_text(json.dumps(meta, indent=2))
+    follow_umask(out)
+
+
+def follow_umask(folder: Path) -> None:
+    """AutoAWQ writes its safetensors readable by the owner only (0600); results meant to be
+    shared get the user's umask like every other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
 
 
 def _simulate_low_bits(awq_model, bits: int, group_size: int, zero_point: bool) -> None:

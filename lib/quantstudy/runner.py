@@ -278,6 +278,53 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+LOCK = ".run.lock"
+
+
+class RunLockedError(StepSelectionError):
+    """Another live run holds the run folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(run_dir: Path) -> Path:
+    """Take the run folder's lock (a file holding our pid). A lock whose process is gone is
+    stale and is taken over; a live one is refused in one line naming its pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                holder = -1
+            if holder > 0 and holder != os.getpid() and _pid_alive(holder):
+                raise RunLockedError(f"{run_dir}: another run (process {holder}) is using this run folder; "
+                                     f"wait for it to finish, or use another --run-id") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {_now()}\n")
+        return lock
+    raise RunLockedError(f"{run_dir}: could not take the run lock {lock}; remove it if no run is active")
+
+
 def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> Path:
     """Atomic: write a temporary file next to it, then rename over."""
     run_dir = Path(run_dir)
@@ -287,6 +334,7 @@ def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared run folder follows the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -460,168 +508,172 @@ def run_study(
         raise StepSelectionError(f"invalid run id {run_id!r}")
     run_dir = (pipeline.outputs() / run_id).resolve()
     nb_dir = pipeline.notebooks()
-    manifest = read_manifest(run_dir)
-    records: dict[str, Any] = dict(manifest.get("steps") or {})
-
-    # Every step must exist, and every needed step must run now or have completed before.
-    chosen = {s.name for s in selected}
-    for s in selected:
-        src = nb_dir / s.notebook
-        if not src.is_file():
-            raise StepSelectionError(f"step {s.name}: notebook {src} not found")
-        for need in s.needs:
-            if need in chosen:
-                continue
-            rec = records.get(need) or {}
-            if rec.get("status") not in DONE_STATUSES or not (run_dir / need).is_dir():
-                raise StepSelectionError(
-                    f"step {s.name} needs {need}, which has not completed in {run_dir}; "
-                    f"run it too (e.g. --from {need})")
-
-    say = on_message or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    code_hash = code_sha256()
-    git_now = git_info()
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    (run_dir / "params.yaml").write_text(to_yaml(p), encoding="utf-8")
-    manifest.update({
-        "run_id": run_id,
-        "params_file": _rel(params_path, project_root()),
-        "params": p.model_dump(mode="json"),
-        "git": git_now,
-        "python": sys.version.split()[0],
-        "python_full": sys.version,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "packages": package_versions(),
-        "updated": _now(),
-        "steps": records,
-    })
-    manifest.setdefault("created", manifest["updated"])
-    manifest["step_order"] = [s.name for s in pipeline.steps]
-    write_manifest(run_dir, manifest)
-
-    handler: logging.Handler | None = None
-    pm_logger = logging.getLogger("papermill")
-    old_level = pm_logger.level
-    if log_cells:
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        pm_logger.addHandler(handler)
-        pm_logger.setLevel(logging.INFO)
-
-    outcomes: list[StepOutcome] = []
-    rerun: set[str] = set()
-    bar = tqdm(selected, desc="steps", unit="step", disable=not progress, file=sys.stderr)
+    lock = acquire_lock(run_dir)  # one run per folder at a time
     try:
-        for step in bar:
-            bar.set_description(step.name)
-            src = nb_dir / step.notebook
-            executed = run_dir / "notebooks" / f"{step.name}.ipynb"
-            out_dir = run_dir / step.name
-            flat = flatten(p, tuple(pipeline.sections[step.name]))
-            nb_hash = notebook_source_sha256(src)
-            p_hash = params_sha256(flat)
-            inputs = input_hashes(p, step, run_dir)
-            prev = records.get(step.name)
+        manifest = read_manifest(run_dir)
+        records: dict[str, Any] = dict(manifest.get("steps") or {})
 
-            reason = "forced" if force else None
-            if reason is None and any(n in rerun for n in step.needs):
-                reason = "a needed step re-ran"
-            if reason is None:
-                reason = _skip_reason(prev, nb_hash, p_hash, inputs, run_dir, code_hash)
-            if reason is None:
-                rec = dict(prev or {})
-                rec["status"] = "skipped"
-                rec["reason"] = "unchanged"
-                rec["checked"] = _now()
+        # Every step must exist, and every needed step must run now or have completed before.
+        chosen = {s.name for s in selected}
+        for s in selected:
+            src = nb_dir / s.notebook
+            if not src.is_file():
+                raise StepSelectionError(f"step {s.name}: notebook {src} not found")
+            for need in s.needs:
+                if need in chosen:
+                    continue
+                rec = records.get(need) or {}
+                if rec.get("status") not in DONE_STATUSES or not (run_dir / need).is_dir():
+                    raise StepSelectionError(
+                        f"step {s.name} needs {need}, which has not completed in {run_dir}; "
+                        f"run it too (e.g. --from {need})")
+
+        say = on_message or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        code_hash = code_sha256()
+        git_now = git_info()
+        (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+        (run_dir / "params.yaml").write_text(to_yaml(p), encoding="utf-8")
+        manifest.update({
+            "run_id": run_id,
+            "params_file": _rel(params_path, project_root()),
+            "params": p.model_dump(mode="json"),
+            "git": git_now,
+            "python": sys.version.split()[0],
+            "python_full": sys.version,
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "packages": package_versions(),
+            "updated": _now(),
+            "steps": records,
+        })
+        manifest.setdefault("created", manifest["updated"])
+        manifest["step_order"] = [s.name for s in pipeline.steps]
+        write_manifest(run_dir, manifest)
+
+        handler: logging.Handler | None = None
+        pm_logger = logging.getLogger("papermill")
+        old_level = pm_logger.level
+        if log_cells:
+            handler = _TqdmHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            pm_logger.addHandler(handler)
+            pm_logger.setLevel(logging.INFO)
+
+        outcomes: list[StepOutcome] = []
+        rerun: set[str] = set()
+        bar = tqdm(selected, desc="steps", unit="step", disable=not progress, file=sys.stderr)
+        try:
+            for step in bar:
+                bar.set_description(step.name)
+                src = nb_dir / step.notebook
+                executed = run_dir / "notebooks" / f"{step.name}.ipynb"
+                out_dir = run_dir / step.name
+                flat = flatten(p, tuple(pipeline.sections[step.name]))
+                nb_hash = notebook_source_sha256(src)
+                p_hash = params_sha256(flat)
+                inputs = input_hashes(p, step, run_dir)
+                prev = records.get(step.name)
+
+                reason = "forced" if force else None
+                if reason is None and any(n in rerun for n in step.needs):
+                    reason = "a needed step re-ran"
+                if reason is None:
+                    reason = _skip_reason(prev, nb_hash, p_hash, inputs, run_dir, code_hash)
+                if reason is None:
+                    rec = dict(prev or {})
+                    rec["status"] = "skipped"
+                    rec["reason"] = "unchanged"
+                    rec["checked"] = _now()
+                    records[step.name] = rec
+                    manifest["updated"] = _now()
+                    write_manifest(run_dir, manifest)
+                    outcomes.append(StepOutcome(step.name, "skipped", executed, 0.0))
+                    say(f"skip {step.name} (unchanged)")
+                    continue
+
+                # Fresh output folder: stale files from an older run must not become outputs.
+                if out_dir.exists():
+                    shutil.rmtree(out_dir)
+                out_dir.mkdir(parents=True)
+                parameters = dict(flat)
+                parameters.update({
+                    "run_dir": str(run_dir),
+                    "output_dir": str(out_dir),
+                    "input_dirs": {n: str(run_dir / n) for n in step.needs},
+                })
+                rec: dict[str, Any] = {
+                    "status": "running",
+                    "source_notebook": _rel(src, project_root()),
+                    "notebook": _rel(executed, run_dir),
+                    "notebook_sha256": nb_hash,
+                    "params_sha256": p_hash,
+                    "code_sha256": code_hash,
+                    "git_commit": git_now.get("commit"),
+                    "git_dirty": git_now.get("dirty"),
+                    "inputs": inputs,
+                    "outputs": {},
+                    "start": _now(),
+                    "end": None,
+                    "duration_s": None,
+                    "reason": reason,
+                    "error": None,
+                }
                 records[step.name] = rec
+                if "evaluate" in pipeline.sections[step.name] and step.name == next(
+                        (s.name for s in pipeline.steps if "evaluate" in pipeline.sections[s.name]), None):
+                    record_budget(manifest, p, step.name, results_existed=bool(prev and prev.get("outputs")))
+                write_manifest(run_dir, manifest)
+                t0 = time.perf_counter()
+                error: dict[str, Any] | None = None
+                interrupted: BaseException | None = None
+                try:
+                    pm.execute_notebook(
+                        str(src), str(executed),
+                        parameters=parameters,
+                        cwd=str(project_root()),
+                        kernel_name=_kernel_name(src),
+                        log_output=log_cells,
+                        progress_bar=False,
+                        request_save_on_cell_execute=True,
+                    )
+                except PapermillExecutionError as exc:
+                    error = {"ename": exc.ename, "evalue": exc.evalue, "cell_index": exc.cell_index,
+                             "exec_count": exc.exec_count}
+                except Exception as exc:  # kernel died, missing kernel, unreadable notebook...
+                    error = {"ename": type(exc).__name__, "evalue": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                             "cell_index": None, "exec_count": None}
+                except BaseException as exc:  # KeyboardInterrupt: record it, then stop
+                    error = {"ename": type(exc).__name__, "evalue": "interrupted", "cell_index": None, "exec_count": None}
+                    interrupted = exc
+                duration = time.perf_counter() - t0
+                rec.update({
+                    "status": "failed" if error else "completed",
+                    "end": _now(),
+                    "duration_s": round(duration, 3),
+                    "outputs": hash_tree(out_dir, base=run_dir),
+                    "error": error,
+                })
                 manifest["updated"] = _now()
                 write_manifest(run_dir, manifest)
-                outcomes.append(StepOutcome(step.name, "skipped", executed, 0.0))
-                say(f"skip {step.name} (unchanged)")
-                continue
+                rerun.add(step.name)
+                outcome = StepOutcome(step.name, rec["status"], executed, duration, error)
+                outcomes.append(outcome)
+                if interrupted is not None:
+                    raise interrupted
+                if error:
+                    break
+        finally:
+            bar.close()
+            if handler is not None:
+                pm_logger.removeHandler(handler)
+                pm_logger.setLevel(old_level)
 
-            # Fresh output folder: stale files from an older run must not become outputs.
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            out_dir.mkdir(parents=True)
-            parameters = dict(flat)
-            parameters.update({
-                "run_dir": str(run_dir),
-                "output_dir": str(out_dir),
-                "input_dirs": {n: str(run_dir / n) for n in step.needs},
-            })
-            rec: dict[str, Any] = {
-                "status": "running",
-                "source_notebook": _rel(src, project_root()),
-                "notebook": _rel(executed, run_dir),
-                "notebook_sha256": nb_hash,
-                "params_sha256": p_hash,
-                "code_sha256": code_hash,
-                "git_commit": git_now.get("commit"),
-                "git_dirty": git_now.get("dirty"),
-                "inputs": inputs,
-                "outputs": {},
-                "start": _now(),
-                "end": None,
-                "duration_s": None,
-                "reason": reason,
-                "error": None,
-            }
-            records[step.name] = rec
-            if "evaluate" in pipeline.sections[step.name] and step.name == next(
-                    (s.name for s in pipeline.steps if "evaluate" in pipeline.sections[s.name]), None):
-                record_budget(manifest, p, step.name, results_existed=bool(prev and prev.get("outputs")))
-            write_manifest(run_dir, manifest)
-            t0 = time.perf_counter()
-            error: dict[str, Any] | None = None
-            interrupted: BaseException | None = None
-            try:
-                pm.execute_notebook(
-                    str(src), str(executed),
-                    parameters=parameters,
-                    cwd=str(project_root()),
-                    kernel_name=_kernel_name(src),
-                    log_output=log_cells,
-                    progress_bar=False,
-                    request_save_on_cell_execute=True,
-                )
-            except PapermillExecutionError as exc:
-                error = {"ename": exc.ename, "evalue": exc.evalue, "cell_index": exc.cell_index,
-                         "exec_count": exc.exec_count}
-            except Exception as exc:  # kernel died, missing kernel, unreadable notebook...
-                error = {"ename": type(exc).__name__, "evalue": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
-                         "cell_index": None, "exec_count": None}
-            except BaseException as exc:  # KeyboardInterrupt: record it, then stop
-                error = {"ename": type(exc).__name__, "evalue": "interrupted", "cell_index": None, "exec_count": None}
-                interrupted = exc
-            duration = time.perf_counter() - t0
-            rec.update({
-                "status": "failed" if error else "completed",
-                "end": _now(),
-                "duration_s": round(duration, 3),
-                "outputs": hash_tree(out_dir, base=run_dir),
-                "error": error,
-            })
-            manifest["updated"] = _now()
-            write_manifest(run_dir, manifest)
-            rerun.add(step.name)
-            outcome = StepOutcome(step.name, rec["status"], executed, duration, error)
-            outcomes.append(outcome)
-            if interrupted is not None:
-                raise interrupted
-            if error:
-                break
+        complete = all((records.get(s.name) or {}).get("status") in DONE_STATUSES for s in pipeline.steps)
+        manifest["complete"] = complete
+        write_manifest(run_dir, manifest)
+        return RunResult(run_id, run_dir, run_dir / MANIFEST, outcomes, complete)
     finally:
-        bar.close()
-        if handler is not None:
-            pm_logger.removeHandler(handler)
-            pm_logger.setLevel(old_level)
-
-    complete = all((records.get(s.name) or {}).get("status") in DONE_STATUSES for s in pipeline.steps)
-    manifest["complete"] = complete
-    write_manifest(run_dir, manifest)
-    return RunResult(run_id, run_dir, run_dir / MANIFEST, outcomes, complete)
+        lock.unlink(missing_ok=True)
 
 
 def build_report_if_available(run_dir: Path) -> tuple[bool, str]:
