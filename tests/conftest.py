@@ -26,14 +26,21 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def conversation_lines(n: int) -> str:
+    """n valid conversation records, one JSON object per line."""
+    return "".join(json.dumps({"conversation_id": f"c{i}", "turns": [{"role": "user", "text": f"hello {i}"}]}) + "\n"
+                   for i in range(1, n + 1))
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tmp project root (QUANTSTUDY_ROOT) with data files, a model folder and notebooks."""
     root = tmp_path / "proj"
     (root / "params").mkdir(parents=True)
     (root / "data").mkdir()
-    (root / "data" / "conversations.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
-    (root / "data" / "task_items.jsonl").write_text('{"q": "a"}\n')
+    (root / "data" / "conversations.jsonl").write_text(conversation_lines(2))
+    (root / "data" / "task_items.jsonl").write_text(
+        '{"item_id": "t1", "task": "retention", "context": "User: hi\\nAssistant: Hello", "choices": [" a", " b"], "answer": 0}\n')
     model = root / "models" / "tiny"
     model.mkdir(parents=True)
     (model / "config.json").write_text(json.dumps({"hidden_size": 256, "intermediate_size": 768}))

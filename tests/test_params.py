@@ -199,3 +199,47 @@ def test_targets_come_from_params(write_params, capsys):
     looser = bench.targets(2.0, 4.0, "cpu", goals=TargetsSection(fast_decode_speedup=1.5, quantized_bytes_ratio=5.0))
     assert looser["cpu_fast_decode_speedup_1b_b1"] == {**looser["cpu_fast_decode_speedup_1b_b1"], "target": 1.5, "met": True}
     assert looser["quantized_linear_bytes_vs_fp16"]["target"] == 5.0 and not looser["quantized_linear_bytes_vs_fp16"]["met"]
+
+
+# --------------------------------------------------------------------------- inputs read before any step
+def _item(i: int, **over) -> str:
+    import json
+
+    rec = {"item_id": f"t{i}", "task": "retention", "context": "User: hi\nAssistant: Hello", "choices": [" a", " b"],
+           "answer": 0, **over}
+    return json.dumps(rec) + "\n"
+
+
+def test_every_bad_task_item_line_is_reported_before_any_step(write_params, project, capsys):
+    lines = [_item(1), _item(2, answer=5), _item(3, choices=[" a", " a"]), "{not json\n", _item(5, task="quiz")]
+    (project / "data" / "task_items.jsonl").write_text("".join(lines))
+    code, out, err = validate(write_params(), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "data.task_items" in err and "4 bad lines" in err
+    for where, why in ((":2:", "answer must be an index"), (":3:", "choices must be distinct"),
+                       (":4:", "not valid JSON"), (":5:", "unknown task")):
+        assert any(where in ln and why in ln for ln in err.splitlines()), (where, err)
+
+
+def test_many_bad_lines_show_the_first_twenty_and_the_count(write_params, project, capsys):
+    (project / "data" / "task_items.jsonl").write_text("".join(_item(i, answer=9) for i in range(30)))
+    code, _, err = validate(write_params(), capsys)
+    assert code == 2 and "30 bad lines (first 20 below)" in err
+    assert sum("answer must be an index" in ln for ln in err.splitlines()) == 20
+
+
+def test_conversations_lexicon_logs_and_model_config_are_read_up_front(write_params, project, capsys):
+    (project / "data" / "conversations.jsonl").write_text('{"conversation_id": "c1", "turns": []}\n')
+    refused_by_validate(write_params(), capsys, "data.conversations", "turns")
+    from conftest import conversation_lines
+
+    (project / "data" / "conversations.jsonl").write_text(conversation_lines(2))
+    (project / "data" / "lexicon.json").write_text('{"product": "Lumen"}')
+    refused_by_validate(write_params(**{"data.domain_lexicon": "data/lexicon.json"}), capsys,
+                        "data.domain_lexicon", "'product'", "list of strings")
+    (project / "data" / "logs.csv").write_text("timestamp,arm,conversation_id\n2024-01-01,baseline,c1\n")
+    refused_by_validate(write_params(**{"rollout.logs": "data/logs.csv"}), capsys, "rollout.logs", "satisfaction")
+    (project / "models" / "tiny" / "config.json").write_text('{"hidden_size": 256,')
+    refused_by_validate(write_params(), capsys, "model.path", "config.json", "not valid JSON")
+    (project / "models" / "tiny" / "config.json").write_text('{"hidden_size": "256", "intermediate_size": 768}')
+    refused_by_validate(write_params(), capsys, "model.path", "hidden_size must be an integer")

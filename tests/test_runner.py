@@ -19,6 +19,8 @@ from quantstudy import cli, runner
 from quantstudy.params import STEP_SECTIONS
 from quantstudy.runner import Pipeline, Step
 
+from conftest import conversation_lines
+
 FIXTURE_STEPS = (
     Step("a_make", "a_make.ipynb", (), ("model.path",)),
     Step("b_consume", "b_consume.ipynb", ("a_make",), ("data.conversations",)),
@@ -195,7 +197,7 @@ def test_changes_rerun_the_step_and_downstream(write_params, project, run):
     assert after["a_make"] == before["a_make"] and after["c_check"] > before["c_check"]
 
     # An input file of b_consume changes: b and c re-run.
-    (project / "data" / "conversations.jsonl").write_text('{"id": 1}\n{"id": 2}\n{"id": 3}\n')
+    (project / "data" / "conversations.jsonl").write_text(conversation_lines(3))
     code, _, err = run(str(params))
     assert code == 0, err
     assert statuses(project) == {"a_make": "skipped", "b_consume": "completed", "c_check": "completed"}

@@ -143,22 +143,37 @@ def validate_conversation(obj: Any, where: str = "conversation") -> None:
                         f"{', '.join(CONVERSATION_SPLITS)}; found {split!r}")
 
 
+MAX_PROBLEMS_SHOWN = 20
+
+
 def _read_records(path: str | Path, what: str, key: str, validate, fix: str) -> list[dict[str, Any]]:
-    """Validated JSONL records, unique by `key`; errors name the file and line."""
+    """Validated JSONL records, unique by `key`. Every bad line is found in one pass: the
+    error names the file, the count, and the first MAX_PROBLEMS_SHOWN lines with their reason."""
     p, lines = _open_lines(path, what, fix)
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    problems: list[str] = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        obj = _json_line(p, lineno, line)
-        validate(obj, f"{p}:{lineno}")
-        rid = obj[key]
-        if rid in seen:
-            raise DataError(f"{p}:{lineno}: duplicate {key} {rid!r} (first on line {seen[rid]})")
+        try:
+            obj = _json_line(p, lineno, line)
+            validate(obj, f"{p}:{lineno}")
+            rid = obj[key]
+            if rid in seen:
+                raise DataError(f"{p}:{lineno}: duplicate {key} {rid!r} (first on line {seen[rid]})")
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
         seen[rid] = lineno
         obj.setdefault("metadata", {})
         out.append(obj)
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        more = f" (first {len(shown)} below)" if len(problems) > len(shown) else ""
+        raise DataError(f"{p}: {len(problems)} bad lines{more}; {fix}\n" + "\n".join(f"  {m}" for m in shown))
     if not out:
         raise DataError(f"{p}: no {what} in file; expected one JSON object per line")
     return out
@@ -229,6 +244,25 @@ def read_task_items(path: str | Path) -> list[dict[str, Any]]:
     choices, answer, metadata}``."""
     return _read_records(path, "task items", "item_id", validate_task_item,
                          "fix data.task_items in the params file, or run `make demo-data`")
+
+
+def read_lexicon(path: str | Path) -> dict[str, list[str]]:
+    """A domain lexicon: a JSON object {category: [terms]} (categories product, figure, jargon,
+    or others; terms are strings)."""
+    p = resolve(path)
+    if not p.is_file():
+        raise DataError(f"{p}: domain lexicon not found; fix data.domain_lexicon, or set it to null")
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: not valid JSON ({exc}); expected {{\"product\": [...], \"figure\": [...], "
+                        f"\"jargon\": [...]}}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{p}: expected a JSON object {{category: [terms, ...]}}; found {type(obj).__name__}")
+    for cat, terms in obj.items():
+        if not isinstance(terms, list) or any(not isinstance(t, str) for t in terms):
+            raise DataError(f"{p}: category {cat!r}: expected a list of strings; found {str(terms)[:60]}")
+    return obj
 
 
 # --------------------------------------------------------------------------- splits

@@ -116,7 +116,7 @@ def model_config(model: Any) -> tuple[str, dict[str, Any]] | None:
         try:
             return str(cfg), json.loads(cfg.read_text())
         except json.JSONDecodeError as exc:
-            raise ModelSourceError(f"{cfg}: not valid JSON ({exc.msg} at line {exc.lineno}); "
+            raise ModelSourceError(f"model.path: {cfg}: not valid JSON ({exc.msg} at line {exc.lineno}); "
                                    "restore the model folder's config.json") from None
     return None
 

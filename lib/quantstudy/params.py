@@ -411,11 +411,53 @@ def check_input_files(p: StudyParams, source: str) -> None:
         if not resolve(value).is_file():
             raise ParamsError(f"{source}: {key}: expected an existing file; found {value!r} (missing). "
                               "Fix the path, or run `make demo-data` for the embedded demo files")
+    check_input_contents(p, source)
     if p.model.source == "gguf":
         return  # checked with the model itself (check_model_source)
     if p.model.source == "embedded" and not (resolve(p.model.path) / "config.json").is_file():
         raise ParamsError(f"{source}: model.path: expected a model folder with config.json for "
                           f"source 'embedded'; found {p.model.path!r}. Run `make demo-model` or fix the path")
+
+
+_CONFIG_TYPES = {"model_type": str, "hidden_size": int, "intermediate_size": int, "num_hidden_layers": int,
+                 "num_attention_heads": int, "vocab_size": int}
+
+
+def check_input_contents(p: StudyParams, source: str) -> None:
+    """Read and check every input the run will use, before any step starts: conversations,
+    task items, the domain lexicon, rollout logs and a local model's config.json. A file with
+    several bad lines reports them all (the first 20, and the count)."""
+    from quantstudy import data
+
+    checks = [("data.conversations", lambda: data.read_conversations(p.data.conversations)),
+              ("data.task_items", lambda: data.read_task_items(p.data.task_items))]
+    if p.data.domain_lexicon is not None:
+        checks.append(("data.domain_lexicon", lambda: data.read_lexicon(p.data.domain_lexicon)))
+    if p.rollout.logs is not None:
+        def logs():
+            from quantstudy.rollout import read_logs
+
+            return read_logs(p.rollout.logs)
+        checks.append(("rollout.logs", logs))
+    for key, check in checks:
+        try:
+            check()
+        except ValueError as exc:  # DataError, RolloutError
+            raise ParamsError(f"{source}: {key}: {exc}") from None
+    if p.model.source != "gguf":
+        cfg_path = resolve(p.model.path) / "config.json"
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ParamsError(f"{source}: model.path: {cfg_path} is not valid JSON ({exc}); "
+                                  "restore the model folder's config.json") from None
+            if not isinstance(cfg, dict):
+                raise ParamsError(f"{source}: model.path: {cfg_path}: expected a JSON object; found {type(cfg).__name__}")
+            for key, typ in _CONFIG_TYPES.items():
+                if key in cfg and (not isinstance(cfg[key], typ) or isinstance(cfg[key], bool)):
+                    raise ParamsError(f"{source}: model.path: {cfg_path}: {key} must be {'a string' if typ is str else 'an integer'}; "
+                                      f"found {cfg[key]!r}")
 
 
 # --------------------------------------------------------------------------- notebooks
