@@ -91,7 +91,7 @@ def test_external_inputs_per_step(write_params, project):
 
     p = load_params(write_params())
     model, conv, tasks = project / "models/tiny", project / "data/conversations.jsonl", project / "data/task_items.jsonl"
-    assert runner.external_inputs(p, "01_calibration") == [conv, model]
+    assert runner.external_inputs(p, "01_calibration") == [conv, model]  # no lexicon in the fixture params
     assert runner.external_inputs(p, "02_quantize") == [model, conv]  # its sanity check reads held-out conversations
     assert runner.external_inputs(p, "03_evaluate") == [model, conv, tasks]
     assert runner.external_inputs(p, "04_benchmark") == [model]
@@ -411,3 +411,75 @@ def test_manifest_follows_the_umask(write_params, project, run):
         os.umask(old)
     mode = stat.S_IMODE((project / "outputs" / "study" / "manifest.json").stat().st_mode)
     assert mode == 0o644, oct(mode)
+
+
+def test_a_label_change_reruns_nothing_and_step_keys_skip_unread_fields(write_params, project, run):
+    from quantstudy.params import load_params
+
+    params = write_params()
+    assert run(str(params))[0] == 0
+    write_params(**{"study.name": "renamed"})
+    code, _, err = run(str(params))
+    assert code == 0, err
+    assert statuses(project) == {n: "skipped" for n in NAMES}
+    p = load_params(params)
+    keys = runner.key_parameters(p, "02_quantize", STEP_SECTIONS["02_quantize"])
+    assert "data_task_items" not in keys and "study_name" not in keys and "data_conversations" in keys
+    assert "model_dtype" not in runner.key_parameters(p, "01_calibration", STEP_SECTIONS["01_calibration"])
+    assert "quantize_group_size" in runner.key_parameters(p, "02_quantize", STEP_SECTIONS["02_quantize"])
+
+
+def test_partial_runs_mark_downstream_steps_stale(write_params, project, run):
+    params = write_params()
+    assert run(str(params))[0] == 0
+    write_params(**{"quantize.group_size": 64})   # a_make reads it
+    code, out, err = run(str(params), "--steps", "a_make")
+    assert code == 0, err
+    m = manifest(project)
+    assert m["complete"] is False and m["stale_steps"] == ["b_consume", "c_check"]
+    assert m["steps"]["b_consume"]["stale"] is True and "a_make changed" in m["steps"]["b_consume"]["stale_reason"]
+    assert "stale steps" in out
+    code, _, err = run(str(params))               # b and c re-run: nothing stale any more
+    assert code == 0, err
+    m = manifest(project)
+    assert m["complete"] is True and m["stale_steps"] == [] and "stale" not in m["steps"]["c_check"]
+
+
+def test_a_failed_rerun_keeps_the_good_result(write_params, project, run):
+    params = write_params()
+    assert run(str(params))[0] == 0
+    run_dir = project / "outputs" / "study"
+    good = (run_dir / "c_check" / "metrics.json").read_bytes()
+    good_nb = (run_dir / "notebooks" / "c_check.ipynb").read_bytes()
+    (run_dir / "report.html").write_text("<html><body><h1>report</h1></body></html>")
+    write_params(**{"rollout.scenario": "worse"})   # c_check fails on 'worse'
+    code, out, err = run(str(params))
+    assert code == 1 and "c_check.failed.ipynb" in err
+    assert (run_dir / "c_check" / "metrics.json").read_bytes() == good
+    assert (run_dir / "notebooks" / "c_check.ipynb").read_bytes() == good_nb
+    assert (run_dir / "notebooks" / "c_check.failed.ipynb").is_file()
+    m = manifest(project)
+    rec = m["steps"]["c_check"]
+    assert rec["status"] == "completed" and rec["failed_attempt"]["status"] == "failed" and m["complete"] is False
+    assert 'id="report-out-of-date"' in (run_dir / "report.html").read_text()
+    write_params()                                   # back to the params of the good result
+    code, _, err = run(str(params))
+    assert code == 0, err
+    m = manifest(project)
+    assert m["complete"] is True and "failed_attempt" not in m["steps"]["c_check"]
+
+
+def test_report_refuses_stale_runs_unless_asked(tmp_path):
+    import shutil
+
+    from quantstudy import report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run", run_dir)
+    m = json.loads((run_dir / "manifest.json").read_text())
+    report.check_complete(run_dir)
+    m["steps"]["03_evaluate"].update(stale=True, stale_reason="02_quantize changed since it ran")
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(report.ReportError, match="stale steps.*03_evaluate.*--allow-stale"):
+        report.check_complete(run_dir)
+    assert report.check_complete(run_dir, allow_stale=True)

@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="build the report for a run folder")
     rep.add_argument("run_dir")
+    rep.add_argument("--allow-stale", action="store_true", help="render even when steps are stale (with a banner)")
 
     sub.add_parser("demo-data", help="write the embedded demo data under data/demo/")
     di = sub.add_parser("demo-items", help="write the chat model's task items (data/demo/task_items_chat.jsonl)")
@@ -80,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--baseline", help="dense baseline folder (default: the dequantized checkpoint)")
     bn.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     bn.add_argument("--no-production", action="store_true", help="skip the production-shaped model")
+
+    cp = sub.add_parser("compare", help="put run folders side by side on one HTML page")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders")
+    cp.add_argument("--out", required=True, help="the HTML page to write")
+    cp.add_argument("--force", action="store_true", help="compare runs even when their quality budgets differ")
 
     bd = sub.add_parser("bench-doc", help="regenerate a benchmark page's tables (FOLDER/README.md) from metrics.json")
     bd.add_argument("folder", help="page folder, e.g. docs/gpu-benchmark-h100")
@@ -121,6 +127,13 @@ def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
             _err(f"error: report failed: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
         print(message)
+    elif not result.complete:
+        stale = (runner.read_manifest(result.run_dir).get("stale_steps") or [])
+        if stale:
+            print(f"stale steps (their inputs changed since they ran): {', '.join(stale)}; "
+                  f"no report built (quantstudy run {args.params} re-runs them)")
+        runner.mark_report_out_of_date(result.run_dir, "the run is incomplete or has stale steps"
+                                       + (f" ({', '.join(stale)})" if stale else ""))
     return EXIT_OK
 
 
@@ -143,7 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from quantstudy.report import ReportError
 
     try:
-        result = build_report(run_dir)
+        result = build_report(run_dir, allow_stale=args.allow_stale)
     except ReportError as exc:
         _err(f"error: {exc}")
         return EXIT_FAILED
@@ -237,6 +250,18 @@ def cmd_bench_doc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantstudy.report_compare import CompareError, compare_runs
+
+    try:
+        _, message = compare_runs(args.run_dirs, args.out, force=args.force)
+    except CompareError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    print(message)
+    return EXIT_OK
+
+
 COMMANDS = {
     "bench": cmd_bench,
     "bench-doc": cmd_bench_doc,
@@ -248,6 +273,7 @@ COMMANDS = {
     "demo-model": cmd_demo_model,
     "demo-items": cmd_demo_items,
     "sync-notebooks": cmd_sync_notebooks,
+    "compare": cmd_compare,
 }
 
 

@@ -29,6 +29,19 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "05_rollout_analysis": ("study", "evaluate", "rollout"),
 }
 
+# Fields a step receives but never reads: left out of its skip key, so changing them does not
+# re-run it ("*": every step; study.name is a label for the report).
+IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
+    "*": ("study_name",),
+    "01_calibration": ("study_device", "model_dtype", "model_eval_dtype", "data_task_items"),
+    "02_quantize": ("data_task_items", "data_domain_lexicon", "targets_evaluation_wall_s",
+                    "targets_fast_decode_speedup", "targets_quantized_bytes_ratio"),
+    "03_evaluate": ("targets_awq_search_s_max",
+                    "targets_steps_01_02_wall_s", "targets_fast_decode_speedup", "targets_quantized_bytes_ratio"),
+    "04_benchmark": ("model_eval_dtype", "targets_awq_search_s_max", "targets_steps_01_02_wall_s",
+                     "targets_evaluation_wall_s"),
+}
+
 # Metrics a quality-budget line may name (computed by step 03, per evaluation domain).
 BUDGET_METRICS = (
     "policy_closed_book_acc",
@@ -200,6 +213,8 @@ class RolloutSection(_Section):
     worse_drop: float = Field(0.05, gt=0.0, lt=1.0, description="satisfaction drop of the quantized arm in the 'worse' scenario")
     margin: float | None = Field(None, gt=0.0, lt=1.0, description="null: the budget's satisfaction line sets the non-inferiority margin")
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    candidate_rule: Literal["best_worst_case", "best_point"] = Field(
+        "best_worst_case", description="how step 05 picks the checkpoint to ship (quantstudy.rollout.CANDIDATE_RULES)")
 
     @field_validator("stages")
     @classmethod

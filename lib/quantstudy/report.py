@@ -8,18 +8,27 @@ directory = project root) and exported with nbconvert's ``HTMLExporter`` (lab te
 code hidden, figures embedded as base64 PNGs, no external scripts: MathJax, require.js
 and mermaid are left out so the page needs no network).
 
-Arc: *Situation* (baseline footprint and cost), *Decision* (method, bits, group size, the
-quality budget as declared), *Execution* (calibration sets, PII scrub, quantization runs,
-search settings), *Outcome* (quality vs budget, calibration effects, cross-domain matrix,
-speed/memory/cost, the trap callout, the rollout verdict), *Lessons* (sentences built from
-the measured numbers) and a *Process checklist* ticked from the manifest and metrics.
+Arc: *The answer* (a box on the first screen, one generated line per question: does the
+calibration data matter, can we ship 4-bit, speed and memory, the rollout, can we trust the
+run; each line links to its section) and a table of contents, then the run stamp with the
+steps (executed notebooks rendered to HTML beside the .ipynb), *Situation* (baseline
+footprint and cost), *Decision* (method, bits, group size, the quality budget as declared),
+*Execution* (calibration sets, PII scrub, quantization runs, search settings), *Outcome*
+(quality vs budget, calibration effects, cross-domain matrix, speed/memory/cost, the trap
+callout, the rollout verdict with the candidate rule and runner-up), *Lessons* (sentences
+built from the measured numbers) and a *Process checklist* ticked from the manifest and metrics.
 
-HTML id hooks: ``stamp``, ``situation``, ``decision``, ``budget-declared``, ``execution``,
-``outcome``, ``budget``, ``effects``, ``flagged-rtn``, ``speed``, ``traps``, ``verdict``,
-``lessons``, ``checklist``.
+HTML id hooks: ``answer``, ``toc``, ``stamp``, ``steps``, ``situation``, ``decision``,
+``budget-declared``, ``execution``, ``outcome``, ``budget``, ``effects``, ``flagged-rtn``,
+``speed-cost``, ``speed``, ``traps``, ``verdict``, ``candidate``, ``lessons``, ``checklist``;
+figures are ``figure-1``, ``figure-2``, ... with a one-sentence caption (:data:`CAPTIONS`).
 
 The figure functions (``fig_*``) take the dict returned by :func:`load_metrics` and return
 a matplotlib figure (or None when the run has nothing to draw); the notebook calls them.
+
+Next to ``report.html``, :func:`build_report` writes ``report.pdf`` with headless Chromium's
+print-to-PDF (skipped, in one line, when Chromium is missing) and ``notebooks/<step>.html``.
+:mod:`quantstudy.report_compare` puts several runs side by side (``quantstudy compare``).
 """
 from __future__ import annotations
 
@@ -57,8 +66,20 @@ class ReportError(ValueError):
 
 
 # =========================================================================== inputs
-def check_complete(run_dir: str | Path) -> dict[str, Any]:
-    """The run's manifest, or ReportError naming every missing or unfinished step."""
+def stale_steps(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """Steps whose results no longer match their inputs (stale), or whose last re-run failed."""
+    out = {}
+    for name, rec in (manifest.get("steps") or {}).items():
+        if rec.get("stale"):
+            out[name] = str(rec.get("stale_reason") or "stale")
+        elif rec.get("failed_attempt"):
+            out[name] = "its last re-run failed; these are the results from before it"
+    return out
+
+
+def check_complete(run_dir: str | Path, allow_stale: bool = False) -> dict[str, Any]:
+    """The run's manifest, or ReportError naming every missing, unfinished or (unless
+    ``allow_stale``) stale step."""
     run_dir = Path(run_dir)
     problems: list[str] = []
     manifest_path = run_dir / MANIFEST
@@ -88,6 +109,11 @@ def check_complete(run_dir: str | Path) -> dict[str, Any]:
     if problems:
         raise ReportError(f"{run_dir}: incomplete run, no report built: " + ", ".join(problems)
                           + ". Run the missing steps first (quantstudy run PARAMS --from STEP).")
+    stale = stale_steps(manifest)
+    if stale and not allow_stale:
+        raise ReportError(f"{run_dir}: stale steps, no report built: "
+                          + ", ".join(f"{k} ({v})" for k, v in stale.items())
+                          + ". Re-run them (quantstudy run PARAMS), or render anyway with --allow-stale.")
     return manifest
 
 
@@ -259,6 +285,200 @@ def _checklist(M: Mapping[str, Any], run_dir: Path) -> list[tuple[bool, str, str
     ]
 
 
+# =========================================================================== the answer box
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _size(b: Any) -> str:
+    v = _num(b)
+    return "n/a" if v is None else _gb(v) if v >= 1e9 else _mb(v)
+
+
+def _first_line(M: Mapping[str, Any]) -> dict | None:
+    """The budget's first line that step 03 judged (satisfaction is left to the rollout)."""
+    judged = {r.get("metric") for r in M["03_evaluate"].get("budget") or []}
+    return next((b for b in M["03_evaluate"].get("budget_declared") or [] if b.get("metric") in judged), None)
+
+
+def headline_effects(M: Mapping[str, Any]) -> list[dict]:
+    """In-domain vs generic effects on the budget's first metric and in-domain perplexity."""
+    first = _first_line(M)
+    heads = list(dict.fromkeys(([first["metric"]] if first else []) + ["indomain_ppl"]))
+    effects = _effects(M)
+    return [e for m in heads for e in effects if e.get("metric") == m] or effects[:2]
+
+
+def _draws(e: Mapping[str, Any]) -> str:
+    a, b = (list(e.get("draws") or []) + ["?", "?"])[:2]
+    return f"{a} draw{'' if a == 1 else 's'} each" if a == b else f"{a} and {b} draws"
+
+
+def effect_clause(e: Mapping[str, Any], ci: str) -> str:
+    """'in-domain calibration lowered in-domain perplexity by 1.09% [0.55, 1.53] against generic'
+    or '<metric>: no measurable difference (..., the interval includes 0)'."""
+    unit = str(e.get("unit", ""))
+    u = "%" if unit.startswith("%") else f" {unit}"
+    what = _label(e["metric"])
+    a, b = (SOURCE_LABELS.get(e[k], e[k]).lower() for k in ("a", "b"))
+    if e.get("within_noise"):
+        return (f"{what}: no measurable difference ({fmt(e['point'], 2, True)}{u}, {ci} [{fmt(e['lo'], 2, True)}, "
+                f"{fmt(e['hi'], 2, True)}]: the interval includes 0)")
+    lo, hi = sorted((abs(e["lo"]), abs(e["hi"])))
+    verb = "lowered" if e["point"] < 0 else "raised"
+    return f"{a} calibration {verb} {what} by {fmt(abs(e['point']))}{u} ({ci} [{fmt(lo)}, {fmt(hi)}]) against {b}"
+
+
+def _answer_calibration(M: Mapping[str, Any]) -> tuple[str, str]:
+    effs = headline_effects(M)
+    if not effs:
+        return "This run did not compare in-domain with generic calibration.", "info"
+    clauses = [effect_clause(e, _ci_level(M)) for e in sorted(effs, key=lambda e: bool(e.get("within_noise")))]
+    lead = "Yes" if any(not e.get("within_noise") for e in effs) else "No measurable difference"
+    return f"{lead}: {_e('; '.join(clauses))}; over {_draws(effs[0])}.", "info"
+
+
+def deciding_line(M: Mapping[str, Any], checkpoint: str) -> dict | None:
+    """The budget line that decides a checkpoint: the one furthest over its limit when it fails,
+    the tightest when it passes (worst case against limit, at the worse end of the CI)."""
+    rows = [r for r in M["03_evaluate"].get("budget") or [] if r.get("checkpoint") == checkpoint
+            and _num(r.get("worst_case")) is not None and _num(r.get("limit")) is not None]
+    return min(rows, key=lambda r: r["limit"] - r["worst_case"], default=None)
+
+
+def line_text(r: Mapping[str, Any] | None) -> str:
+    if not r:
+        return "no budget line recorded"
+    return (f"{_label(r['metric'])}, worst case {fmt(r['worst_case'], 2, True)} {r.get('unit', '')} against a limit "
+            f"of {fmt(r['limit'])} {r.get('unit', '')} ({str(r.get('verdict', '')).upper()})")
+
+
+def _answer_budget(M: Mapping[str, Any]) -> tuple[str, str]:
+    verdicts = M["03_evaluate"].get("verdict_by_checkpoint") or {}
+    cand = M["05_rollout_analysis"].get("candidate") or {}
+    name = cand.get("checkpoint", "n/a")
+    passed = verdicts.get(name) == "pass"
+    k, n = sum(v == "pass" for v in verdicts.values()), len(verdicts)
+    line = _e(line_text(deciding_line(M, name)))
+    if passed:
+        text = (f'<span class="go">GO</span> for 4-bit: <code>{_e(name)}</code> would ship; it keeps every offline '
+                f"budget line inside its limit at the worse end of the {_ci_level(M)}; the tightest is {line}. "
+                f"{k} of {n} checkpoint(s) pass.")
+    else:
+        text = (f'<span class="nogo">NO-GO</span>: {k} of {n} quantized checkpoint(s) keep every offline budget line. '
+                f"The best by the rule, <code>{_e(name)}</code>, is held back by {line}.")
+    if cand.get("rule"):
+        ru = cand.get("runner_up") or {}
+        text += (f" Chosen by rule <code>{_e(cand['rule'])}</code>"
+                 + (f"; runner-up <code>{_e(ru.get('checkpoint'))}</code>." if ru else "."))
+    return text, "ok" if passed else "bad"
+
+
+def _trap_text(M: Mapping[str, Any], model: str, path: str) -> str:
+    traps = M["04_benchmark"].get("traps") or []
+    if not traps:
+        return "Trap check: no quantized path ran slower than the float baseline."
+    pairs = sorted({f"{t.get('model', '')}/{t.get('path')}" for t in traps})
+    slowest = min(traps, key=lambda t: _num(t.get("speedup")) or math.inf)
+    ours = f"{model}/{path}" in pairs
+    return (f'<span class="nogo">TRAP</span>: {len(traps)} measurement(s) ran slower than the float baseline on '
+            f"{_e(', '.join(pairs))} (slowest {fmt(slowest.get('speedup'))}x); {_e(model)}/{_e(path)} is "
+            f"{'among them' if ours else 'not among them'}.")
+
+
+def _answer_speed(M: Mapping[str, Any]) -> tuple[str, str]:
+    name, r = _main_bench(M)
+    rows = _speed_rows(r)
+    path = "fast4" if any(s.get("path") == "fast4" for s in rows) else next((s.get("path") for s in rows), None)
+    hw = (r.get("env") or {}).get("hardware_label") or "the measured hardware"
+    if path is None:
+        return f"No speed measurements for a quantized path on {_e(hw)}. " + _trap_text(M, name, ""), "info"
+    s = min((x for x in rows if x.get("path") == path), key=lambda x: (x.get("batch") or 0, x.get("context") or 0))
+    base, quant = _memory_row(r, "baseline") or {}, _memory_row(r, path) or {}
+    text = (f"On {_e(hw)} ({_e(name)} model, batch {s.get('batch')}, context {s.get('context')}): {_e(path)} decodes at "
+            f"{fmt(s.get('decode_speedup'))}x and prefills at {fmt(s.get('prefill_speedup'))}x the float baseline's "
+            f"speed; weights {_size(base.get('weight_bytes_full_model'))} &rarr; "
+            f"{_size(quant.get('weight_bytes_full_model'))}. " + _trap_text(M, name, path))
+    slow = any(_num(s.get(k)) is not None and s[k] < 1 for k in ("decode_speedup", "prefill_speedup"))
+    return text, "bad" if slow or "TRAP" in text else "info"
+
+
+def _answer_rollout(M: Mapping[str, Any]) -> tuple[str, str]:
+    r5 = M["05_rollout_analysis"]
+    main, worse = r5.get("rollout") or {}, r5.get("worse_scenario")
+    sim = bool(main.get("simulated"))
+    decision = str(main.get("decision", "n/a"))
+    when = (f" at look {main['stopped_at_look']}" if main.get("stopped_at_look") is not None
+            else f" after {main.get('n_looks', 'n/a')} look(s)")
+    text = (('<span class="sim-label">SIMULATED</span> ' if sim else "")
+            + f"{_e(decision.upper())} for <code>{_e((r5.get('candidate') or {}).get('checkpoint', 'n/a'))}</code>{when}")
+    if worse:
+        fired = worse.get("decision") == "roll back"
+        text += (f"; the 'worse' scenario ends in {_e(str(worse.get('decision', 'n/a')).upper())}, so the rollback "
+                 f"trigger {'works' if fired else 'did NOT fire'}")
+    text += " (simulated logs, not real users)." if sim else " (real rollout logs)."
+    return text, {"cut over": "ok", "roll back": "bad"}.get(decision, "info")
+
+
+def trust_problems(M: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(section id, sentence) for everything that makes the run untrustworthy."""
+    from quantstudy.runner import budget_changed_after_results
+
+    man = M["manifest"]
+    out = []
+    if budget_changed_after_results(man):
+        out.append(("verdict", "the quality budget was changed after results were seen"))
+    stale = stale_steps(man)
+    if stale:
+        out.append(("steps", "stale or failed re-run: " + "; ".join(f"{k} ({v})" for k, v in stale.items())))
+    flagged = M["02_quantize"].get("worse_than_rtn_on_own_domain") or []
+    if flagged:
+        out.append(("flagged-rtn", f"{len(flagged)} AWQ checkpoint(s) worse than round-to-nearest on their own "
+                                   f"calibration domain ({', '.join(flagged)})"))
+    older = _older_steps(man)
+    if older:
+        out.append(("steps", f"{len(older)} step(s) computed under an older commit ({', '.join(older)})"))
+    return out
+
+
+def _answer_trust(M: Mapping[str, Any], base: str) -> tuple[str, str]:
+    problems = trust_problems(M)
+    if not problems:
+        return ("Nothing flagged: budget unchanged since the results, no stale steps, AWQ never worse than "
+                "round-to-nearest on its own domain, every step at the stamped commit."), "ok"
+    items = "; ".join(f'<a href="{base}#{a}">{_e(t)}</a>' for a, t in problems)
+    return f"<strong>{len(problems)} warning(s)</strong>: {items}.", "bad"
+
+
+def answer_html(M: Mapping[str, Any], base: str = "", box_id: str = "answer") -> str:
+    """The answer box: one generated line per question, each linking to its section (``base``
+    prefixes the links, for a page that is not the report itself). One line of HTML."""
+    lines = [("Does the calibration data matter?", "effects", *_answer_calibration(M)),
+             ("Can we ship 4-bit?", "budget", *_answer_budget(M)),
+             ("Speed and memory", "speed-cost", *_answer_speed(M)),
+             ("Rollout", "verdict", *_answer_rollout(M)),
+             ("Can we trust this run?", "checklist", *_answer_trust(M, base))]
+    items = "".join(f'<li class="answer-{cls}"><a class="answer-q" href="{base}#{anchor}">{q}</a> {text}</li>'
+                    for q, anchor, text, cls in lines)
+    return (f'<div id="{box_id}" class="answer"><p class="answer-head"><strong>The answer</strong> '
+            "<small>(generated from this run's metrics; each line links to its section)</small></p>"
+            f"<ul>{items}</ul></div>")
+
+
+def _toc(M: Mapping[str, Any]) -> str:
+    e3 = M["03_evaluate"]
+    entries = [("answer", "The answer"), ("stamp", "Run stamp"), ("steps", "Steps and notebooks"),
+               ("situation", "Situation"), ("decision", "Decision"), ("execution", "Execution"),
+               ("budget", "Quality vs budget"), ("effects", "Calibration effects"),
+               *([("flips", "Flips")] if e3.get("flips") else []),
+               *([("reference-tasks", "Reference tasks")] if e3.get("reference_tasks") else []),
+               ("flagged-rtn", "AWQ vs round-to-nearest"), ("speed-cost", "Speed, memory, cost"),
+               ("verdict", "Rollout verdict"), ("candidate", "Candidate rule"), ("lessons", "Lessons"),
+               ("checklist", "Process checklist")]
+    items = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in entries)
+    return f'<nav id="toc" class="toc"><strong>Contents</strong><ol>{items}</ol></nav>'
+
+
 # =========================================================================== figures
 def _plt():
     import matplotlib.pyplot as plt
@@ -266,17 +486,67 @@ def _plt():
     return plt
 
 
-def show(fig) -> None:
-    """Display a figure in the executing notebook (PNG) and release it."""
+CAPTIONS = {  # one sentence per figure: what to look at
+    "calibration": "Look at whether the in-domain sets cover more domain terms than the generic ones, and at the "
+                   "overlap with the evaluation text, which should stay low (no leakage).",
+    "search_settings": "Look at whether the extra AutoAWQ search settings buy a lower perplexity for their longer "
+                       "search time.",
+    "budget": "Look at the worse end of each interval against the dashed budget line: a line passes only when the "
+              "whole interval stays inside it.",
+    "effects": "Look at whether each interval crosses the dashed zero line: grey points are within noise, blue ones "
+               "are real differences between calibration sources.",
+    "matrix": "Look along each row for the evaluation domain a calibration source hurts least and most.",
+    "category_damage": "Look at which token categories lose the most under quantization, and whether in-domain "
+                       "calibration shrinks that loss.",
+    "speedups": "Look for bars below 1x: those paths run slower than the float baseline (the trap).",
+    "memory_cost": "Look at how far the 4-bit paths cut weight memory, and whether that buys fewer devices and a "
+                   "lower cost per 1,000 conversations.",
+    "rollout": "Look at the one-sided lower bound against the dotted margin line: cut over needs it above the "
+               "margin at the final stage.",
+    "worse_scenario": "Look at where the 'worse' scenario stops: the rollback trigger must fire before the full "
+                      "cut-over.",
+}
+_figures = {"n": 0}
+
+
+def start_figures() -> None:
+    """Number the report's figures from 1 again (the report notebook's setup cell calls it)."""
+    _figures["n"] = 0
+
+
+def _png_base64(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def show(fig, caption: str | None = None) -> None:
+    """Display a figure in the executing notebook and release it: with a caption, as a numbered
+    ``<figure>`` (embedded PNG, "Figure N." caption); without one, as a plain PNG output."""
     if fig is None:
         return
-    from IPython.display import display
+    from IPython.display import HTML, display
 
-    display(fig)
+    if caption is None:
+        display(fig)
+    else:
+        _figures["n"] += 1
+        n = _figures["n"]
+        display(HTML(f'<figure id="figure-{n}" class="report-figure"><img src="data:image/png;base64,'
+                     f'{_png_base64(fig)}" alt="Figure {n}: {_e(caption)}"><figcaption><strong>Figure {n}.</strong> '
+                     f"{_e(caption)}</figcaption></figure>"))
     try:
         _plt().close(fig)
     except Exception:  # noqa: BLE001 - a bare Figure is not managed by pyplot
         pass
+
+
+def _fig(name: str, call: str | None = None) -> tuple[str, str]:
+    """The code cell that draws figure ``name`` with its caption."""
+    return "code", f'R.show(R.{call or f"fig_{name}(M)"}, R.CAPTIONS["{name}"])'
 
 
 def fig_calibration(M: Mapping[str, Any]):
@@ -528,20 +798,20 @@ def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
     step_rows = []
     for name in STEP_NAMES:
         rec = steps.get(name) or {}
-        nb = rec.get("notebook") or f"notebooks/{name}.ipynb"
         commit = rec.get("git_commit")
         computed = (f"`{str(commit)[:12]}`" + (" (dirty)" if rec.get("git_dirty") else "")) if commit else "n/a"
-        if commit and sha != "unknown" and commit != sha:
+        if name in _older_steps(man):
             computed += " **older commit**"
         step_rows.append(f"| {name} | {rec.get('status', 'n/a')} | {fmt(rec.get('duration_s'), 1)} | "
-                         f"{rec.get('start') or 'n/a'} | {computed} | [{nb}]({nb}) | [{name}/{METRICS}]({name}/{METRICS}) |")
-    older = [n for n in STEP_NAMES if (steps.get(n) or {}).get("git_commit") not in (None, sha)]
+                         f"{rec.get('start') or 'n/a'} | {computed} | {_notebook_links(rec, name, run_dir)} | "
+                         f"[{name}/{METRICS}]({name}/{METRICS}) |")
+    older = _older_steps(man)
     ticks = _checklist(M, run_dir)
     n_ok = sum(t for t, _, _ in ticks)
     return "\n".join([
-        f"# Quantization study report: run `{run_id}`",
-        "",
         '<div id="stamp">',
+        "",
+        "## Run stamp",
         "",
         f"- **Run id:** `{run_id}`",
         f"- **Git SHA:** {sha_text}",
@@ -554,7 +824,9 @@ def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
         "",
         md_table([{"section": k, "values": v} for k, v in summary]),
         "",
-        "**Steps** (executed notebooks and metrics, relative to this run folder)",
+        '<div id="steps">',
+        "",
+        "**Steps** (executed notebooks, rendered to HTML with code and outputs, and metrics; relative to this run folder)",
         "",
         "| step | status | duration (s) | started | computed at commit | executed notebook | metrics |",
         "|---|---|---|---|---|---|---|",
@@ -564,7 +836,29 @@ def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
          f"({', '.join(older)}): their library code hash matched, so their results were kept." if older else ""),
         "",
         "</div>",
+        "",
+        "</div>",
     ])
+
+
+def _title(M: Mapping[str, Any], run_dir: Path) -> str:
+    return f"# Quantization study report: run `{M['manifest'].get('run_id') or run_dir.name}`"
+
+
+def _older_steps(man: Mapping[str, Any]) -> list[str]:
+    """Steps whose recorded commit differs from the commit stamped on the run."""
+    sha = (man.get("git") or {}).get("commit")
+    steps = man.get("steps") or {}
+    return [n for n in STEP_NAMES if sha and (steps.get(n) or {}).get("git_commit") not in (None, sha)]
+
+
+def _notebook_links(rec: Mapping[str, Any], name: str, run_dir: Path) -> str:
+    """The executed notebook as HTML (when rendered) with a small link to the .ipynb."""
+    nb = rec.get("notebook") or f"notebooks/{name}.ipynb"
+    page = str(Path(nb).with_suffix(".html"))
+    if (run_dir / page).is_file():
+        return f"[{name} (HTML)]({page}) <small>([.ipynb]({nb}))</small>"
+    return f"[{nb}]({nb})"
 
 
 def _situation(M: Mapping[str, Any]) -> str:
@@ -610,7 +904,8 @@ def _decision(M: Mapping[str, Any]) -> str:
         f"- **Method:** AWQ (activation-aware weight quantization, AutoAWQ), {len(awq)} AWQ checkpoint(s) built",
         f"- **Bits:** {', '.join(map(str, bits)) or 'n/a'}" + (f" (simulated, not packed: {simulated})" if simulated else ""),
         f"- **Group size:** {', '.join(map(str, groups)) or 'n/a'}; zero point {', '.join(zp)}; kernel layout {', '.join(ver)}",
-        f"- **Rollout candidate** (step 05): `{cand.get('checkpoint', 'n/a')}`",
+        f"- **Rollout candidate** (step 05): `{cand.get('checkpoint', 'n/a')}`"
+        + (f" (rule `{cand['rule']}`, [how it is chosen](#candidate))" if cand.get("rule") else ""),
         "",
         '<div id="budget-declared">', "",
         "**Quality budget as declared** (echoed unchanged from `03_evaluate/metrics.json` `budget_declared`; "
@@ -694,10 +989,10 @@ def _execution(M: Mapping[str, Any]) -> list[tuple[str, str]]:
         flag = ((man.get("params") or {}).get("quantize") or {}).get("compare_search_settings")
         search_md = ("### AutoAWQ search settings\n\nNot compared in this run"
                      + (" (`quantize.compare_search_settings: false`)." if flag is False else "."))
-    cells = [("markdown", cal_md), ("code", "R.show(R.fig_calibration(M))"), ("markdown", quant_md),
+    cells = [("markdown", cal_md), _fig("calibration"), ("markdown", quant_md),
              ("markdown", search_md)]
     if settings:
-        cells.append(("code", "R.show(R.fig_search_settings(M))"))
+        cells.append(_fig("search_settings"))
     return cells
 
 
@@ -731,7 +1026,7 @@ def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
         f"**Overall:** {len(passed)} of {len(verdicts)} checkpoint(s) pass every budget line"
         + (f": {', '.join(f'`{p}`' for p in passed)}." if passed else "."), "",
         md_table(v_rows), "", "</div>"])))
-    cells.append(("code", "R.show(R.fig_budget(M))"))
+    cells.append(_fig("budget"))
     # ---- calibration effects
     eff = e3.get("calibration_effects") or []
     e_rows = [{"comparison": f"{e['a']} vs {e['b']}", "metric": e["metric"], "effect (a - b)": f"{fmt(e['point'], 2, True)} {e.get('unit', '')}",
@@ -745,7 +1040,7 @@ def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
         "resamples both evaluation items and calibration draws.", "",
         md_table(e_rows) if e_rows else "", "", "</div>"])))
     if eff:
-        cells.append(("code", "R.show(R.fig_effects(M))"))
+        cells.append(_fig("effects"))
     # ---- flips and reference tasks
     cells += _flip_cells(M)
     # ---- matrix + category damage
@@ -757,9 +1052,9 @@ def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
             "### Cross-domain matrix", "",
             "Change against the baseline by calibration source (mean over draws): perplexity in %, accuracy in points.", "",
             md_table(m_rows)])))
-        cells.append(("code", "R.show(R.fig_matrix(M))"))
+        cells.append(_fig("matrix"))
     if e3.get("category_damage"):
-        cells.append(("code", "R.show(R.fig_category_damage(M))"))
+        cells.append(_fig("category_damage"))
     # ---- worse than RTN
     flagged = q.get("worse_than_rtn_on_own_domain") or []
     by = {s["name"]: s for s in q.get("sanity") or []}
@@ -846,9 +1141,10 @@ def _speed_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     t_rows = [{"target": k, "measured": fmt(v.get("measured")), "target value": fmt(v.get("target")),
                "met": fmt(v.get("met")), "where": v.get("where", "")} for k, v in (b.get("targets") or {}).items()]
     lines += ["Benchmark targets:", "", md_table(t_rows) if t_rows else "_none_", "", "</div>"]
-    cells = [("markdown", "### Speed, memory and cost (step 04)"), ("markdown", _trap_callout(M)),
-             ("markdown", "\n".join(lines)), ("code", "R.show(R.fig_speedups(M))"),
-             ("code", "R.show(R.fig_memory_cost(M))")]
+    cells = [("markdown", '<div id="speed-cost"></div>\n\n### Speed, memory and cost (step 04)'),
+             ("markdown", _trap_callout(M)),
+             ("markdown", "\n".join(lines)), _fig("speedups"),
+             _fig("memory_cost")]
     return cells
 
 
@@ -925,6 +1221,7 @@ def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
         f"Candidate `{cand.get('checkpoint', 'n/a')}`: measured task-quality change "
         f"{fmt(cand.get('quality_change_points'), 2, True)} points ({', '.join(cand.get('tasks') or [])}); "
         f"passed the offline budget: **{fmt(cand.get('passed_offline_budget'))}**.", "",
+        _candidate_md(M), "",
         md_table(_rollout_summary_rows(main)), "",
     ]
     if worse:
@@ -933,10 +1230,37 @@ def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
                   + (f" (stopped at look {worse.get('stopped_at_look')})" if worse.get("stopped_at_look") is not None else "")
                   + ".", ""]
     lines.append("</div>")
-    cells = [("markdown", "\n".join(lines)), ("code", "R.show(R.fig_rollout(M, 'rollout'))")]
+    cells = [("markdown", "\n".join(lines)), _fig("rollout", "fig_rollout(M, 'rollout')")]
     if worse:
-        cells.append(("code", "R.show(R.fig_rollout(M, 'worse_scenario'))"))
+        cells.append(_fig("worse_scenario", "fig_rollout(M, 'worse_scenario')"))
     return cells
+
+
+def _candidate_row(role: str, c: Mapping[str, Any], ci: str) -> dict:
+    unit = c.get("unit", "")
+    return {"role": role, "checkpoint": f"`{c.get('checkpoint')}`", "calibration": c.get("calibration") or "none",
+            "draw": "" if c.get("draw") is None else c["draw"],
+            f"worst case ({ci}, worse end)": f"{fmt(c.get('worst_case'), 2, True)} {unit}",
+            "point estimate": f"{fmt(c.get('point'), 2, True)} {unit}", "limit": f"{fmt(c.get('limit'))} {unit}",
+            "passes every offline line": fmt(c.get("passed_offline_budget"))}
+
+
+def _candidate_md(M: Mapping[str, Any]) -> str:
+    """How the shipped candidate was chosen: the rule from params, the candidate and the runner-up."""
+    cand = M["05_rollout_analysis"].get("candidate") or {}
+    if not cand.get("rule"):
+        return ('<div id="candidate">\n\n**How the candidate was chosen:** not recorded (this run\'s step 05 predates '
+                "`rollout.candidate_rule`; re-run step 05 to record the rule and the runner-up).\n\n</div>")
+    ci = _ci_level(M)
+    rows = [_candidate_row("shipped candidate", cand, ci)]
+    if cand.get("runner_up"):
+        rows.append(_candidate_row("runner-up", cand["runner_up"], ci))
+    fails = ("" if cand.get("passed_offline_budget") else
+             "**No checkpoint passes every offline budget line: the candidate is the best one overall and FAILS the "
+             "offline budget.**")
+    return "\n".join(['<div id="candidate">', "",
+                      f"**How the candidate was chosen** (`rollout.candidate_rule: {cand['rule']}`): "
+                      f"{cand.get('rule_text', '')}.", "", md_table(rows), "", fails, "", "</div>"])
 
 
 def _lessons(M: Mapping[str, Any]) -> str:
@@ -1027,6 +1351,7 @@ warnings.filterwarnings("ignore")
 import matplotlib
 matplotlib.rcParams.update({{"figure.dpi": 80, "savefig.dpi": 80, "font.size": 9}})
 from quantstudy import report as R
+R.start_figures()
 M = R.load_metrics({run_dir!r})"""
 
 
@@ -1037,8 +1362,9 @@ def build_notebook(run_dir: str | Path):
     run_dir = Path(run_dir).resolve()
     M = load_metrics(run_dir)
     cells: list[tuple[str, str]] = [
-        ("markdown", _stamp(M, run_dir)),
+        ("markdown", _title(M, run_dir) + "\n\n" + answer_html(M) + "\n\n" + _toc(M)),
         ("code", SETUP.format(run_dir=str(run_dir))),
+        ("markdown", _stamp(M, run_dir)),
         ("markdown", _situation(M)),
         ("markdown", _decision(M)),
         *_execution(M),
@@ -1067,10 +1393,15 @@ def execute_notebook(nb, cwd: str | Path | None = None, timeout: int = CELL_TIME
     return nb
 
 
-CSS = """
-<style type="text/css">
+# Wide tables scroll inside the page; figures scale down; a print style for the PDF.
+BASE_CSS = """
 main { max-width: 1200px; margin: 0 auto; }
-.jp-RenderedHTMLCommon table { font-size: 12px; }
+.jp-RenderedHTMLCommon table, .jp-RenderedHTML table { display: block; max-width: 100%; overflow-x: auto; }
+.jp-RenderedHTMLCommon img, figure img { max-width: 100%; height: auto; }
+.jp-RenderedHTMLCommon pre { overflow-x: auto; }
+"""
+CSS = BASE_CSS + """
+.jp-RenderedHTMLCommon table { font-size: 12px; margin-left: 0; }
 .callout { border-left: 8px solid; border-radius: 4px; padding: 10px 16px; margin: 12px 0; }
 .callout-danger { background: #fde8e8; border-color: #c81e1e; color: #5b1010; }
 .callout-warn { background: #fff4e0; border-color: #e08a00; color: #4d3000; }
@@ -1083,45 +1414,154 @@ ul.checklist li { margin: 4px 0; }
 .tick { color: #2ca02c; font-weight: bold; }
 .cross { color: #c81e1e; font-weight: bold; }
 #stamp { background: #f5f5f5; border: 1px solid #ddd; border-radius: 4px; padding: 4px 16px; }
-</style>
+.answer { border: 1px solid #9db9dc; border-left: 8px solid #1f77b4; border-radius: 6px; background: #f4f8fd;
+          padding: 6px 16px; margin: 8px 0 10px; font-size: 14px; line-height: 1.4; }
+.answer .answer-head { margin: 4px 0; }
+.answer ul { margin: 4px 0; padding-left: 1.1em; }
+.answer li { margin: 4px 0; }
+.answer li.answer-bad { color: #6b0f0f; }
+.answer .answer-q { font-weight: bold; margin-right: 4px; }
+.go, .nogo { color: #fff; font-weight: bold; padding: 0 6px; border-radius: 3px; }
+.go { background: #2ca02c; } .nogo { background: #c81e1e; }
+.toc { font-size: 13px; border-top: 1px solid #ddd; border-bottom: 1px solid #ddd; padding: 4px 0; margin: 6px 0 12px; }
+.toc ol { display: flex; flex-wrap: wrap; gap: 2px 18px; margin: 2px 0 0; padding-left: 1.4em; }
+figure.report-figure { margin: 8px 0 18px; }
+figure.report-figure figcaption { font-size: 13px; color: #333; margin-top: 4px; }
+@media print {
+  @page { size: A4; margin: 12mm; }
+  main { max-width: none; }
+  .jp-RenderedHTMLCommon table, .jp-RenderedHTML table { display: table; overflow: visible; font-size: 8px;
+                                                         table-layout: auto; width: 100%; }
+  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { word-break: break-word; }
+  figure, .callout, .answer, tr, img, pre { break-inside: avoid; page-break-inside: avoid; }
+  h1, h2, h3 { break-after: avoid; page-break-after: avoid; }
+  a { color: inherit; text-decoration: none; }
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
 """
 
-# The lab template, minus every script it would fetch from a CDN (require.js, MathJax,
-# mermaid): the report has no JavaScript and must render offline.
-TEMPLATE = (
-    "{%- extends 'index.html.j2' -%}\n"
-    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}\n"
-    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}\n"
-    "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n"
-    "{% block extra_css %}" + CSS + "{% endblock extra_css %}\n"
-)
+
+def _template(css: str) -> str:
+    """The lab template, minus every script it would fetch from a CDN (require.js, MathJax,
+    mermaid): pages with no JavaScript that render offline. The CSS goes last, so it wins."""
+    return ("{%- extends 'index.html.j2' -%}\n"
+            "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}\n"
+            "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}\n"
+            "{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}\n"
+            '{% block html_head_css %}<style type="text/css">' + css + "</style>{% endblock html_head_css %}\n")
+
+
+TEMPLATE = _template(CSS)
 TEMPLATE_FILE = "quantstudy_report.html.j2"
+NOTEBOOK_TEMPLATE_FILE = "quantstudy_notebook.html.j2"
+
+
+def _exporter(template_file: str, **kwargs):
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    loader = DictLoader({TEMPLATE_FILE: TEMPLATE, NOTEBOOK_TEMPLATE_FILE: _template(BASE_CSS)})
+    return HTMLExporter(template_name="lab", template_file=template_file, extra_loaders=[loader], **kwargs)
 
 
 def export_html(nb) -> str:
     """nbconvert HTMLExporter: lab template without CDN scripts, code inputs and prompts hidden."""
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="lab", template_file=TEMPLATE_FILE,
-                            extra_loaders=[DictLoader({TEMPLATE_FILE: TEMPLATE})],
-                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = _exporter(TEMPLATE_FILE, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     return body
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Render ``run_dir/report.html``; ReportError (before anything else) for an incomplete run."""
-    run_dir = Path(run_dir).resolve()
-    check_complete(run_dir)
-    nb = build_notebook(run_dir)
-    execute_notebook(nb)
-    out = run_dir / REPORT_FILE
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(export_html(nb), encoding="utf-8")
-    tmp.replace(out)
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def render_step_notebooks(run_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> dict[str, Path | str]:
+    """Each executed step notebook rendered to HTML beside it (code and outputs kept, no CDN
+    scripts): {step: the .html path, or why it was not rendered}."""
+    import nbformat
+
+    run_dir = Path(run_dir)
+    steps = (manifest or json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))).get("steps") or {}
+    out: dict[str, Path | str] = {}
+    for name in STEP_NAMES:
+        source = run_dir / ((steps.get(name) or {}).get("notebook") or f"notebooks/{name}.ipynb")
+        page = source.with_suffix(".html")
+        try:
+            nb = nbformat.read(source, as_version=4)
+            _write_atomic(page, _exporter(NOTEBOOK_TEMPLATE_FILE).from_notebook_node(nb)[0])
+            out[name] = page
+        except Exception as exc:  # noqa: BLE001 - a notebook that will not render keeps its .ipynb link
+            page.unlink(missing_ok=True)
+            out[name] = f"not rendered ({type(exc).__name__}: {exc})"
     return out
 
 
-__all__ = ["ReportError", "build_report", "build_notebook", "check_complete", "execute_notebook", "export_html",
-           "load_metrics", "REPORT_FILE"]
+# =========================================================================== PDF
+PDF_FILE = "report.pdf"
+PDF_TIMEOUT_S = 180
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    """Headless Chromium for print-to-PDF: $QUANTSTUDY_CHROMIUM, else the first of CHROMIUM_NAMES on PATH."""
+    import os
+    import shutil
+
+    env = os.environ.get("QUANTSTUDY_CHROMIUM")
+    if env:
+        return env if Path(env).is_file() else None
+    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+
+
+def write_pdf(html_path: str | Path) -> str:
+    """Print ``html_path`` to ``report.pdf`` beside it with headless Chromium; one line saying
+    what happened. Never raises: without Chromium (or when it fails) the PDF is skipped."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    html_path = Path(html_path)
+    pdf = html_path.with_name(PDF_FILE)
+    pdf.unlink(missing_ok=True)  # never leave a PDF of an older report behind
+    chrome = find_chromium()
+    if chrome is None:
+        return f"PDF skipped: Chromium not found (install chromium to get {PDF_FILE} next to the HTML)"
+    with tempfile.TemporaryDirectory(prefix="quantstudy-pdf-") as tmp:
+        tmp_pdf = Path(tmp) / PDF_FILE
+        cmd = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+               "--disable-extensions", "--disable-background-networking", "--disable-sync", f"--user-data-dir={tmp}",
+               "--no-pdf-header-footer", "--print-to-pdf-no-header", f"--print-to-pdf={tmp_pdf}", html_path.as_uri()]
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=PDF_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"PDF skipped: Chromium failed ({type(exc).__name__}: {exc})"
+        if not tmp_pdf.is_file() or tmp_pdf.stat().st_size == 0:
+            return f"PDF skipped: Chromium wrote no PDF ({chrome})"
+        shutil.move(str(tmp_pdf), str(pdf))
+    return f"pdf: {pdf}"
+
+
+def build_report(run_dir: str | Path, allow_stale: bool = False) -> Path:
+    """Render ``run_dir/report.html`` (and ``report.pdf`` when Chromium is installed, and each
+    executed notebook as HTML); ReportError (before anything else) for an incomplete run, or a
+    stale one unless ``allow_stale`` (then a banner names the stale steps)."""
+    run_dir = Path(run_dir).resolve()
+    manifest = check_complete(run_dir, allow_stale=allow_stale)
+    render_step_notebooks(run_dir, manifest)
+    nb = build_notebook(run_dir)
+    execute_notebook(nb)
+    out = run_dir / REPORT_FILE
+    _write_atomic(out, export_html(nb))
+    stale = stale_steps(manifest)
+    if stale:
+        from quantstudy.runner import mark_report_out_of_date
+
+        mark_report_out_of_date(run_dir, "rendered with stale steps: " + "; ".join(f"{k}: {v}" for k, v in stale.items()))
+    print(write_pdf(out))
+    return out
+
+
+__all__ = ["ReportError", "answer_html", "build_report", "build_notebook", "check_complete", "execute_notebook",
+           "export_html", "load_metrics", "render_step_notebooks", "write_pdf", "REPORT_FILE", "PDF_FILE"]

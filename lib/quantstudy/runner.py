@@ -39,7 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from quantstudy.params import STEP_SECTIONS, StudyParams, flatten, load_params, to_yaml
+from quantstudy.params import IGNORED_FIELDS, STEP_SECTIONS, StudyParams, flatten, load_params, to_yaml
 from quantstudy.paths import OUTPUTS, project_root, resolve
 
 DONE_STATUSES = ("completed", "skipped")  # a step whose outputs are valid
@@ -74,10 +74,10 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("01_calibration", "01_calibration.ipynb", (), ("data.conversations", "model.path")),
+    Step("01_calibration", "01_calibration.ipynb", (), ("data.conversations", "model.path", "data.domain_lexicon")),
     Step("02_quantize", "02_quantize.ipynb", ("01_calibration",), ("model.path", "data.conversations")),
     Step("03_evaluate", "03_evaluate.ipynb", ("01_calibration", "02_quantize"),
-         ("model.path", "data.conversations", "data.task_items")),
+         ("model.path", "data.conversations", "data.task_items", "data.domain_lexicon")),
     Step("04_benchmark", "04_benchmark.ipynb", ("02_quantize",), ("model.path",)),
     Step("05_rollout_analysis", "05_rollout_analysis.ipynb", ("03_evaluate",), ("rollout.logs",)),
 )
@@ -478,6 +478,64 @@ def budget_changed_after_results(manifest: Mapping[str, Any]) -> bool:
     return any(e.get("after_results") for e in (manifest.get("budget_history") or [])[1:])
 
 
+REPORT_FILE = "report.html"
+OUT_OF_DATE = "report-out-of-date"
+
+
+def mark_report_out_of_date(run_dir: Path, why: str) -> None:
+    """Put a visible banner at the top of an existing report.html."""
+    import html
+
+    report = run_dir / REPORT_FILE
+    if not report.is_file():
+        return
+    text = report.read_text(encoding="utf-8")
+    banner = (f'<div id="{OUT_OF_DATE}" style="background:#fdecea;border:2px solid #d62728;padding:12px;margin:12px;'
+              f'font-weight:bold">This report is out of date: {html.escape(why)} ({_now()}). '
+              "Re-run the study to rebuild it.</div>")
+    if f'id="{OUT_OF_DATE}"' in text:
+        return
+    at = text.find("<body")
+    at = text.find(">", at) + 1 if at >= 0 else 0
+    report.write_text(text[:at] + banner + text[at:], encoding="utf-8")
+
+
+def mark_stale(records: dict[str, Any], pipeline: "Pipeline", p: StudyParams, code_hash: str) -> list[str]:
+    """Flag every done step whose recorded inputs no longer match: an upstream step's current
+    outputs differ from what it read, or its params or library code changed since it ran.
+    Returns the stale steps (also recorded as ``stale: true`` with a reason)."""
+    stale: list[str] = []
+    for s in pipeline.steps:
+        rec = records.get(s.name)
+        if not rec or rec.get("status") not in DONE_STATUSES:
+            continue
+        reason = None
+        if rec.get("params_sha256") != params_sha256(key_parameters(p, s.name, pipeline.sections[s.name])):
+            reason = "params changed since it ran"
+        elif rec.get("code_sha256") not in (None, code_hash):
+            reason = "library code changed since it ran"
+        else:
+            for need in s.needs:
+                up = (records.get(need) or {}).get("outputs") or {}
+                mine = {k: v for k, v in (rec.get("inputs") or {}).items() if k.startswith(f"{need}/")}
+                if mine != up or need in stale:
+                    reason = f"{need} changed since it ran"
+                    break
+        if reason:
+            rec["stale"], rec["stale_reason"] = True, reason
+            stale.append(s.name)
+        else:
+            rec.pop("stale", None)
+            rec.pop("stale_reason", None)
+    return stale
+
+
+def key_parameters(p: StudyParams, step: str, sections: Sequence[str]) -> dict[str, Any]:
+    """The params a step's skip key covers: its sections, less the fields it never reads."""
+    ignored = set(IGNORED_FIELDS.get("*", ())) | set(IGNORED_FIELDS.get(step, ()))
+    return {k: v for k, v in flatten(p, tuple(sections)).items() if k not in ignored}
+
+
 def run_study(
     params_file: str | Path,
     *,
@@ -570,7 +628,7 @@ def run_study(
                 out_dir = run_dir / step.name
                 flat = flatten(p, tuple(pipeline.sections[step.name]))
                 nb_hash = notebook_source_sha256(src)
-                p_hash = params_sha256(flat)
+                p_hash = params_sha256(key_parameters(p, step.name, pipeline.sections[step.name]))
                 inputs = input_hashes(p, step, run_dir)
                 prev = records.get(step.name)
 
@@ -583,6 +641,7 @@ def run_study(
                     rec = dict(prev or {})
                     rec["status"] = "skipped"
                     rec["reason"] = "unchanged"
+                    rec.pop("failed_attempt", None)  # the kept result matches the inputs again
                     rec["checked"] = _now()
                     records[step.name] = rec
                     manifest["updated"] = _now()
@@ -591,9 +650,18 @@ def run_study(
                     say(f"skip {step.name} (unchanged)")
                     continue
 
-                # Fresh output folder: stale files from an older run must not become outputs.
+                # Fresh output folder: stale files from an older run must not become outputs. A
+                # good earlier result is moved aside, not deleted, until this run succeeds.
+                backup = run_dir / f".{step.name}.previous"
+                shutil.rmtree(backup, ignore_errors=True)
+                had_good = bool(prev and prev.get("status") in DONE_STATUSES and out_dir.is_dir())
                 if out_dir.exists():
-                    shutil.rmtree(out_dir)
+                    if had_good:
+                        out_dir.rename(backup)
+                        if executed.is_file():
+                            shutil.copy2(executed, backup / ".executed.ipynb")
+                    else:
+                        shutil.rmtree(out_dir)
                 out_dir.mkdir(parents=True)
                 parameters = dict(flat)
                 parameters.update({
@@ -653,10 +721,29 @@ def run_study(
                     "outputs": hash_tree(out_dir, base=run_dir),
                     "error": error,
                 })
+                if error and had_good and backup.is_dir():
+                    # Keep the failed attempt for diagnosis, bring the good result back.
+                    failed_dir = run_dir / f".{step.name}.failed"
+                    shutil.rmtree(failed_dir, ignore_errors=True)
+                    out_dir.rename(failed_dir)
+                    failed_nb = run_dir / "notebooks" / f"{step.name}.failed.ipynb"
+                    if executed.is_file():
+                        executed.replace(failed_nb)
+                    if (backup / ".executed.ipynb").is_file():
+                        (backup / ".executed.ipynb").replace(executed)
+                    backup.rename(out_dir)
+                    attempt = {k: rec[k] for k in ("start", "end", "duration_s", "reason", "error")}
+                    attempt.update(status="failed", notebook=_rel(failed_nb, run_dir), outputs_kept_in=_rel(failed_dir, run_dir))
+                    records[step.name] = {**prev, "failed_attempt": attempt}
+                    executed = failed_nb
+                    mark_report_out_of_date(run_dir, f"step {step.name} failed on re-run ({error.get('ename')}: "
+                                                     f"{error.get('evalue')}); the results shown are the previous ones")
+                else:
+                    shutil.rmtree(backup, ignore_errors=True)
                 manifest["updated"] = _now()
                 write_manifest(run_dir, manifest)
                 rerun.add(step.name)
-                outcome = StepOutcome(step.name, rec["status"], executed, duration, error)
+                outcome = StepOutcome(step.name, "failed" if error else rec["status"], executed, duration, error)
                 outcomes.append(outcome)
                 if interrupted is not None:
                     raise interrupted
@@ -668,8 +755,11 @@ def run_study(
                 pm_logger.removeHandler(handler)
                 pm_logger.setLevel(old_level)
 
-        complete = all((records.get(s.name) or {}).get("status") in DONE_STATUSES for s in pipeline.steps)
+        stale = mark_stale(records, pipeline, p, code_hash)
+        complete = not stale and all((records.get(s.name) or {}).get("status") in DONE_STATUSES
+                                     and "failed_attempt" not in (records.get(s.name) or {}) for s in pipeline.steps)
         manifest["complete"] = complete
+        manifest["stale_steps"] = stale
         write_manifest(run_dir, manifest)
         return RunResult(run_id, run_dir, run_dir / MANIFEST, outcomes, complete)
     finally:
