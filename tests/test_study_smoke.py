@@ -43,6 +43,9 @@ def test_smoke_outputs_are_sane(smoke_run):
     cal = json.loads((run / "01_calibration" / "metrics.json").read_text())
     assert cal["scrub"]["n_survivors"] == 0
     assert all(s["kept_by_autoawq"] == s["tokens"] for s in cal["sets"])
+    indep = cal["pii_independent"]   # the scrubber on hand-labelled text it was not written for
+    assert set(indep) == {"development", "holdout"} and indep["holdout"]["overall"]["instances"] > 100
+    assert all(not any(ch.isdigit() for ch in s["masked"][1:]) for s in indep["holdout"]["survivors"])
     q = json.loads((run / "02_quantize" / "metrics.json").read_text())
     assert {c["method"] for c in q["checkpoints"]} == {"awq", "rtn"}
     ev = json.loads((run / "03_evaluate" / "metrics.json").read_text())

@@ -30,23 +30,135 @@ class CalibrationError(ValueError):
 # --------------------------------------------------------------------------- scrubbing
 # Project recognizers for what generic PII libraries do not know: this company's
 # identifiers, card fragments in prose, street addresses, and names introduced in dialogue.
-_STREET = r"(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Drive|Dr|Court|Ct|Boulevard|Blvd|Way|Place|Pl|Terrace|Circle|Parkway|Pkwy|Square|Sq)\.?"
-_CAP = r"(?:[A-Z]'[A-Z][a-z]+|(?:Mc|Mac)?[A-Z][a-z]+(?:-[A-Z][a-z]+)?)"
+# They were first written for the demo generator's formats and then widened against an
+# independent hand-written test set (tests/fixtures/pii, scored by quantstudy.pii_eval):
+# international and national phone numbers, other order/account shapes, addresses of
+# several countries, non-English and lowercase names.
+
+
+def _letters(upper: bool) -> str:
+    """Upper- or lowercase letters of the Latin, Greek, Cyrillic and Vietnamese blocks, for a
+    character class (Python's re has no \\p{Lu})."""
+    blocks = ((0x41, 0x5B), (0x61, 0x7B), (0xC0, 0x250), (0x370, 0x530), (0x1E00, 0x1F00))
+    return "".join(chr(c) for a, b in blocks for c in range(a, b)
+                   if (chr(c).isupper() if upper else chr(c).islower()) and chr(c).isalpha())
+
+
+_UP, _LO = _letters(True), _letters(False)
+_STREET = r"(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Drive|Dr|Court|Ct|Boulevard|Blvd|Way|Place|Pl|Terrace|Tce|Circle|Parkway|Pkwy|Square|Sq|Crescent|Cres|Close|Grove|Gardens|Mews|Row|Highway|Hwy|Quay|Parade|Esplanade|Prospekt|Park|Hill)\.?"
+# A capitalised name word: O'Brien, D'Arcy, McAllister, Zoë, Saldaña-Pérez, Hyun-woo, Haruto-san.
+_CAP = rf"(?:[{_UP}]['’][{_UP}][{_LO}]+|(?:Mc|Mac)?[{_UP}][{_LO}]+(?:-[{_UP}]?[{_LO}]+)*)"
+_PARTICLE = r"(?:van|von|der|den|de|del|della|di|da|das|dos|du|la|le|ten|ter|bin|binti|al|el|ibn|zu)"
+# One to four name words on one line, particles between them: "Pieter van der Berg".
+_NAME = rf"{_CAP}(?:[ ](?:{_PARTICLE}[ ]){{0,2}}{_CAP}){{0,3}}"
+# After a cue that can only introduce a name, any casing: "my name is jürgen weiß", "MARIA JOSÉ".
+_LOWSTOP = (r"(?:and|or|but|the|a|an|i|im|is|was|not|still|wrong|correct|incorrect|misspelled|spelled|spelt|missing|"
+            r"different|changed|showing|shown|displayed|blank|empty|here|there|please|thanks|from|at|in|on|with|for|"
+            r"to|of|by|if|so|just|who|that|this|my|your|also|too|because|when|then|as|it|its|now|again|only)")
+_ANYWORD = rf"(?:{_CAP}|[{_UP}]{{2,}}(?:-[{_UP}]{{2,}})?|(?!{_LOWSTOP}\b)[{_LO}][{_LO}'’-]+)"
+_ANYNAME = rf"{_ANYWORD}(?:[ ](?:{_PARTICLE}[ ]){{0,2}}{_ANYWORD}){{0,3}}"
+_EXT = r"(?:[ \t]*,?[ \t]*(?i:ext\.?|extension|x)[ \t]*\d{1,5}\b)?"
+# Postcodes: UK, Canada, Netherlands, Sweden, Poland/Portugal/Japan/ZIP+4, and 4-6 digit ones.
+_PC = (r"(?:[A-Z]{1,2}\d[A-Z\d]?[ ]?\d[A-Z]{2}|[A-Z]\d[A-Z][ ]?\d[A-Z]\d|\d{4}[ ]?[A-Z]{2}\b|\d{3}[ ]\d{2}\b|"
+       r"\d{2,5}-\d{3,4}\b|\d{4,6}\b)")
+_CITYW = rf"[{_UP}][{_UP}{_LO}]*(?:['’.-][{_UP}{_LO}]+)*(?!\w)"
+_CITY = rf"{_CITYW}(?:[ -](?:{_PARTICLE}[ ])?{_CITYW}){{0,3}}(?:[ ]\d{{1,2}}\b)?"
+_ELEM = rf"(?:(?:{_PC}[ ]+)?{_CITY}(?:[ ]+[A-Z]{{2,3}}\b)?(?:[ ]+{_PC})?|[A-Z]{{2,3}}[ ]+{_PC}|{_PC})"
+_TAIL = rf"(?:,?[ ]+(?i:Apt|Unit|Suite|Flat|#)\.?[ ]*\w+)?(?:,[ ]*{_ELEM}){{0,4}}"
+_SWORD = rf"(?:[{_UP}][\w'’.-]*|\d{{1,3}}(?:st|nd|rd|th))"
+_NUM = r"\d{1,5}[A-Za-z]?(?:[-/]\d{1,5}[A-Za-z]?)?"
+_DIR = r"(?:[ ]+(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West|Lower|Upper)\b\.?)?"
+_UNIT = r"(?i:\b(?:apt|apartment|flat|unit|suite|ste|plot|floor|level|room|building|bldg|lot)\.?[ ]*#?[\w/-]{0,5}\d[\w/-]{0,4},?[ ]+)"
+_FR_TYPE = r"(?i:rue|avenue|av\.|boulevard|bd|place|chemin|all[ée]e|impasse|quai|cours|route|passage)"
+_STREET_SUFFIX = (r"(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ring|ufer|laan|straat|gracht|plein|kade|singel|"
+                  r"vägen|gatan|gränd|vej|gade|veien|gata|katu|utca|ulica)")
+_STREET_PREFIX = (r"(?:Calle|Carrer|Avenida|Avinguda|Avda\.|Via|Viale|Piazza|Piazzale|Corso|Largo|Vicolo|Rua|Travessa|"
+                  r"Praça|Plaza|Paseo|Camino|Ronda|Rambla|ul\.|al\.|Rue|Chaussée)")
+_ORDER_CUE = (r"(?i:\b(?:order|ord|acct|account|invoice|inv|ticket|case|booking|reservation|confirmation|reference|ref|"
+              r"rma|return authori[sz]ation|tracking|customer|member|membership|subscription|claim|purchase order|"
+              r"sales order|kundennummer|bestellung|bestellnummer|rechnung|commande|pedido)"
+              r"(?:[ ]+(?:no\.?|number|num|nr\.?|#|id|code|ref\.?|reference))?(?:[ ]*[:#=][ ]*|[ ]+(?:is|was)[ ]+|[ ]+))")
 PROJECT_PATTERNS: dict[str, list[str]] = {
-    "ORDER_ID": [r"\b(?:ORD|ORDER|RMA|INV|TKT)[- ]?\d{3,6}(?:[- ]\d{3,6})?\b", r"\b[A-Z]{2,4}-\d{4}-\d{4}\b"],
-    "CARD": [r"(?i:\b(?:card|visa|mastercard|amex|ending|last (?:four|4)(?: digits)?)\b[^.\n\d]{0,25})(\d{4})\b",
-             r"\b(?:\*{2,4}|x{2,4}|X{2,4})[- ]?(\d{4})\b"],
-    "ADDRESS": [rf"\b\d{{1,5}}\s+(?:{_CAP}\s+){{1,3}}{_STREET}(?:,?\s+(?:Apt|Unit|Suite|#)\s*\w+)?(?:,\s*{_CAP}(?:\s{_CAP})?)?(?:,\s*[A-Z]{{2}})?(?:\s+\d{{5}}(?:-\d{{4}})?)?"],
-    "PHONE": [r"(?<![\w-])(?:\+1[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]\d{4}\b"],
+    "ORDER_ID": [
+        r"\b(?:ORD|ORDER|RMA|INV|TKT)[- ]?\d{3,6}(?:[- ]\d{3,6})?\b", r"\b[A-Z]{2,4}-\d{4}-\d{4}\b",
+        # after a cue ("order no.", "acct", "Kundennummer", "booking ref"): a token with >= 2 digits and
+        # >= 4 letters/digits; a digits-only token needs >= 5 digits; dates are left alone
+        rf"{_ORDER_CUE}((?:[A-Z]{{1,4}}[ -])?#?(?=(?:[#/_-]*[A-Za-z0-9]){{4}})(?=[\w/#-]*\d[\w/#-]*\d)"
+        r"(?!#?\d{1,4}\b(?![/-]|[ ]\d{3}))(?!\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\b)(?!\d{4}-\d{1,2}-\d{1,2}\b)"
+        r"[A-Za-z0-9][\w/-]*(?:[ ]\d{3,}\b)*)",
+        # shapes without a cue: #100234981, PO-88213, RMA#77120, W849302 (>= 5 digits), 112-7765432-1123345,
+        # long digit runs, mixed letter-digit codes with >= 4 digits (7f3e9a1c, 1Z999AA10123456784)
+        r"(?<![\w&#])#(?=[A-Za-z0-9-]*\d)[A-Za-z0-9][A-Za-z0-9-]{3,}\b",
+        r"\b(?=[A-Z]{1,5}[-#]?(?:[A-Z-]*\d){5})[A-Z]{1,5}[-#]?\d[\dA-Z-]*[\dA-Z]\b",
+        r"\b(?=[\d-]*\d{5})(?=(?:-?\d){8})\d{2,}(?:-\d{2,}){1,3}\b",
+        r"(?<![\w.,:/+-])\d{7,}(?![\w:/-]|[.,]\d)",
+        r"\b(?=[A-Za-z0-9]*[A-Za-z])(?=(?:[A-Za-z]*\d){4})[A-Za-z0-9]{7,}\b",
+    ],
+    "CARD": [
+        r"(?i:\b(?:card|visa|mastercard|master card|amex|american express|maestro|discover|debit|credit|cc|"
+        r"last (?:four|4)(?: digits)?|last digits|final (?:four |4 )?digits)\b[^.\n\d]{0,25})(\d{4})\b",
+        # without a card word: "the one ending in 2051" (typos too: "endong in"), "ending '2231'";
+        # a bare "ending 2025" may be a year
+        r"(?i:\b(?:end[a-z]{1,4})[ ]+(?:in|with)(?:[ ]+(?:the[ ]+)?digits)?)[ :'\"(…*-]*(\d{4})\b",
+        r"(?i:\b(?:ending|ends|ended))[ :'\"(…*-]*(?!(?:19|20)\d\d\b)(\d{4})\b",
+        r"(?<![\w*•·…])(?:[*xX•·…][ -]?){2,24}(\d{4})\b",  # **** **** **** 0005, XXXX-XXXX-XXXX-7311, ••••4444
+        r"\b(?:\d{4}[ -]){3}\d{4}\b|\b\d{4}[ -]\d{6}[ -]\d{5}\b",  # full numbers, Amex 4-6-5
+    ],
+    "EMAIL": [
+        r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+'-]{0,62}[A-Za-z0-9_%+-])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b",
+        r"(?i:\b[a-z0-9][\w.+-]*[ ]?(?:\(at\)|\[at\])[ ]?[a-z0-9-]+(?:[ ]?(?:\.|\(dot\)|\[dot\])[ ]?[a-z0-9-]+)+)",
+    ],
+    "ADDRESS": [
+        # number first (US, UK, CA, AU...): [unit,] 221B Baker Street[ W][, city][, ST] [postcode]
+        rf"(?:{_UNIT})?\b{_NUM}[ ]+(?:{_SWORD}[ ]+){{1,4}}{_STREET}{_DIR}{_TAIL}",
+        rf"{_UNIT}(?:{_SWORD}[ ]+){{1,3}}{_STREET}{_DIR}{_TAIL}",  # Plot 14, Admiralty Way, ...
+        rf"(?i:\b{_NUM}[ ]+(?:[a-z][a-z'’-]*[ ]+){{1,3}}{_STREET}),[ ]*(?:[a-z]+[ ]+){{1,3}}\d{{4,5}}\b",  # all lowercase
+        # French style: 12 rue de la Paix, 75002 Paris
+        rf"(?:{_UNIT})?\b{_NUM}(?:[ ]?(?:bis|ter))?,?[ ]+{_FR_TYPE}(?:[ ]+(?:{_PARTICLE}[ ]+|[dl]['’])*{_SWORD}){{1,4}}{_TAIL}",
+        # street name first, number after (DE, NL, ES, IT, PT, PL, SE...)
+        rf"\b[{_UP}][\w'’-]*{_STREET_SUFFIX}[ ]+{_NUM}{_TAIL}",
+        rf"\b{_STREET_PREFIX}(?:[ ]+(?:{_PARTICLE}[ ]+)*{_SWORD}){{1,4}}[ ]+{_NUM}{_TAIL}",
+        rf"\b{_SWORD}(?:[ ]+(?:{_PARTICLE}[ ]+)*{_SWORD}){{0,3}}[ ]+{_NUM},[ ]*(?:{_PC}[ ]+{_CITY}|{_CITY}[ ]+{_PC}){_TAIL}",
+        # Japanese block numbers: 2-21-1 Shibuya, 1-chome-1-2 Oshiage
+        rf"\b\d{{1,2}}-(?:chome-\d{{1,3}}(?:-\d{{1,3}})?|\d{{1,3}}-\d{{1,3}})[ ]+{_SWORD}{_TAIL}",
+        rf"(?i:\b(?:P\.?[ ]?O\.?[ ]?Box|Post Office Box|Postfach|Apartado|Casilla|GPO Box|Locked Bag|Private Bag))[ ]*\d{{1,6}}{_TAIL}",
+    ],
+    "PHONE": [
+        rf"(?<![\w-])(?:\+1[ .-]?)?(?:\(\d{{3}}\)|\d{{3}})[ .-]?\d{{3}}[ .-]\d{{4}}\b{_EXT}",
+        # international: +44 20 7946 0958, 0044 20 ..., 00 31 20 123 4567, +1 (415) 876-2671 ext. 204
+        rf"(?<![\w+])(?:\+|\b00[ ]?)(?=(?:[ .()-]*\d){{8}})[1-9]\d{{0,3}}(?:[ .-]?(?:\(\d{{1,4}}\)|\d{{1,5}})){{2,7}}\b{_EXT}",
+        # national with a trunk 0: (03) 9555 1234, 020 7946 0123, 06 12 34 56 78 (9-12 digits, not a date)
+        rf"(?<![\w+.-])(?=(?:[ .()-]*\d){{9}})(?!(?:[ .()-]*\d){{13}})(?!0\d?[./]\d{{1,2}}[./]\d)"
+        rf"(?:\(0\d{{1,4}}\)|0\d{{1,4}})(?:[ .-]?\d{{2,8}}){{1,5}}(?![\w:-]){_EXT}",
+    ],
     "NAME": [
         # introduced: "my name is X", "it's X and", "under X", "Name: X"
-        rf"(?i:\b(?:my name is|name's|name:|this is|i am|i'm|call me|speaking with|it's|it is|under|in the name of|account holder is)\s+)({_CAP}(?:\s+{_CAP})?)",
-        # salutations and sign-offs: "Thanks, X", "Got it, X.", "Cheers, X Y!"
-        rf"\b(?:[A-Z][a-z]+(?:\s[a-z]+){{0,3}}),\s+({_CAP}(?:\s+{_CAP})?)(?=\s*[.!?,]|$)",
-        rf"\b(?:Hi|Hello|Hey|Dear)\s+({_CAP}(?:\s+{_CAP})?)(?=[,!.])",
-        rf"\b(?:Mr|Mrs|Ms|Miss|Dr|Mx)\.?\s+({_CAP}(?:\s+{_CAP})?)",
-        # a full name anywhere: two capitalised words that are not a known product or phrase
-        rf"\b({_CAP}\s+{_CAP})\b",
+        rf"(?i:\b(?:my name is|name's|name:|this is|i am|i'm|call me|speaking with|it's|it is|under|in the name of|"
+        rf"account holder is|attn:?|attention:|contact person:|from:|on behalf of(?: my \w+,?)?|signed(?: for)? by|"
+        rf"placed by|opened by|addressed to|ask for|tell|je m'appelle|me llamo|mi chiamo|ich heiße|ich bin)\s+)({_NAME})",
+        # cues only a name can follow, any casing: "my name is jürgen weiß", "name on the card is MARIA JOSÉ"
+        rf"(?i:\b(?:my name is|my name's|registered to|registered under|in the name of|"
+        rf"account holder(?: is|:)|card ?holder(?: is|:)|name on the (?:card|account|order|booking) is|"
+        rf"je m'appelle|me llamo|mi chiamo|ich heiße)[ ]+)({_ANYNAME})",
+        # salutations and sign-offs: "Thanks, X", "Got it, X.", "Cheers, X Y!", "Regards,\nX"
+        rf"\b(?:[A-Z][a-z]+(?:\s[a-z]+){{0,3}}),\s+({_NAME})(?=[ \t]*(?:[.!?,\n]|$))",
+        rf"(?i:\b(?:hi|hello|hey|dear|thanks|thank you|cheers|bye|ciao|bonjour|hola|hallo)(?:[ ]+(?:so|very)[ ]+much)?)"
+        rf"[ ,]+({_NAME})(?=[ \t]*(?:[,!.?\n]|$))",
+        r"(?i:\b(?:thanks|thank you|thx|ty|cheers)[ ,]+)((?!(?:so|again|everyone|guys|all|team|anyway|though|tho|much|lot|"
+        r"alot|you|mate|heaps|tons|folks|both|man|bro|buddy|dude|a|for|very|ok|okay|sir|madam|maam|agent|support|"
+        r"everybody|y'all|yall|in|again)\b)[a-z]{3,})(?=[ \t]*(?:[,!.\n]|$))",  # "thanks ahmad, that fixed it"
+        rf"\b(?:Mr|Mrs|Ms|Miss|Dr|Mx|Prof)\.?\s+({_NAME})",
+        # "Rahul here, ...", "Ingeborg here again"
+        rf"(?:^|(?<=[,.!?] )|(?<=\n))({_NAME})[ ]+here(?=[ \t]*[,.!;:-]|[ ]+(?:again|from|with|speaking|calling|writing)\b)",
+        # relations: "my son Anatoly", "your colleague Priyanka", "my neighbour Mr O'Sullivan"
+        rf"(?i:\b(?:(?:my|our|his|her|their)[ ]+(?:son|daughter|wife|husband|partner|sister|brother|mother|mom|mum|"
+        rf"father|dad|friend|colleague|neighbour|neighbor|landlord|landlady|flatmate|roommate|housemate|boss|manager|"
+        rf"assistant|grandmother|grandfather|grandma|grandpa|uncle|aunt|cousin|niece|nephew|fianc[eé]e?|tenant)|"
+        rf"(?:your|the)[ ]+(?:colleague|agent|technician|rep|representative|courier|driver|engineer))[ ,]+)({_NAME})",
+        rf"(?m:^[ \t]*(?:--|—|–|~)[ \t]*({_NAME})[ \t]*$)",  # "-- Tomás" under a message
+        # a full name anywhere: two or more capitalised words that are not a known product or phrase
+        # (every start position is tried, so "Could Hyun-woo Park" still yields "Hyun-woo Park")
+        rf"(?=\b(?P<full>{_CAP}(?:[ ](?:{_PARTICLE}[ ]){{0,2}}{_CAP}){{1,3}})\b)",
     ],
 }
 # Capitalised words that the NAME cues must never swallow.
@@ -61,7 +173,18 @@ _NOT_NAMES = {"I", "The", "This", "That", "Thanks", "Thank", "Hi", "Hello", "Hey
               "When", "Where", "Why", "Which", "Can", "Could", "Would", "Will", "Do", "Does", "Is", "Are", "My",
               "Your", "Our", "We", "Not", "Any", "And", "But", "Or", "If", "One", "Another", "Quick", "Question",
               "Hmm", "Oh", "Ah", "Ugh", "Wow", "Cool", "Nice", "Awesome", "Appreciate", "Confirming", "Reaching",
-              "Out", "Dear", "Under", "Settings", "Wi-Fi", "For", "To", "In", "On", "At", "By", "With", "From", "As", "Ok", "Yeah", "Yep", "Nope"}
+              "Out", "Dear", "Under", "Settings", "Wi-Fi", "For", "To", "In", "On", "At", "By", "With", "From", "As", "Ok", "Yeah", "Yep", "Nope",
+              # titles, and common capitalised words of support text that are not names (places,
+              # holidays, app and store names, UI labels)
+              "Mr", "Mrs", "Ms", "Miss", "Dr", "Mx", "Prof", "Sir", "Madam", "Attn", "Signed", "Subject",
+              "New", "North", "South", "East", "West", "Northern", "Southern", "Eastern", "Western", "Central",
+              "Saint", "San", "Santa", "Los", "Las", "Day", "Days", "Week", "Weekend", "Month", "Year", "Holiday",
+              "Christmas", "Easter", "Black", "Cyber", "Store", "Play", "Music", "Service", "Services", "Policy",
+              "Center", "Centre", "Office", "Desk", "Help", "Smart", "Connect", "Open", "Close", "Click", "Tap",
+              "Select", "Press", "Turn", "Update", "Reset", "Advanced", "Plus", "Pro", "Max", "Mini", "Ultra", "App",
+              "Apps", "Portal", "Returns", "Refund", "Refunds", "Billing", "Shipping", "Delivery", "Customers",
+              "Kind", "Wishes", "Yours", "Bonjour", "Hola", "Hallo", "Ciao", "Bye", "Contact", "Person", "Ask",
+              "Tell", "Should", "Kindly", "Dispatch", "Warehouse", "Street", "Road", "City", "Town", "Hotel"}
 
 
 @dataclass
@@ -81,45 +204,53 @@ class Scrubber:
         for k, v in (extra_patterns or {}).items():
             patterns.setdefault(k, []).extend(v)
         self.patterns = {k: [re.compile(p) for p in v] for k, v in patterns.items()}
-        # Product names look like person names ("Lumen Max"): never scrub them.
+        # Product names look like person names ("Lumen Max") and SKUs like order ids: never scrub them.
         self.keep = {t.lower() for t in product_terms}
 
     _TYPES = {"email": "EMAIL", "phone": "PHONE", "credit_card": "CARD", "url": "URL", "twitter": "HANDLE",
               "social_security_number": "ID", "credential": "CREDENTIAL", "skype": "HANDLE"}
+    _AT_DOMAIN = re.compile(r"(?i)\sat\s+[\w-]+(?:\.|\s+dot\s+)\w")  # "anna.k at example dot com"
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
         spans: list[tuple[int, int, str]] = []
         for f in self._scrubadub.iter_filth(text):
+            if f.type == "email" and "@" not in f.text and not self._AT_DOMAIN.search(f.text):
+                continue  # scrubadub reads "x at y." as an e-mail: "here at Nimbus.", "outage at 7am."
             spans.append((f.beg, f.end, self._TYPES.get(f.type, f.type.upper())))
         lower = text.lower()
         protected = [(m.start(), m.end()) for term in self.keep for m in re.finditer(re.escape(term), lower)]
         for kind, regexes in self.patterns.items():
             for rx in regexes:
+                # a full-name pattern (group "full") needs two name words left after trimming cue words
+                min_words = 2 if "full" in rx.groupindex else 1
                 for m in rx.finditer(text):
                     g = 1 if m.groups() and m.group(1) else 0
                     start, end = m.span(g)
-                    value = text[start:end]
+                    if start == end:
+                        continue
                     if kind == "NAME":
-                        span = self._name_span(text, start, end, protected)
+                        span = self._name_span(text, start, end, protected, min_words)
                         if span is None:
                             continue
                         start, end = span
+                    elif kind == "ORDER_ID" and any(a < end and start < b for a, b in protected):
+                        continue  # a product SKU after "order" ("order NX-2041")
                     spans.append((start, end, kind))
         return _merge(spans)
 
     @staticmethod
-    def _name_span(text: str, start: int, end: int, protected: list[tuple[int, int]]) -> tuple[int, int] | None:
-        """Trim cue words off a NAME candidate; None when nothing name-like is left or it
-        overlaps a protected term (a product or plan name such as "Halo Mesh Node")."""
-        words = text[start:end].split()
-        while words and words[0] in _NOT_NAMES:
-            start += len(words[0]) + 1
+    def _name_span(text: str, start: int, end: int, protected: list[tuple[int, int]],
+                   min_words: int = 1) -> tuple[int, int] | None:
+        """Trim cue words off a NAME candidate; None when fewer than min_words name-like words are
+        left or it overlaps a protected term (a product or plan name such as "Halo Mesh Node")."""
+        words = [(m.start() + start, m.end() + start, m.group()) for m in re.finditer(r"\S+", text[start:end])]
+        while words and words[0][2] in _NOT_NAMES:
             words = words[1:]
-        while words and words[-1] in _NOT_NAMES:
+        while words and words[-1][2] in _NOT_NAMES:
             words = words[:-1]
-        if not words:
+        if len(words) < max(1, min_words):
             return None
-        end = start + len(" ".join(words))
+        start, end = words[0][0], words[-1][1]
         if any(a < end and start < b for a, b in protected):
             return None
         return start, end
@@ -321,15 +452,17 @@ def load_pools(P, tokenizer=None) -> dict:
         raise CalibrationError(f"{P.data.conversations}: no conversations in the calibration split")
     lexicon = domain_lexicon_for(P)
     report = {"scored": False, "replaced_by_type": {}, "survivors": [], "n_survivors": 0}
+    independent = None
     if P.calibration.scrub:
         scrubber = Scrubber(product_terms=lexicon.get("product", []))
         calib_convs, report = scrub_conversations(calib_convs, scrubber)
+        independent = independent_pii_check(scrubber)
     template = P.calibration.chat_template
     in_domain = [data.conversation_to_text(c, tokenizer, template) for c in calib_convs]
     eval_convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)
     eval_text = [data.conversation_to_text(c, tokenizer, template) for c in eval_convs]
     return {"generic": generic, "in_domain": in_domain, "eval_in_domain": eval_text,
-            "scrub": report, "lexicon": lexicon,
+            "scrub": report, "lexicon": lexicon, "pii_independent": independent,
             "chat_template": bool(template and data.has_chat_template(tokenizer))}
 
 
@@ -414,6 +547,36 @@ def load_tokenizer(model):
     return modelsource.load_tokenizer(model)
 
 
+def independent_pii_check(scrubber) -> dict:
+    """The scrubber on hand-labelled sentences this project's generator did not write
+    (tests/fixtures/pii): the development set the patterns were widened on, and a holdout set
+    written afterwards and never tuned on (the honest estimate for unseen formats)."""
+    from quantstudy.pii_eval import default_testset, evaluate_scrubber, load_testset
+
+    return {name: evaluate_scrubber(scrubber, load_testset(default_testset(holdout=name == "holdout")))
+            for name in ("development", "holdout")}
+
+
+def pii_table(independent: dict | None):
+    """Recall per type on the independent PII sets, with survivors counted (masked in metrics)."""
+    import pandas as pd
+
+    if not independent:
+        return pd.DataFrame()
+    rows = []
+    for t in PII_TYPES_ORDER:
+        row = {"type": t}
+        for name, res in independent.items():
+            r = res["by_type"].get(t) or {}
+            row[f"{name}: instances"] = r.get("instances")
+            row[f"{name}: recall"] = None if r.get("recall") is None else round(r["recall"], 3)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("type")
+
+
+PII_TYPES_ORDER = ("NAME", "EMAIL", "PHONE", "ADDRESS", "ORDER_ID", "CARD")
+
+
 def scrub_table(report: dict):
     import pandas as pd
 
@@ -461,6 +624,7 @@ def plot_statistics(stats: dict, records: list[dict]):
 def write_metrics(output_dir: str | Path, pools: dict, records: list[dict], stats: dict, wall_s: float) -> dict:
     metrics = {
         "scrub": {k: v for k, v in pools["scrub"].items()},
+        "pii_independent": pools.get("pii_independent"),
         "pools": {"generic_texts": len(pools["generic"]), "in_domain_texts": len(pools["in_domain"]),
                   "in_domain_rendered_with_chat_template": pools.get("chat_template", False)},
         "sets": [{k: v for k, v in r.items() if k != "texts"} for r in records],
