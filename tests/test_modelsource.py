@@ -91,6 +91,13 @@ def test_awq_and_rtn_round_trip_on_the_real_model(smol, tmp_path):
     awq = Q.quantize_awq(Q.QuantRequest(out_dir=tmp_path / "awq", **req), tok, samples, 48, "in_domain", 0)
     rtn = Q.quantize_rtn(Q.QuantRequest(out_dir=tmp_path / "rtn", **req), tok)
     assert 4 < awq["effective_bits_per_weight"] < 5 and awq["group_size"] == 64
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in (tmp_path / "awq", tmp_path / "rtn"):  # AutoAWQ writes 0600; shared results follow the umask
+        assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o666 & ~mask
     ref, _, _ = Q.load_checkpoint(cut)
     ids = torch.tensor([samples[0]])
     with torch.no_grad():
