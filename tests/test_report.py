@@ -44,11 +44,23 @@ def run_dir(tmp_path: Path) -> Path:
     return dst
 
 
+def _record_candidate_rule(run: Path) -> dict:
+    """Step 05's candidate as the current rollout code records it (rule, runner-up), from step 03."""
+    from quantstudy import rollout
+
+    path = run / "05_rollout_analysis" / "metrics.json"
+    m5 = json.loads(path.read_text())
+    m5["candidate"] = rollout.candidate_from_evaluation(run / "03_evaluate")
+    path.write_text(json.dumps(m5))
+    return m5["candidate"]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, report: ModuleType) -> Path:
     """The fixture run with its report built once (the kernel start is the slow part)."""
     dst = tmp_path_factory.mktemp("report") / "fixture"
     shutil.copytree(FIXTURE_RUN, dst)
+    _record_candidate_rule(dst)
     out = report.build_report(dst)
     assert out == dst / "report.html"
     return dst
@@ -105,8 +117,15 @@ def test_report_html_content(built: Path, report: ModuleType) -> None:
     for heading in ("Situation", "Decision", "Execution", "Outcome", "Lessons", "Process checklist"):
         assert re.search(rf"<h2[^>]*>{heading}", text), heading
     for hook in ("stamp", "situation", "decision", "budget", "budget-declared", "execution", "outcome", "effects",
-                 "traps", "verdict", "lessons", "checklist", "flagged-rtn", "speed"):
+                 "traps", "verdict", "lessons", "checklist", "flagged-rtn", "speed", "answer", "toc", "candidate",
+                 "steps", "speed-cost"):
         assert f'id="{hook}"' in text, hook
+    # Every link of the answer box and the table of contents lands on an id of the page.
+    head = text.split('id="answer"')[1].split('id="stamp"')[0]
+    for anchor in re.findall(r'href="#([\w-]+)"', head):
+        assert f'id="{anchor}"' in text, anchor
+    # Wide tables scroll, and there is a print style.
+    assert "overflow-x: auto" in text and "@media print" in text
     # Code cells hidden (exclude_input); no script at all, so nothing is fetched from a CDN.
     assert "R.show(" not in text and "load_metrics(" not in text and "import warnings" not in text
     assert "<script" not in text
@@ -115,8 +134,17 @@ def test_report_html_content(built: Path, report: ModuleType) -> None:
     imgs = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(imgs) >= 8
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
-    # Links to the executed notebooks and metrics, relative to the run folder.
+    # Numbered figures, each with a one-sentence caption.
+    figures = re.findall(r'<figure[^>]*id="figure-(\d+)".*?<figcaption><strong>Figure (\d+)\.</strong> '
+                         r"([^<]+)</figcaption>", text, flags=re.S)
+    assert len(figures) == len(imgs)
+    assert [int(a) for a, _, _ in figures] == list(range(1, len(imgs) + 1))
+    assert all(a == b and caption.startswith("Look ") for a, b, caption in figures)
+    # Links to the executed notebooks (rendered to HTML, code and outputs kept) and metrics.
     for step in report.STEP_NAMES:
+        page = built / "notebooks" / f"{step}.html"
+        assert page.is_file() and "<script" not in page.read_text(encoding="utf-8")
+        assert f'href="notebooks/{step}.html"' in text
         assert f'href="notebooks/{step}.ipynb"' in text
         assert f'href="{step}/metrics.json"' in text
 
@@ -178,6 +206,127 @@ def test_report_notebook_is_built_from_metrics(run_dir: Path, report: ModuleType
     assert all("R.show(" in c.source or "load_metrics" in c.source for c in nb.cells if c.cell_type == "code")
 
 
+# --------------------------------------------------------------------------- the answer box
+def test_answer_box_leads_the_report(built: Path) -> None:
+    text = (built / "report.html").read_text(encoding="utf-8")
+    m5 = json.loads((built / "05_rollout_analysis" / "metrics.json").read_text())
+    assert text.index('id="answer"') < text.index('id="toc"') < text.index('id="stamp"') < text.index('id="situation"')
+    box = text.split('id="answer"')[1].split("</div>")[0]
+    assert "in-domain calibration lowered in-domain perplexity by 1.09% (95% CI [0.55, 1.53]) against generic" in box
+    assert "no measurable difference" in box and "2 draws each" in box
+    assert "NO-GO" in box and m5["candidate"]["checkpoint"] in box and "closed-book policy accuracy" in box
+    assert f"runner-up <code>{m5['candidate']['runner_up']['checkpoint']}</code>" in box
+    assert "TRAP" in box and "2-core CPU (this machine)" in box
+    assert "SIMULATED" in box and m5["rollout"]["decision"].upper() in box
+    assert 'href="#flagged-rtn"' in box and "worse than round-to-nearest" in box
+    # The rule is quoted with the runner-up in the verdict section.
+    cand = text.split('id="candidate"')[1][:6000]
+    assert "rollout.candidate_rule: best_worst_case" in cand and "runner-up" in cand
+    assert m5["candidate"]["runner_up"]["checkpoint"] in cand
+
+
+def test_answer_lines(run_dir: Path, report: ModuleType) -> None:
+    M = report.load_metrics(run_dir)
+    assert [a for a, _ in report.trust_problems(M)] == ["flagged-rtn"]
+    # Budget changed after results, a stale step, a step at an older commit: all named.
+    man = M["manifest"]
+    man["budget_history"] = [{"budget": []}, {"budget": [], "after_results": True}]
+    man["steps"]["03_evaluate"]["stale"] = True
+    man["steps"]["03_evaluate"]["stale_reason"] = "params changed"
+    man["steps"]["04_benchmark"]["git_commit"] = "f" * 40
+    anchors = [a for a, _ in report.trust_problems(M)]
+    assert anchors == ["verdict", "steps", "flagged-rtn", "steps"]
+    box = report.answer_html(M, base="other/report.html", box_id="answer-1")
+    assert 'id="answer-1"' in box and "4 warning(s)" in box and "03_evaluate (params changed)" in box
+    assert 'href="other/report.html#effects"' in box and "older commit (04_benchmark)" in box
+    # GO when the candidate passes every line: the tightest line is named.
+    cand = M["05_rollout_analysis"]["candidate"]["checkpoint"]
+    M["03_evaluate"]["verdict_by_checkpoint"][cand] = "pass"
+    for r in M["03_evaluate"]["budget"]:
+        if r["checkpoint"] == cand:
+            r.update(worst_case=r["limit"] - 0.5 if r["metric"] == "retention_acc" else 0.0, verdict="pass")
+    assert "GO</span> for 4-bit" in report.answer_html(M)
+    assert report.deciding_line(M, cand)["metric"] == "retention_acc"
+    # Within noise in plain words.
+    e = {"metric": "indomain_ppl", "unit": "% perplexity", "a": "in_domain", "b": "generic", "point": -0.4,
+         "lo": -1.0, "hi": 0.2, "draws": [3, 3], "within_noise": True}
+    assert report.effect_clause(e, "95% CI") == ("in-domain perplexity: no measurable difference (-0.40%, 95% CI "
+                                                 "[-1.00, +0.20]: the interval includes 0)")
+
+
+def test_candidate_rule_not_recorded_in_older_runs(run_dir: Path, report: ModuleType) -> None:
+    M = report.load_metrics(run_dir)
+    assert "not recorded" in report._candidate_md(M)
+    cand = _record_candidate_rule(run_dir)
+    M = report.load_metrics(run_dir)
+    md = report._candidate_md(M)
+    assert cand["rule_text"] in md and "runner-up" in md and "FAILS the offline budget" in md
+
+
+def test_pdf_skipped_without_chromium(tmp_path: Path, report: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = tmp_path / "report.html"
+    page.write_text("<html><body>x</body></html>")
+    (tmp_path / "report.pdf").write_bytes(b"%PDF old")
+    monkeypatch.setattr(report, "find_chromium", lambda: None)
+    line = report.write_pdf(page)
+    assert line.startswith("PDF skipped") and "\n" not in line
+    assert not (tmp_path / "report.pdf").exists()  # no PDF of an older report left behind
+
+
+# --------------------------------------------------------------------------- compare
+def _second_run(run: Path, tmp_path: Path, **changes) -> Path:
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    path = other / "manifest.json"
+    man = json.loads(path.read_text())
+    man["run_id"] = "other"
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        man["params"][section][key] = value
+    path.write_text(json.dumps(man))
+    return other
+
+
+def test_compare_refuses_different_budgets(run_dir: Path, tmp_path: Path) -> None:
+    from quantstudy import cli
+    from quantstudy.report_compare import CompareError, compare_runs, params_diff
+
+    budget = json.loads((run_dir / "manifest.json").read_text())["params"]["evaluate"]["budget"]
+    looser = [dict(b, max_drop=5.0) if b["metric"] == "indomain_ppl" else b for b in budget]
+    other = _second_run(run_dir, tmp_path, evaluate__budget=looser, study__seed=7)
+    out = tmp_path / "cmp.html"
+    with pytest.raises(CompareError) as err:
+        compare_runs([run_dir, other], out)
+    msg = str(err.value)
+    assert "budgets differ" in msg and "--force" in msg and "\n" not in msg
+    assert "params that differ: study.seed, evaluate.budget" in msg
+    assert cli.main(["compare", str(run_dir), str(other), "--out", str(out)]) == 2 and not out.exists()
+    assert cli.main(["compare", str(run_dir), str(other), "--out", str(out), "--force"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "different quality budgets" in page and 'id="answer-0"' in page and 'id="answer-1"' in page
+    assert 'href="fixture/report.html#effects"' in page and "<script" not in page
+    mans = [json.loads((d / "manifest.json").read_text()) for d in (run_dir, other)]
+    assert params_diff(mans) == {"study.seed": [0, 7], "evaluate.budget": [budget, looser]}
+    assert cli.main(["compare", str(run_dir), "--out", str(out)]) == 2  # one run is not a comparison
+
+
+def test_compare_same_budget(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from quantstudy import cli
+
+    other = _second_run(run_dir, tmp_path, calibration__draws=3)
+    out = tmp_path / "sub" / "cmp.html"
+    assert cli.main(["compare", str(run_dir), str(other), "--out", str(out)]) == 0
+    assert "params that differ: calibration.draws" in capsys.readouterr().out
+    page = out.read_text(encoding="utf-8")
+    for section in ("answers", "effects", "budget", "speed", "params"):
+        assert f'id="{section}"' in page, section
+    assert "different quality budgets" not in page and "NO-GO" in page
+    assert "-1.09% [-1.53, -0.55]" in page  # the headline effect with its CI, per run
+    (other / "05_rollout_analysis" / "metrics.json").unlink()
+    assert cli.main(["compare", str(run_dir), str(other), "--out", str(out)]) == 2
+    assert "incomplete run" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- browser
 @pytest.mark.browser
 def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
@@ -188,31 +337,62 @@ def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from quantstudy.report_compare import compare_runs
+
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1400,1000"):
+                "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,900"):
         opts.add_argument(arg)
     opts.binary_location = str(CHROMIUM)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+
+    def open_page(path: Path) -> None:
+        driver.get(path.as_uri())
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def severe() -> list:
+        return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
     try:
         driver.set_page_load_timeout(60)
-        driver.get((built / "report.html").as_uri())
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+        driver.set_window_size(1280, 900)
+        open_page(built / "report.html")
+        # The answer box is on the first screen of a 1280 x 900 window.
+        rect = driver.execute_script("const r = document.getElementById('answer').getBoundingClientRect();"
+                                     "return [r.top, r.bottom, r.width, window.innerHeight];")
+        assert 0 <= rect[0] < rect[1] <= 900 and rect[2] > 600, rect
         imgs = driver.find_elements(By.TAG_NAME, "img")
         assert len(imgs) >= 8
         widths = [driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in imgs]
         assert all(w and w > 0 for w in widths), widths
-        for hook in ("verdict", "budget", "traps", "checklist"):
+        assert len(driver.find_elements(By.CSS_SELECTOR, "figure.report-figure figcaption")) == len(imgs)
+        for hook in ("verdict", "budget", "traps", "checklist", "answer", "toc", "candidate"):
             assert driver.find_elements(By.ID, hook), hook
         assert "SIMULATED" in driver.find_element(By.ID, "verdict").text
         assert "TRAP" in driver.find_element(By.ID, "traps").text
-        severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-        assert severe == [], severe
+        # Wide tables scroll inside the page instead of widening it.
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= 1280
+        assert severe() == []
         driver.set_window_size(1400, max(1000, driver.execute_script("return document.body.scrollHeight")))
         shot = built / "report_screenshot.png"
         assert driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
+        # The PDF next to the HTML has pages.
+        pdf = (built / "report.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) >= 2
+        # An executed notebook's HTML opens (code and outputs kept).
+        driver.set_window_size(1280, 900)
+        open_page(built / "notebooks" / "03_evaluate.html")
+        assert "03_evaluate" in driver.find_element(By.TAG_NAME, "body").text
+        assert severe() == []
+        # The comparison page opens without console errors.
+        other = tmp_path / "other"
+        shutil.copytree(built, other)
+        page, _ = compare_runs([built, other], tmp_path / "compare.html")
+        open_page(page)
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".answer")) == 2
+        assert severe() == []
     finally:
         driver.quit()

@@ -175,3 +175,106 @@ def test_figures_build_and_label_simulated(simulated: bool) -> None:
         assert fig.axes[0].get_legend() is not None
     assert "percentage points" in _texts(f2)
     assert any(t.get_text() in rollout.DECISIONS for t in f2.axes[0].texts)
+
+
+# --------------------------------------------------------------------------- the candidate rule
+def _eval_dir(tmp_path: Path, cks: dict[str, tuple], first: str = "policy_closed_book_acc") -> Path:
+    """A step-03 metrics.json: cks = {name: (source, draw, passes every line, worst case, point)} on
+    the budget's first line; a second line (indomain_ppl) fails the checkpoints that do not pass."""
+    import json
+
+    summary = [{"name": "baseline", "method": "baseline", "source": "", "draw": None, "bits": 16,
+                "policy_closed_book_acc": 0.8, "retention_acc": 0.8}]
+    budget, verdicts = [], {}
+    for name, (source, draw, passes, worst, point) in cks.items():
+        summary.append({"name": name, "method": "awq", "source": source, "draw": draw, "bits": 4,
+                        "policy_closed_book_acc": 0.78, "retention_acc": 0.8})
+        budget.append({"checkpoint": name, "metric": first, "limit": 2.0, "unit": "points", "degradation": point,
+                       "worst_case": worst, "verdict": "pass" if worst <= 2.0 else "fail"})
+        budget.append({"checkpoint": name, "metric": "indomain_ppl", "limit": 3.0, "unit": "percent",
+                       "degradation": 1.0, "worst_case": 2.0 if passes else 9.0,
+                       "verdict": "pass" if passes else "fail"})
+        verdicts[name] = "pass" if passes and worst <= 2.0 else "fail"
+    declared = [{"metric": "satisfaction", "max_drop": 2.0, "unit": "points"},  # judged by the rollout, skipped
+                {"metric": first, "max_drop": 2.0, "unit": "points"},
+                {"metric": "indomain_ppl", "max_drop": 3.0, "unit": "percent"}]
+    folder = tmp_path / "03_evaluate"
+    folder.mkdir(exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({"summary": summary, "budget": budget, "budget_declared": declared,
+                                                     "verdict_by_checkpoint": verdicts}))
+    return folder
+
+
+def test_candidate_rule_picks_the_best_worst_case_among_passing(tmp_path: Path) -> None:
+    folder = _eval_dir(tmp_path, {
+        "awq-w4-g128-indomain-d0": ("in_domain", 0, True, 1.5, 0.2),
+        "awq-w4-g128-generic-d0": ("generic", 0, True, 1.8, -0.5),
+        "awq-w4-g128-mixed-d0": ("mixed", 0, False, 0.1, 0.0),  # best number, but fails another line
+        "awq-w4-g128-indomain-d0-duo1-clip1": ("in_domain", 0, True, 0.0, 0.0),  # search-setting variant: left out
+    })
+    c = rollout.candidate_from_evaluation(folder)
+    assert c["checkpoint"] == "awq-w4-g128-indomain-d0" and c["passed_offline_budget"] is True
+    assert c["rule"] == "best_worst_case" and c["metric"] == "policy_closed_book_acc" and c["worst_case"] == 1.5
+    assert "policy_closed_book_acc" in c["rule_text"] and "generic < mixed < in_domain" in c["rule_text"]
+    assert c["runner_up"]["checkpoint"] == "awq-w4-g128-generic-d0" and c["runner_up"]["worst_case"] == 1.8
+    assert "awq-w4-g128-indomain-d0-duo1-clip1" not in c["pool"]
+    assert c["quality_change_points"] == pytest.approx(-1.0)
+    # best_point ranks by the point estimate instead.
+    assert rollout.candidate_from_evaluation(folder, "best_point")["checkpoint"] == "awq-w4-g128-generic-d0"
+
+
+def test_candidate_rule_when_nothing_passes(tmp_path: Path) -> None:
+    folder = _eval_dir(tmp_path, {
+        "awq-w4-g128-indomain-d0": ("in_domain", 0, False, 4.0, 1.0),
+        "awq-w4-g128-generic-d0": ("generic", 0, False, 3.0, 1.0),
+    })
+    c = rollout.candidate_from_evaluation(folder)
+    assert c["checkpoint"] == "awq-w4-g128-generic-d0" and c["passed_offline_budget"] is False
+    assert c["runner_up"]["checkpoint"] == "awq-w4-g128-indomain-d0" and not c["runner_up"]["passed_offline_budget"]
+
+
+def test_candidate_rule_ties_go_to_cheaper_calibration_then_draw_0(tmp_path: Path) -> None:
+    same = (True, 1.0, 0.0)
+    folder = _eval_dir(tmp_path, {
+        "awq-w4-g128-indomain-d0": ("in_domain", 0, *same),
+        "awq-w4-g128-mixed-d1": ("mixed", 1, *same),
+        "awq-w4-g128-mixed-d0": ("mixed", 0, *same),
+    })
+    c = rollout.candidate_from_evaluation(folder)
+    assert (c["checkpoint"], c["runner_up"]["checkpoint"]) == ("awq-w4-g128-mixed-d0", "awq-w4-g128-mixed-d1")
+    assert c["pool"][-1] == "awq-w4-g128-indomain-d0"
+    folder = _eval_dir(tmp_path, {
+        "awq-w4-g128-generic-d0": ("generic", 0, *same),
+        "awq-w4-g128-generic-d0-n16": ("generic", 0, *same),  # fewer calibration samples: cheaper
+        "awq-w4-g128-generic-d1": ("generic", 1, *same),
+    })
+    c = rollout.candidate_from_evaluation(folder, default_samples=64)
+    assert c["pool"] == ["awq-w4-g128-generic-d0-n16", "awq-w4-g128-generic-d0", "awq-w4-g128-generic-d1"]
+    assert c["n_samples"] == 16 and c["runner_up"]["n_samples"] == 64
+
+
+def test_candidate_rule_is_validated(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    assert RolloutSection().candidate_rule == "best_worst_case"
+    with pytest.raises(ValidationError):
+        RolloutSection(candidate_rule="best_guess")
+    folder = _eval_dir(tmp_path, {"awq-w4-g128-generic-d0": ("generic", 0, True, 1.0, 0.0)})
+    with pytest.raises(RolloutError, match="unknown rule 'best_guess'"):
+        rollout.candidate_from_evaluation(folder, "best_guess")
+    assert rollout.candidate_from_evaluation(folder)["runner_up"] is None
+
+
+def test_metrics_record_the_rule_and_the_runner_up(tmp_path: Path) -> None:
+    import json
+
+    folder = _eval_dir(tmp_path, {"awq-w4-g128-indomain-d0": ("in_domain", 0, True, 1.5, 0.2),
+                                  "awq-w4-g128-generic-d0": ("generic", 0, True, 1.8, -0.5)})
+    cand = rollout.candidate_from_evaluation(folder)
+    p = RolloutSection(stages=[0.5, 1.0], days_per_stage=1, daily_conversations=200, margin=0.02)
+    step = {"candidate": cand, "main": rollout.analyse(p, cand["quality_change_points"], 0), "rollout_params": p}
+    rollout.write_metrics(tmp_path / "05", step, 1.0)
+    written = json.loads((tmp_path / "05" / "metrics.json").read_text())["candidate"]
+    assert written["rule"] == "best_worst_case" and written["rule_text"] == cand["rule_text"]
+    assert (written["checkpoint"], written["worst_case"]) == ("awq-w4-g128-indomain-d0", 1.5)
+    assert (written["runner_up"]["checkpoint"], written["runner_up"]["worst_case"]) == ("awq-w4-g128-generic-d0", 1.8)

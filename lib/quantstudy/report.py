@@ -314,6 +314,11 @@ def _draws(e: Mapping[str, Any]) -> str:
     return f"{a} draw{'' if a == 1 else 's'} each" if a == b else f"{a} and {b} draws"
 
 
+def _effect_numbers(e: Mapping[str, Any], ci: str) -> str:
+    u = "%" if str(e.get("unit", "")).startswith("%") else f" {e.get('unit', '')}"
+    return f"{fmt(e['point'], 2, True)}{u}, {ci} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}]"
+
+
 def effect_clause(e: Mapping[str, Any], ci: str) -> str:
     """'in-domain calibration lowered in-domain perplexity by 1.09% [0.55, 1.53] against generic'
     or '<metric>: no measurable difference (..., the interval includes 0)'."""
@@ -322,8 +327,7 @@ def effect_clause(e: Mapping[str, Any], ci: str) -> str:
     what = _label(e["metric"])
     a, b = (SOURCE_LABELS.get(e[k], e[k]).lower() for k in ("a", "b"))
     if e.get("within_noise"):
-        return (f"{what}: no measurable difference ({fmt(e['point'], 2, True)}{u}, {ci} [{fmt(e['lo'], 2, True)}, "
-                f"{fmt(e['hi'], 2, True)}]: the interval includes 0)")
+        return f"{what}: no measurable difference ({_effect_numbers(e, ci)}: the interval includes 0)"
     lo, hi = sorted((abs(e["lo"]), abs(e["hi"])))
     verb = "lowered" if e["point"] < 0 else "raised"
     return f"{a} calibration {verb} {what} by {fmt(abs(e['point']))}{u} ({ci} [{fmt(lo)}, {fmt(hi)}]) against {b}"
@@ -333,9 +337,13 @@ def _answer_calibration(M: Mapping[str, Any]) -> tuple[str, str]:
     effs = headline_effects(M)
     if not effs:
         return "This run did not compare in-domain with generic calibration.", "info"
-    clauses = [effect_clause(e, _ci_level(M)) for e in sorted(effs, key=lambda e: bool(e.get("within_noise")))]
-    lead = "Yes" if any(not e.get("within_noise") for e in effs) else "No measurable difference"
-    return f"{lead}: {_e('; '.join(clauses))}; over {_draws(effs[0])}.", "info"
+    ci = _ci_level(M)
+    if all(e.get("within_noise") for e in effs):
+        nums = "; ".join(f"{_label(e['metric'])} {_effect_numbers(e, ci)}" for e in effs)
+        return (f"No measurable difference between in-domain and generic calibration (in-domain minus generic): "
+                f"{_e(nums)} (every interval includes 0); over {_draws(effs[0])}."), "info"
+    clauses = [effect_clause(e, ci) for e in sorted(effs, key=lambda e: bool(e.get("within_noise")))]
+    return f"Yes: {_e('; '.join(clauses))}; over {_draws(effs[0])}.", "info"
 
 
 def deciding_line(M: Mapping[str, Any], checkpoint: str) -> dict | None:
@@ -395,9 +403,9 @@ def _answer_speed(M: Mapping[str, Any]) -> tuple[str, str]:
         return f"No speed measurements for a quantized path on {_e(hw)}. " + _trap_text(M, name, ""), "info"
     s = min((x for x in rows if x.get("path") == path), key=lambda x: (x.get("batch") or 0, x.get("context") or 0))
     base, quant = _memory_row(r, "baseline") or {}, _memory_row(r, path) or {}
-    text = (f"On {_e(hw)} ({_e(name)} model, batch {s.get('batch')}, context {s.get('context')}): {_e(path)} decodes at "
-            f"{fmt(s.get('decode_speedup'))}x and prefills at {fmt(s.get('prefill_speedup'))}x the float baseline's "
-            f"speed; weights {_size(base.get('weight_bytes_full_model'))} &rarr; "
+    text = (f"On {_e(hw)} ({_e(name)} model, batch {s.get('batch')}, context {s.get('context')}): {_e(path)} "
+            f"decodes at {fmt(s.get('decode_speedup'))}x and prefills at {fmt(s.get('prefill_speedup'))}x the float "
+            f"baseline's speed; weights {_size(base.get('weight_bytes_full_model'))} &rarr; "
             f"{_size(quant.get('weight_bytes_full_model'))}. " + _trap_text(M, name, path))
     slow = any(_num(s.get(k)) is not None and s[k] < 1 for k in ("decode_speedup", "prefill_speedup"))
     return text, "bad" if slow or "TRAP" in text else "info"
@@ -410,14 +418,16 @@ def _answer_rollout(M: Mapping[str, Any]) -> tuple[str, str]:
     decision = str(main.get("decision", "n/a"))
     when = (f" at look {main['stopped_at_look']}" if main.get("stopped_at_look") is not None
             else f" after {main.get('n_looks', 'n/a')} look(s)")
+    cand = (r5.get("candidate") or {}).get("checkpoint", "n/a")
     text = (('<span class="sim-label">SIMULATED</span> ' if sim else "")
-            + f"{_e(decision.upper())} for <code>{_e((r5.get('candidate') or {}).get('checkpoint', 'n/a'))}</code>{when}")
+            + f"{_e(decision.upper())} for <code>{_e(cand)}</code>{when}")
     if worse:
         fired = worse.get("decision") == "roll back"
         text += (f"; the 'worse' scenario ends in {_e(str(worse.get('decision', 'n/a')).upper())}, so the rollback "
                  f"trigger {'works' if fired else 'did NOT fire'}")
     text += " (simulated logs, not real users)." if sim else " (real rollout logs)."
-    return text, {"cut over": "ok", "roll back": "bad"}.get(decision, "info")
+    trigger_failed = bool(worse) and worse.get("decision") != "roll back"
+    return text, "bad" if trigger_failed else {"cut over": "ok", "roll back": "bad"}.get(decision, "info")
 
 
 def trust_problems(M: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -826,7 +836,8 @@ def _stamp(M: Mapping[str, Any], run_dir: Path) -> str:
         "",
         '<div id="steps">',
         "",
-        "**Steps** (executed notebooks, rendered to HTML with code and outputs, and metrics; relative to this run folder)",
+        "**Steps** (executed notebooks rendered to HTML with code and outputs, and metrics; relative to this run "
+        "folder)",
         "",
         "| step | status | duration (s) | started | computed at commit | executed notebook | metrics |",
         "|---|---|---|---|---|---|---|",
@@ -1424,7 +1435,8 @@ ul.checklist li { margin: 4px 0; }
 .go, .nogo { color: #fff; font-weight: bold; padding: 0 6px; border-radius: 3px; }
 .go { background: #2ca02c; } .nogo { background: #c81e1e; }
 .toc { font-size: 13px; border-top: 1px solid #ddd; border-bottom: 1px solid #ddd; padding: 4px 0; margin: 6px 0 12px; }
-.toc ol { display: flex; flex-wrap: wrap; gap: 2px 18px; margin: 2px 0 0; padding-left: 1.4em; }
+.toc ol { display: flex; flex-wrap: wrap; gap: 2px 18px; margin: 2px 0 0; padding-left: 0;
+          list-style-position: inside; }
 figure.report-figure { margin: 8px 0 18px; }
 figure.report-figure figcaption { font-size: 13px; color: #333; margin-top: 4px; }
 @media print {
@@ -1432,7 +1444,7 @@ figure.report-figure figcaption { font-size: 13px; color: #333; margin-top: 4px;
   main { max-width: none; }
   .jp-RenderedHTMLCommon table, .jp-RenderedHTML table { display: table; overflow: visible; font-size: 8px;
                                                          table-layout: auto; width: 100%; }
-  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { word-break: break-word; }
+  .jp-RenderedHTMLCommon td { overflow-wrap: anywhere; }
   figure, .callout, .answer, tr, img, pre { break-inside: avoid; page-break-inside: avoid; }
   h1, h2, h3 { break-after: avoid; page-break-after: avoid; }
   a { color: inherit; text-decoration: none; }
