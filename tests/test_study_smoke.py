@@ -35,6 +35,7 @@ def test_smoke_study_completes(smoke_run):
     report = (run / "report.html").read_text()
     assert "Situation" in report and 'id="verdict"' in report and "<script" not in report
     assert 'id="budget"' in report and "<img" in report and 'id="flips"' in report
+    assert 'id="pii-independent"' in report and 'id="answer"' in report
     assert "vs dequantized weights" in report
 
 
