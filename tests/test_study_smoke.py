@@ -36,7 +36,7 @@ def test_smoke_study_completes(smoke_run):
     assert "Situation" in report and 'id="verdict"' in report and "<script" not in report
     assert 'id="budget"' in report and "<img" in report and 'id="flips"' in report
     assert 'id="pii-independent"' in report and 'id="answer"' in report
-    assert "vs dequantized weights" in report
+    assert "vs dequantized weights" in report and 'id="lm-eval"' in report
 
 
 def test_smoke_outputs_are_sane(smoke_run):
@@ -56,6 +56,9 @@ def test_smoke_outputs_are_sane(smoke_run):
     for f in flips.values():
         assert f["right->wrong"] + f["wrong->right"] == round(f["flip rate (%)"] * f["items"] / 100)
         assert f["CI low"] <= f["flip rate (%)"] <= f["CI high"]
+    lm = ev["lm_eval"]   # lm-eval-harness on the same items judges every item as the study's scorer does
+    assert set(lm) == {r["name"] for r in ev["summary"]}
+    assert all(r["agree_items"] == r["n_items"] for tasks in lm.values() for r in tasks.values()), lm
     base = next(r for r in ev["summary"] if r["name"] == "baseline")
     assert base["policy_closed_book_acc"] > ev["chance_levels"]["policy_closed_book"]
     bm = json.loads((run / "04_benchmark" / "metrics.json").read_text())

@@ -1115,6 +1115,21 @@ def _outcome(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     return cells
 
 
+def _lm_eval_md(e3: Mapping[str, Any]) -> list[str]:
+    """lm-eval-harness accuracy next to the study's own scorer, per model and task."""
+    res = e3.get("lm_eval") or {}
+    rows = [{"model": model, "task": task, "lm-eval acc": fmt(r.get("acc"), 3), "study acc": fmt(r.get("study_acc"), 3),
+             "items judged alike": f"{r.get('agree_items', 'n/a')} / {r.get('n_items', 'n/a')}",
+             "max |log-lik diff| (nats)": fmt(r.get("max_abs_ll_diff"), 5)}
+            for model, tasks in res.items() for task, r in tasks.items()]
+    if not rows:
+        return []
+    return ['<div id="lm-eval">', "", "### lm-eval-harness on the same items", "",
+            "The study's task items exported as local lm-eval multiple-choice tasks and scored by lm-eval-harness on the "
+            "same models: the two scorers should judge every item alike (log-likelihood differences come from "
+            "batching and, in 16-bit evaluation, rounding).", "", md_table(rows), "", "</div>"]
+
+
 def _flip_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Flip rates per checkpoint and task, and reference tasks (baseline against chance)."""
     e3 = M["03_evaluate"]
@@ -1138,6 +1153,7 @@ def _flip_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
         lines += ['<div id="reference-tasks">', "", "### Reference tasks (baseline only, outside the budget)", "",
                   "Scored on the baseline alone against chance: a task the model cannot do at full precision cannot "
                   "show what quantization does to it.", "", md_table(r_rows), "", "</div>"]
+    lines += _lm_eval_md(e3)
     return [("markdown", "\n".join(lines))] if lines else []
 
 
