@@ -79,7 +79,18 @@ class GroundedSettings(_Model):
         return _range(v)
 
 
-class ProbeMix(_Model):
+class _Weights(_Model):
+    """Relative weights of a mix: each >= 0, at least one > 0."""
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError(f"at least one {self._what} needs a weight > 0")
+        return self
+
+
+class ProbeMix(_Weights):
+    _what = "probe type"
     order_id: float = Field(1.0, ge=0.0)
     product: float = Field(1.0, ge=0.0)
     address: float = Field(1.0, ge=0.0)
@@ -87,23 +98,12 @@ class ProbeMix(_Model):
     email: float = Field(1.0, ge=0.0)
     name: float = Field(1.0, ge=0.0)
 
-    @model_validator(mode="after")
-    def _positive(self) -> "ProbeMix":
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one probe type needs a weight > 0")
-        return self
 
-
-class DigressionMix(_Model):
+class DigressionMix(_Weights):
+    _what = "digression type"
     small_talk: float = Field(1.0, ge=0.0)
     troubleshooting: float = Field(1.0, ge=0.0)
     policy_question: float = Field(1.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _positive(self) -> "DigressionMix":
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one digression type needs a weight > 0")
-        return self
 
 
 class RetentionSettings(_Model):
