@@ -88,6 +88,18 @@ def test_awq_and_rtn_checkpoints_differ(checkpoints):
     assert differs, "AWQ and RTN produced identical packed weights"
 
 
+def test_autocast_search_still_searches(checkpoints, tiny_model_dir, tok, tmp_path):
+    """search_autocast runs the grid in bfloat16. With autocast's weight cache on, every grid
+    point would be scored with the original weights and the search would fall back to scale 1,
+    i.e. produce exactly the RTN checkpoint: it must not."""
+    rec = Q.quantize_awq(Q.QuantRequest(str(tiny_model_dir), tmp_path / "awq_bf16", search_autocast="bfloat16"),
+                         tok, _samples(vocab=len(tok)), 64, "generic", 0)
+    assert rec["search_autocast"] == "bfloat16"
+    a, r = Q._tensors(tmp_path / "awq_bf16"), Q._tensors(checkpoints["rtn"])
+    differs = [k for k in a if k.endswith(".qweight") and not torch.equal(a[k], r[k])]
+    assert len(differs) >= len([k for k in a if k.endswith(".qweight")]) // 2, differs
+
+
 def test_load_checkpoint_gives_finite_logits(checkpoints):
     for key in ("awq", "rtn"):
         model, tok, info = Q.load_checkpoint(checkpoints[key])

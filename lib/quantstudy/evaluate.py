@@ -147,17 +147,54 @@ def batch_order(items: list[dict]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: (len(items[i]["choices"]), len(items[i]["context"])))
 
 
+def _packed_batch(rows: list[tuple[list[int], list[list[int]]]], pad: int, sdpa: bool, dtype: torch.dtype):
+    """One batch of items, each packed as context + every choice in a single row.
+
+    Rows are left-padded to a common width, so every row ends at the same position and all
+    scored positions lie in the last ``keep`` columns. A choice's tokens attend to the context
+    and to their own earlier tokens, never to another choice, and continue the context's
+    positions: the same arithmetic as scoring each choice after the context, one forward pass
+    for all of them. Padding attends to itself only (a row with nothing to attend to gives NaN).
+    Returns input_ids, position_ids, the 4D mask, keep, and per row the column of the context's
+    last token and each choice's first column."""
+    width = max(len(c) + sum(map(len, ch)) for c, ch in rows)
+    keep = max(sum(map(len, ch)) for _, ch in rows) + 1
+    x = torch.full((len(rows), width), pad, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    allow = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    idx = torch.arange(width)
+    layout = []
+    for r, (ctx, choices) in enumerate(rows):
+        off = width - len(ctx) - sum(map(len, choices))
+        allow[r, 0, idx[:off], idx[:off]] = True
+        L = len(ctx)
+        x[r, off:off + L] = torch.tensor(ctx)
+        pos[r, off:off + L] = torch.arange(L)
+        allow[r, 0, off:off + L, off:off + L] = torch.ones(L, L, dtype=torch.bool).tril()
+        starts, s = [], off + L
+        for c in choices:
+            n = len(c)
+            x[r, s:s + n] = torch.tensor(c)
+            pos[r, s:s + n] = torch.arange(L, L + n)
+            allow[r, 0, s:s + n, off:off + L] = True
+            allow[r, 0, s:s + n, s:s + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            starts.append(s)
+            s += n
+        layout.append((off + L - 1, starts))
+    mask = allow if sdpa else torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    return x, pos, mask, keep, layout
+
+
 @torch.no_grad()
 def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_items: int = 16) -> dict:
     """Log-likelihood ranking, as lm-eval-harness scores multiple choice.
 
-    Score(choice) = sum of log p(choice tokens | context). Each batch of contexts runs once,
-    left-padded (rotary positions are relative, so a constant shift of a row's positions does
-    not change its attention), and its KV cache is repeated for the choices, which are scored
-    in a second, right-padded pass. Returns per-item correctness (acc), length-normalised
-    correctness (acc_norm, per character), the correct choice's margin over the best
-    distractor (log-prob units), and each choice's summed log-likelihood (choice_ll:
-    [items, most choices], NaN past an item's own choices).
+    Score(choice) = sum of log p(choice tokens | context). Each item is one row holding its
+    context followed by all its choices, with an attention mask that keeps the choices apart
+    (``_packed_batch``): one forward pass per batch of items and no repeated context. Returns
+    per-item correctness (acc), length-normalised correctness (acc_norm, per character), the
+    correct choice's margin over the best distractor (log-prob units), and each choice's
+    summed log-likelihood (choice_ll: [items, most choices], NaN past an item's own choices).
     """
     if len(items) > batch_items:
         # Batch items of similar length (less padding), then restore the given order.
@@ -168,53 +205,34 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
         out = {k: np.concatenate([p[k] for p in parts])[inverse] for k in ("acc", "acc_norm", "margin")}
         out["choice_ll"] = _pad_rows([row for p in parts for row in p["choice_ll"]])[inverse]
         return out
+    if not items:
+        return {k: np.zeros(0) for k in ("acc", "acc_norm", "margin")} | {"choice_ll": np.zeros((0, 0))}
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = [(encode(tokenizer, it["context"]), [tokenizer(c, add_special_tokens=False)["input_ids"] for c in it["choices"]])
+            for it in items]
+    empty = [it.get("item_id", i) for i, (it, (_, ch)) in enumerate(zip(items, rows)) if not all(ch)]
+    if empty:
+        raise ValueError(f"task items {empty[:5]}: a choice encodes to no tokens")
+    sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    x, pos, mask, keep, layout = _packed_batch(rows, pad, sdpa, next(model.parameters()).dtype)
+    logits = model(input_ids=x.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev), use_cache=False,
+                   logits_to_keep=keep).logits
+    lp = F.log_softmax(logits.float(), -1).cpu()       # column j predicts token (width - keep + j + 1)
+    first = x.shape[1] - keep
     acc, acc_norm, margin, choice_ll = [], [], [], []
-    for b in range(0, len(items), batch_items):
-        chunk = items[b:b + batch_items]
-        n_choices = {len(it["choices"]) for it in chunk}
-        if len(n_choices) != 1:  # mixed choice counts: score item by item
-            for it in chunk:
-                r = score_items(model, tokenizer, [it], desc=desc, batch_items=1)
-                acc.append(r["acc"][0]); acc_norm.append(r["acc_norm"][0]); margin.append(r["margin"][0])
-                choice_ll.append(r["choice_ll"][0])
-            continue
-        k = n_choices.pop()
-        ctxs = [encode(tokenizer, it["context"]) for it in chunk]
-        width = max(map(len, ctxs))
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        cmask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, c in enumerate(ctxs):
-            x[i, width - len(c):] = torch.tensor(c)
-            cmask[i, width - len(c):] = 1
-        out = model(input_ids=x.to(dev), attention_mask=cmask.to(dev), use_cache=True, logits_to_keep=1)
-        first_lp = F.log_softmax(out.logits[:, -1].float(), -1)          # predicts each choice's first token
-        choices = [tokenizer(c, add_special_tokens=False)["input_ids"] for it in chunk for c in it["choices"]]
-        longest = max(map(len, choices))
-        scores = torch.stack([first_lp[i // k, c[0]] for i, c in enumerate(choices)]).cpu()
-        if longest > 1:
-            cache = getattr(out, "cache", None) or out.past_key_values
-            cache.batch_repeat_interleave(k)
-            y = torch.full((len(choices), longest), pad, dtype=torch.long)
-            for i, c in enumerate(choices):
-                y[i, :len(c)] = torch.tensor(c)
-            mask = torch.cat([cmask.repeat_interleave(k, 0), torch.ones((len(choices), longest), dtype=torch.long)], 1)
-            lp = F.log_softmax(model(input_ids=y.to(dev), attention_mask=mask.to(dev), cache=cache).logits.float(), -1)
-            rest = torch.zeros(len(choices))
-            for i, c in enumerate(choices):
-                if len(c) > 1:
-                    t = torch.arange(len(c) - 1, device=dev)
-                    rest[i] = lp[i, t, y[i, 1:len(c)].to(dev)].sum().cpu()
-            scores = scores + rest
-        scores = scores.view(len(chunk), k).numpy().astype(np.float64)
-        for it, sc in zip(chunk, scores):
-            lens = np.array([max(1, len(c)) for c in it["choices"]])
-            ans = int(it["answer"])
-            acc.append(float(np.argmax(sc) == ans))
-            acc_norm.append(float(np.argmax(sc / lens) == ans))
-            margin.append(float(sc[ans] - np.delete(sc, ans).max()))
-            choice_ll.append(sc)
+    for r, (it, (ctx, choices), (last, starts)) in enumerate(zip(items, rows, layout)):
+        sc = []
+        for c, s in zip(choices, starts):
+            prev = [last] + list(range(s, s + len(c) - 1))   # the column predicting each choice token
+            sc.append(float(sum(lp[r, p - first, t] for p, t in zip(prev, c))))
+        sc = np.array(sc, dtype=np.float64)
+        lens = np.array([max(1, len(c)) for c in it["choices"]])
+        ans = int(it["answer"])
+        acc.append(float(np.argmax(sc) == ans))
+        acc_norm.append(float(np.argmax(sc / lens) == ans))
+        margin.append(float(sc[ans] - np.delete(sc, ans).max()))
+        choice_ll.append(sc)
     return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "margin": np.array(margin),
             "choice_ll": _pad_rows(choice_ll)}
 

@@ -115,6 +115,9 @@ class QuantizeSection(_Section):
     version: Literal["GEMM", "GEMV"] = "GEMM"
     duo_scaling: bool = False
     apply_clip: bool = False
+    # Matmuls of the AWQ search under autocast to this dtype (weights, scales and the quantizer
+    # stay in model.dtype); null: the model's dtype throughout.
+    search_autocast: Literal["bfloat16", "float16"] | None = None
     rtn_reference: bool = True
     compare_search_settings: bool = True  # also run AutoAWQ's defaults on in-domain draw 0
     sanity_tokens: int = Field(8000, ge=256, description="held-out tokens per domain for step 02's sanity check")

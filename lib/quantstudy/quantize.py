@@ -225,6 +225,7 @@ class QuantRequest:
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
+    search_autocast: str | None = None  # e.g. "bfloat16": the search's matmuls only; weights stay in dtype
 
 
 def _quant_config(req: QuantRequest) -> dict:
@@ -270,6 +271,24 @@ def _simulate_low_bits(awq_model, bits: int, group_size: int, zero_point: bool) 
             lin.weight.data = q.pseudo_quantize_tensor(lin.weight.data.float())[0].to(lin.weight.dtype)
 
 
+def search_precision(req: QuantRequest):
+    """The precision of the AWQ search's forward passes.
+
+    ``search_autocast: bfloat16`` runs the matmuls of the grid search under autocast (bfloat16
+    inputs, float32 accumulation), as AutoAWQ's search runs in float16 on a GPU; the weights,
+    the scales, the pseudo-quantizer and the loss stay in ``model.dtype``. On this CPU a
+    bfloat16 matmul is about 2.5x a float32 one. ``None``: the model's own dtype throughout.
+
+    The autocast weight cache must be off: the search rewrites ``weight.data`` in place for
+    every grid point, and a cached low-precision copy of the original weight would make every
+    candidate score alike, so the search would silently pick scale 1 (plain rounding)."""
+    import contextlib
+
+    if not req.search_autocast:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_device(req.device), dtype=_dtype(req.search_autocast), cache_enabled=False)
+
+
 def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq_len: int,
                  source: str = "", draw: int | None = None) -> dict:
     """Run AutoAWQ's search on token-id samples (each <= max_seq_len) and save the checkpoint."""
@@ -285,16 +304,17 @@ def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq
         model = _load_awq_model(req.model_path, _dtype(req.dtype), req.trust_remote_code)
         model.model.to(_device(req.device))
         t_search = time.time()
-        model.quantize(tokenizer, quant_config=_quant_config(req), calib_data=samples,
-                       max_calib_samples=len(samples), max_calib_seq_len=max_seq_len,
-                       duo_scaling=req.duo_scaling, apply_clip=req.apply_clip,
-                       export_compatible=simulated, n_parallel_calib_samples=None)
+        with search_precision(req):
+            model.quantize(tokenizer, quant_config=_quant_config(req), calib_data=samples,
+                           max_calib_samples=len(samples), max_calib_seq_len=max_seq_len,
+                           duo_scaling=req.duo_scaling, apply_clip=req.apply_clip,
+                           export_compatible=simulated, n_parallel_calib_samples=None)
         search_s = time.time() - t_search
         if simulated:
             _simulate_low_bits(model, req.bits, req.group_size, req.zero_point)
         meta = {"method": "awq", "bits": req.bits, "group_size": req.group_size, "zero_point": req.zero_point,
                 "version": req.version, "duo_scaling": req.duo_scaling, "apply_clip": req.apply_clip,
-                "simulated": simulated, "calibration_source": source, "draw": draw,
+                "search_autocast": req.search_autocast, "simulated": simulated, "calibration_source": source, "draw": draw,
                 "calibration_samples": len(samples), "calibration_tokens": int(sum(map(len, samples))),
                 "base_model": str(req.model_path)}
         _save(model, tokenizer, req, meta)
@@ -548,7 +568,8 @@ def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir
                            group_size=P.quantize.group_size, zero_point=P.quantize.zero_point,
                            version=P.quantize.version, duo_scaling=bool(spec["duo_scaling"]),
                            apply_clip=bool(spec["apply_clip"]), dtype=P.model.dtype, device=P.study.device,
-                           trust_remote_code=P.model.trust_remote_code)
+                           trust_remote_code=P.model.trust_remote_code,
+                           search_autocast=P.quantize.search_autocast)
         if spec["method"] == "rtn":
             rec = quantize_rtn(req, tokenizer)
         else:
