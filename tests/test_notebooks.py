@@ -88,6 +88,13 @@ def test_parameter_defaults_equal_default_params(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameters_cell_runs_as_python(path):
+    """The cell runs in a bare kernel namespace: its annotations name only builtins."""
+    cell = _parameters_cells(_read(path))[0]
+    exec(compile(cell.source, f"{path.name}:parameters", "exec"), {})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_no_definitions_in_notebooks(path):
     defs = []
     for i, cell in enumerate(_read(path).cells):

@@ -41,6 +41,8 @@ def _annotation(section: str, key: str, value) -> str:
     base = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
     if value is None or optional:
         inner = [a for a in typing.get_args(ann) if a is not type(None)]
+        if inner and typing.get_origin(inner[0]) is typing.Literal:  # a choice of literals: their type
+            inner = [type(typing.get_args(inner[0])[0])]
         name = getattr(inner[0], "__name__", "str") if inner else "str"
         return f"{name} | None"
     return base.get(type(value), "str")
