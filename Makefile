@@ -38,14 +38,14 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 demo-data: $(STAMP)
-	$(BIN)/quantstudy demo-data
-	$(BIN)/quantstudy demo-items
+	$(BIN)/quantstudy-demo data
+	$(BIN)/quantstudy-demo items
 
 # Regenerates the demo data, retrains the demo model (about 30 min on 2 cores), then measures its card.
 demo-model: $(STAMP)
-	$(BIN)/quantstudy demo-data
-	$(BIN)/quantstudy demo-model
-	$(BIN)/quantstudy demo-card
+	$(BIN)/quantstudy-demo data
+	$(BIN)/quantstudy-demo model
+	$(BIN)/quantstudy-demo card
 
 clean-outputs:
 	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -91,7 +91,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from quantstudy.train import train_tokenizer
+    from quantstudy_demo.train import train_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tok = train_tokenizer(TINY_TEXTS, 384)

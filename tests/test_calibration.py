@@ -6,7 +6,7 @@ import json
 import pytest
 
 from quantstudy import calibration as C
-from quantstudy import supportgen
+from quantstudy_demo import supportgen
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def planted(tmp_path_factory):
 
 def test_every_planted_pii_instance_is_scrubbed(planted):
     convs, lexicon = planted
-    scrubbed, report = C.scrub_conversations(convs, C.Scrubber(product_terms=lexicon["product"]))
+    scrubbed, report = C.scrub_conversations(convs, C.scrubber_for(lexicon))
     assert report["scored"] and sum(report["planted_by_type"].values()) > 100
     assert set(report["planted_by_type"]) >= {"NAME", "EMAIL", "PHONE", "ADDRESS", "ORDER_ID", "CARD"}
     assert report["survivors"] == [], report["survivors"][:5]
@@ -33,7 +33,7 @@ def test_every_planted_pii_instance_is_scrubbed(planted):
 
 def test_products_are_not_scrubbed_as_names(planted):
     _, lexicon = planted
-    s = C.Scrubber(product_terms=lexicon["product"])
+    s = C.scrubber_for(lexicon)
     text = "Thanks, Maria Lopez! Your Halo Mesh Node and Lumen X2 ship today."
     out = s.scrub(text).text
     assert "Maria" not in out and "Halo Mesh Node" in out and "Lumen X2" in out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantstudy import chatitems as ci
+from quantstudy_demo import chatitems as ci
 from quantstudy import data as qd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_committed_file_matches_committed_settings(tmp_path):
     out = tmp_path / "items.jsonl"
     summary = ci.write_chat_items(SETTINGS, out)
     assert out.read_bytes() == COMMITTED.read_bytes(), \
-        "data/demo/task_items_chat.jsonl drifted from its settings: run `python -m quantstudy.chatitems`"
+        "data/demo/task_items_chat.jsonl drifted from its settings: run `quantstudy-demo items`"
     raw = yaml.safe_load(SETTINGS.read_text())
     assert summary["task_items"] == {t: raw["counts"][t] for t in sorted(qd.TASKS)}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from quantstudy import data as qd
-from quantstudy import supportgen as sg
+from quantstudy_demo import supportgen as sg
 from quantstudy.params import DataSection
 
 GOOD = {"conversation_id": "c1", "turns": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],

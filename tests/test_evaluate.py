@@ -64,6 +64,30 @@ def test_item_scores_equal_brute_force(model_tok):
     assert res["margin"][0] == pytest.approx(brute[1] - max(brute[0], brute[2]), abs=1e-4)
 
 
+def test_packed_batch_equals_brute_force_per_item(model_tok):
+    """Several items in one packed batch (different context lengths, choice counts and choice
+    lengths, left padding) score exactly as each choice run alone after its context."""
+    model, tok = model_tok
+    items = [
+        {"context": "User: how long is the refund window?\nAssistant: It is", "choices": [" 30 days", " 14 days", " 7"],
+         "answer": 1},
+        {"context": "User: hi\nAssistant:", "choices": [" Hello there, how can I help", " Hi", " Bye now", " ok"],
+         "answer": 0},
+        {"context": "User: my order ORD-1234 never came and I want a refund\nAssistant: Sorry! Order",
+         "choices": [" ORD-1234", " ORD-4321"], "answer": 0},
+    ]
+    res = E.score_items(model, tok, items, batch_items=16)
+    for k, item in enumerate(items):
+        ctx = tok(item["context"])["input_ids"]
+        with torch.no_grad():
+            for j, c in enumerate(item["choices"]):
+                ci = tok(c, add_special_tokens=False)["input_ids"]
+                lp = F.log_softmax(model(input_ids=torch.tensor([ctx + ci])).logits[0].float(), -1)
+                brute = sum(lp[len(ctx) - 1 + t, ci[t]].item() for t in range(len(ci)))
+                assert res["choice_ll"][k, j] == pytest.approx(brute, abs=1e-4), (k, j)
+    assert np.isnan(res["choice_ll"][2, 2:]).all()
+
+
 def _verdict(base, cand, limit):
     ci = E.paired_bootstrap(np.array(base) * 100.0, np.array(cand) * 100.0, n=2000, seed=0)
     return E.budget_verdict({"metric": "policy_closed_book_acc", "max_drop": limit, "unit": "points"}, ci)

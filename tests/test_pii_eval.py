@@ -26,7 +26,7 @@ HOLDOUT_MAX_FP_SPANS = 1   # measured 1 span on 28 negatives ("Error 0x8007..." 
 @pytest.fixture(scope="module")
 def scrubber():
     lexicon = json.loads((REPO / "data" / "demo" / "domain_lexicon.json").read_text())
-    return C.Scrubber(product_terms=lexicon.get("product", []))
+    return C.scrubber_for(lexicon)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_dev_set_size_and_coverage_of_types():
 
 
 def test_sentences_are_not_from_the_demo_generator():
-    from quantstudy import supportgen
+    from quantstudy_demo import supportgen
 
     recs = E.load_testset(DEV) + E.load_testset(HOLDOUT)
     names = {s["text"] for r in recs for s in r["spans"] if s["type"] == "NAME"}

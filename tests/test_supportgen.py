@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quantstudy import supportgen as sg
+from quantstudy_demo import supportgen as sg
 from quantstudy.data import format_conversation, read_conversations, read_task_items
 
 SMALL = dict(n_train=300, n_calib=40, n_eval=30, n_task=120, n_articles=40,
@@ -148,7 +148,8 @@ def test_diversity_and_coverage(demo):
 def test_domain_lexicon():
     kb = sg.build_knowledge_base(0)
     lex = sg.domain_lexicon(kb)
-    assert set(lex) == {"product", "figure", "jargon"}
+    assert set(lex) == {"product", "figure", "jargon", "organisation"}
+    assert lex["organisation"] == [sg.COMPANY]
     assert "Lumen X2" in lex["product"] and "NX-2041" in lex["product"]
     assert "30 days" in lex["figure"] and "RMA" in lex["jargon"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantstudy import supportgen, train
+from quantstudy_demo import supportgen, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "demo-support-lm"

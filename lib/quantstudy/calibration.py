@@ -161,13 +161,14 @@ PROJECT_PATTERNS: dict[str, list[str]] = {
         rf"(?=\b(?P<full>{_CAP}(?:[ ](?:{_PARTICLE}[ ]){{0,2}}{_CAP}){{1,3}})\b)",
     ],
 }
-# Capitalised words that the NAME cues must never swallow.
+# Capitalised words that the NAME cues must never swallow (generic English; the domain's own
+# words come from the lexicon: see scrubber_for).
 _NOT_NAMES = {"I", "The", "This", "That", "Thanks", "Thank", "Hi", "Hello", "Hey", "Yes", "No", "Sure", "Okay",
               "Great", "Sorry", "Please", "Team", "Support", "Agent", "There", "Everyone", "All", "Again", "So",
               "Just", "Well", "Also", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
               "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
               "November", "December", "Order", "Orders", "Account", "Email", "Phone", "Address", "Name", "Card",
-              "Assistant", "User", "Customer", "Nimbus", "Home", "Networks", "Wi", "Fi", "Got", "It", "Perfect",
+              "Assistant", "User", "Customer", "Home", "Wi", "Fi", "Got", "It", "Perfect",
               "Cheers", "Best", "Regards", "Sincerely", "Welcome", "Good", "Morning", "Afternoon", "Evening",
               "Happy", "Of", "Course", "Absolutely", "Right", "Alright", "Here", "You", "Go", "What", "How",
               "When", "Where", "Why", "Which", "Can", "Could", "Would", "Will", "Do", "Does", "Is", "Are", "My",
@@ -196,7 +197,8 @@ class ScrubResult:
 class Scrubber:
     """scrubadub's detectors (email, phone, credit card, url...) plus project recognizers."""
 
-    def __init__(self, extra_patterns: dict[str, list[str]] | None = None, product_terms: Iterable[str] = ()):
+    def __init__(self, extra_patterns: dict[str, list[str]] | None = None, product_terms: Iterable[str] = (),
+                 organisation_terms: Iterable[str] = ()):
         import scrubadub
 
         self._scrubadub = scrubadub.Scrubber()
@@ -206,6 +208,8 @@ class Scrubber:
         self.patterns = {k: [re.compile(p) for p in v] for k, v in patterns.items()}
         # Product names look like person names ("Lumen Max") and SKUs like order ids: never scrub them.
         self.keep = {t.lower() for t in product_terms}
+        # The domain's organisations (the company itself): none of their words is a name on its own.
+        self.not_names = _NOT_NAMES | {w for t in organisation_terms for w in t.split()}
 
     _TYPES = {"email": "EMAIL", "phone": "PHONE", "credit_card": "CARD", "url": "URL", "twitter": "HANDLE",
               "social_security_number": "ID", "credential": "CREDENTIAL", "skype": "HANDLE"}
@@ -238,15 +242,14 @@ class Scrubber:
                     spans.append((start, end, kind))
         return _merge(spans)
 
-    @staticmethod
-    def _name_span(text: str, start: int, end: int, protected: list[tuple[int, int]],
+    def _name_span(self, text: str, start: int, end: int, protected: list[tuple[int, int]],
                    min_words: int = 1) -> tuple[int, int] | None:
         """Trim cue words off a NAME candidate; None when fewer than min_words name-like words are
         left or it overlaps a protected term (a product or plan name such as "Halo Mesh Node")."""
         words = [(m.start() + start, m.end() + start, m.group()) for m in re.finditer(r"\S+", text[start:end])]
-        while words and words[0][2] in _NOT_NAMES:
+        while words and words[0][2] in self.not_names:
             words = words[1:]
-        while words and words[-1][2] in _NOT_NAMES:
+        while words and words[-1][2] in self.not_names:
             words = words[:-1]
         if len(words) < max(1, min_words):
             return None
@@ -454,7 +457,7 @@ def load_pools(P, tokenizer=None) -> dict:
     report = {"scored": False, "replaced_by_type": {}, "survivors": [], "n_survivors": 0}
     independent = None
     if P.calibration.scrub:
-        scrubber = Scrubber(product_terms=lexicon.get("product", []))
+        scrubber = scrubber_for(lexicon)
         calib_convs, report = scrub_conversations(calib_convs, scrubber)
         independent = independent_pii_check(scrubber)
     template = P.calibration.chat_template
@@ -464,6 +467,12 @@ def load_pools(P, tokenizer=None) -> dict:
     return {"generic": generic, "in_domain": in_domain, "eval_in_domain": eval_text,
             "scrub": report, "lexicon": lexicon, "pii_independent": independent,
             "chat_template": bool(template and data.has_chat_template(tokenizer))}
+
+
+def scrubber_for(lexicon: dict[str, list[str]]) -> Scrubber:
+    """The scrubber for a domain: its lexicon's products are never scrubbed, and the words of its
+    organisations (category ``organisation``, e.g. the company name) are never names."""
+    return Scrubber(product_terms=lexicon.get("product", []), organisation_terms=lexicon.get("organisation", []))
 
 
 def domain_lexicon_for(P) -> dict[str, list[str]]:

@@ -3,10 +3,10 @@
     quantstudy run PARAMS [--steps S ...] [--from STEP] [--force] [--run-id ID] [--no-report]
     quantstudy validate PARAMS
     quantstudy report RUN_DIR
-    quantstudy demo-data
-    quantstudy demo-model [--out models/demo-support-lm] [--config demo]
-    quantstudy demo-card [--model models/demo-support-lm]
     quantstudy bench PARAMS --out DIR [--checkpoint DIR] [--baseline DIR] [--no-production]
+
+The demo data and the tiny demo model are built by ``quantstudy-demo`` (package
+``quantstudy_demo``, which depends on this one, never the other way round).
 
 Exit codes: 0 ok, 1 a step (or the report) failed, 2 bad params or bad arguments.
 """
@@ -60,20 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.add_argument("--allow-stale", action="store_true", help="render even when steps are stale (with a banner)")
 
-    sub.add_parser("demo-data", help="write the embedded demo data under data/demo/")
-    di = sub.add_parser("demo-items", help="write the chat model's task items (data/demo/task_items_chat.jsonl)")
-    di.add_argument("--settings", default="params/demo-data/task-items-chat.yaml", help="generator settings YAML")
-    di.add_argument("--out", default="data/demo/task_items_chat.jsonl", help="output JSONL")
     sn = sub.add_parser("sync-notebooks", help="rewrite the notebooks' parameters cells from params/default.yaml")
     sn.add_argument("--params", default="params/default.yaml")
-
-    dm = sub.add_parser("demo-model", help="train the small demo model")
-    dm.add_argument("--out", default="models/demo-support-lm", help="output folder")
-    dm.add_argument("--config", default="demo", help="training config name")
-
-    dc = sub.add_parser("demo-card", help="measure the demo model and write its model card")
-    dc.add_argument("--model", default="models/demo-support-lm", help="model folder")
-    dc.add_argument("--render-only", action="store_true", help="re-render README.md from card_metrics.json")
 
     bn = sub.add_parser("bench", help="run the step-04 benchmark on one AWQ checkpoint (e.g. on a GPU machine)")
     bn.add_argument("params", help="params YAML file; its study.device and benchmark section are used")
@@ -164,37 +152,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    from quantstudy.supportgen import write_demo_data  # type: ignore[attr-defined]
-
-    _print_json(write_demo_data())
-    return EXIT_OK
-
-
-def cmd_demo_model(args: argparse.Namespace) -> int:
-    from quantstudy.train import train_demo_model  # type: ignore[attr-defined]
-
-    result = train_demo_model(config_name=args.config, out_dir=args.out)
-    if result is not None:
-        _print_json(result)
-    return EXIT_OK
-
-
-def cmd_demo_card(args: argparse.Namespace) -> int:
-    from quantstudy.modelcard import write_card
-
-    card = write_card(args.model, remeasure=not args.render_only)
-    print(f"model card written to {args.model}/README.md ({card['wall_s']:.0f} s)")
-    return EXIT_OK
-
-
-def cmd_demo_items(args: argparse.Namespace) -> int:
-    from quantstudy.chatitems import write_chat_items
-
-    _print_json(write_chat_items(args.settings, args.out))
-    return EXIT_OK
-
-
 def cmd_sync_notebooks(args: argparse.Namespace) -> int:
     from quantstudy.notebook_params import sync_notebooks
 
@@ -265,13 +222,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 COMMANDS = {
     "bench": cmd_bench,
     "bench-doc": cmd_bench_doc,
-    "demo-card": cmd_demo_card,
     "run": cmd_run,
     "validate": cmd_validate,
     "report": cmd_report,
-    "demo-data": cmd_demo_data,
-    "demo-model": cmd_demo_model,
-    "demo-items": cmd_demo_items,
     "sync-notebooks": cmd_sync_notebooks,
     "compare": cmd_compare,
 }

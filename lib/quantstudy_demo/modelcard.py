@@ -1,6 +1,6 @@
 """The demo model's card: measured evidence that quantization has something to take away.
 
-``quantstudy demo-card`` evaluates the committed demo model at full precision, after plain
+``quantstudy-demo card`` evaluates the committed demo model at full precision, after plain
 round-to-nearest at 4 and 3 bits, and after AutoAWQ calibrated on in-domain and on generic
 text, with paired bootstrap CIs over evaluation items, plus a per-layer activation-outlier
 statistic, and writes ``models/demo-support-lm/README.md`` and ``card_metrics.json``.
@@ -216,7 +216,7 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
     lines += ["", "## Loading", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(\"models/demo-support-lm\")",
               "tokenizer = AutoTokenizer.from_pretrained(\"models/demo-support-lm\")", "```", "",
-              f"Card measured by `quantstudy demo-card` in {card['wall_s']:.0f} s.", ""]
+              f"Card measured by `quantstudy-demo card` in {card['wall_s']:.0f} s.", ""]
     return "\n".join(lines)
 
 

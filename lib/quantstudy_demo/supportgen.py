@@ -1115,10 +1115,11 @@ JARGON = ["RMA", "return authorization", "SLA", "prorated", "restocking fee", "f
 
 
 def domain_lexicon(kb: KnowledgeBase) -> dict[str, list[str]]:
-    """Terms for per-token damage analysis: product names/SKUs/plans, figures, support jargon."""
+    """Terms for per-token damage analysis (product names/SKUs/plans, figures, support jargon) and
+    the organisation whose name the scrubber must not read as a person's."""
     product = [p["name"] for p in kb.products] + [p["sku"] for p in kb.products] + [p["name"] for p in kb.plans] + [COMPANY]
     figure = sorted({f.value for f in kb.facts if f.kind != "sku"} | {d for f in kb.facts if f.kind != "sku" for d in f.distractors})
-    return {"product": product, "figure": figure, "jargon": list(JARGON)}
+    return {"product": product, "figure": figure, "jargon": list(JARGON), "organisation": [COMPANY]}
 
 
 # =========================================================================== entry point
@@ -1191,7 +1192,7 @@ def write_demo_data(out_dir: str | Path = "data/demo", seed: int = 0, progress: 
     }
 
 
-if __name__ == "__main__":  # python -m quantstudy.supportgen [out_dir]
+if __name__ == "__main__":  # python -m quantstudy_demo.supportgen [out_dir]
     import sys
 
     print(json.dumps(write_demo_data(sys.argv[1] if len(sys.argv) > 1 else "data/demo"), indent=1))

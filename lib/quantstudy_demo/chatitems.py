@@ -6,7 +6,7 @@ layout of the tiny demo model. This module writes the same three tasks as struct
 model's own chat template (:func:`quantstudy.data.item_context`):
 
 * ``policy_closed_book`` and ``policy_grounded``: the facts, phrasings and distractor logic of
-  :func:`quantstudy.supportgen.task_items`; grounded items carry a policy excerpt in a first
+  :func:`quantstudy_demo.supportgen.task_items`; grounded items carry a policy excerpt in a first
   ``system`` turn, closed-book items only the assistant's role.
 * ``retention``: multi-turn conversations with several entities of one type (two orders for
   two products, an address the customer corrects, an old and a new card, ...), digressions
@@ -15,7 +15,7 @@ model's own chat template (:func:`quantstudy.data.item_context`):
 
 Every setting lives in a YAML file (``params/demo-data/task-items-chat.yaml``), validated
 here (unknown keys are rejected); the same settings give byte-identical items.
-``python -m quantstudy.chatitems [settings.yaml [out.jsonl]]`` regenerates the file.
+``python -m quantstudy_demo.chatitems [settings.yaml [out.jsonl]]`` regenerates the file.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from quantstudy import supportgen as sg
+from quantstudy_demo import supportgen as sg
 from quantstudy.data import validate_task_item
 from quantstudy.paths import resolve
 
@@ -764,7 +764,7 @@ def write_chat_items(settings_path: str | Path = DEFAULT_SETTINGS, out: str | Pa
             "bytes": dest.stat().st_size}
 
 
-if __name__ == "__main__":  # python -m quantstudy.chatitems [settings.yaml [out.jsonl]]
+if __name__ == "__main__":  # python -m quantstudy_demo.chatitems [settings.yaml [out.jsonl]]
     import sys
 
     args = sys.argv[1:]

@@ -1,0 +1,51 @@
+"""The package's shape: the demo builder depends on the study package, never the reverse."""
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import types
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parents[1] / "lib"
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level package names a module imports (anywhere in it, lazy imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_study_package_never_imports_the_demo_builder():
+    offenders = [p.name for p in sorted((LIB / "quantstudy").rglob("*.py")) if "quantstudy_demo" in _imports(p)]
+    assert not offenders, f"quantstudy modules importing quantstudy_demo: {offenders}"
+
+
+def test_demo_builder_lives_beside_the_package():
+    for name in ("supportgen", "chatitems", "train", "modelcard"):
+        assert (LIB / "quantstudy_demo" / f"{name}.py").is_file(), name
+        assert not (LIB / "quantstudy" / f"{name}.py").exists(), f"{name}.py is demo-building code: quantstudy_demo/"
+
+
+def test_demo_commands_call_the_package(monkeypatch, capsys):
+    from quantstudy_demo import cli
+
+    gen = types.ModuleType("quantstudy_demo.supportgen")
+    gen.write_demo_data = lambda: {"conversations": 10, "path": Path("data/demo")}
+    train = types.ModuleType("quantstudy_demo.train")
+    seen = {}
+    train.train_demo_model = lambda config_name, out_dir: seen.update(config=config_name, out=out_dir) or {"ok": 1}
+    monkeypatch.setitem(sys.modules, "quantstudy_demo.supportgen", gen)
+    monkeypatch.setitem(sys.modules, "quantstudy_demo.train", train)
+
+    assert cli.main(["data"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"conversations": 10, "path": "data/demo"}
+    assert cli.main(["model", "--out", "models/x", "--config", "tiny"]) == 0
+    assert seen == {"config": "tiny", "out": "models/x"}
+    assert cli.main(["model"]) == 0
+    assert seen == {"config": "demo", "out": "models/demo-support-lm"}
