@@ -309,23 +309,6 @@ def test_run_id_and_report_hook(write_params, project, pipeline, capsys, monkeyp
     assert "report not built" in out
 
 
-def test_demo_commands_call_the_package(monkeypatch, capsys):
-    gen = types.ModuleType("quantstudy.supportgen")
-    gen.write_demo_data = lambda: {"conversations": 10, "path": Path("data/demo")}
-    train = types.ModuleType("quantstudy.train")
-    seen = {}
-    train.train_demo_model = lambda config_name, out_dir: seen.update(config=config_name, out=out_dir) or {"ok": 1}
-    monkeypatch.setitem(sys.modules, "quantstudy.supportgen", gen)
-    monkeypatch.setitem(sys.modules, "quantstudy.train", train)
-
-    assert cli.main(["demo-data"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"conversations": 10, "path": "data/demo"}
-    assert cli.main(["demo-model", "--out", "models/x", "--config", "tiny"]) == 0
-    assert seen == {"config": "tiny", "out": "models/x"}
-    assert cli.main(["demo-model"]) == 0
-    assert seen == {"config": "demo", "out": "models/demo-support-lm"}
-
-
 def test_a_library_change_reruns_the_steps(write_params, project, run, monkeypatch, tmp_path):
     """The skip key covers the library a step runs: editing a module of (a copy of) the package
     re-runs every step, and each step records the commit and code hash that computed it."""
