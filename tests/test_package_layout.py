@@ -49,3 +49,29 @@ def test_demo_commands_call_the_package(monkeypatch, capsys):
     assert seen == {"config": "tiny", "out": "models/x"}
     assert cli.main(["model"]) == 0
     assert seen == {"config": "demo", "out": "models/demo-support-lm"}
+
+
+def _quantstudy_imports(path: Path) -> set[str]:
+    """quantstudy modules a module imports (``from quantstudy import x`` counts as quantstudy.x)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "quantstudy":
+            if node.module == "quantstudy":
+                out |= {f"quantstudy.{a.name}" for a in node.names}
+            else:
+                out.add(".".join(node.module.split(".")[:2]))
+        elif isinstance(node, ast.Import):
+            out |= {".".join(a.name.split(".")[:2]) for a in node.names if a.name.startswith("quantstudy.")}
+    return out
+
+
+def test_awq_format_depends_on_nothing_of_the_study():
+    for path in sorted((LIB / "quantstudy" / "awqformat").glob("*.py")):
+        extra = _quantstudy_imports(path) - {"quantstudy.paths", "quantstudy.awqformat"}
+        assert not extra, f"{path.name} imports {sorted(extra)}: the format must not know the study"
+
+
+def test_evaluation_does_not_import_the_quantizer():
+    """Loading checkpoints lives in awqformat, so step 03 no longer needs step 02's module (the old cycle)."""
+    for name in ("evaluate.py", "lmeval.py"):
+        assert "quantstudy.quantize" not in _quantstudy_imports(LIB / "quantstudy" / name), name

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from quantstudy import quantize as Q
+from quantstudy.awqformat import CheckpointError
 
 
 def _samples(n: int = 8, length: int = 64, vocab: int = 300, seed: int = 0) -> list[list[int]]:
@@ -127,7 +128,7 @@ def test_archive_detects_a_changed_byte(tiny_model_dir, tmp_path):
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
-    with pytest.raises(Q.QuantizeError, match="checksum mismatch for model.safetensors"):
+    with pytest.raises(CheckpointError, match="checksum mismatch for model.safetensors"):
         Q.verify_archive(tmp_path / "baseline")
 
 
@@ -154,5 +155,5 @@ def test_too_long_samples_are_refused_not_dropped(tiny_model_dir, tok, tmp_path)
 def test_unknown_quantization_config_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config":
                                                       {"quant_method": "gptq", "bits": 4}}))
-    with pytest.raises(Q.QuantizeError, match="not supported here"):
+    with pytest.raises(CheckpointError, match="not supported here"):
         Q.checkpoint_kind(tmp_path)

@@ -492,19 +492,19 @@ def load_baseline(P):
     """The full-precision model from its source (a GGUF file is dequantized again, so the
     rollback check compares the archive with the source), in the evaluation dtype."""
     from quantstudy import modelsource
-    from quantstudy import quantize as Q
+    from quantstudy import awqformat
 
     if P.model.source == "gguf":
-        model = modelsource.load_float_model(P.model).to(Q._device(P.study.device))
+        model = modelsource.load_float_model(P.model).to(awqformat.resolve_device(P.study.device))
         tok = modelsource.load_tokenizer(P.model)
     else:
-        model, tok, _ = Q.load_checkpoint(P.model.path, device=P.study.device)
+        model, tok, _ = awqformat.load_checkpoint(P.model.path, device=P.study.device)
     return model.to(eval_dtype(P)).eval(), tok
 
 
 def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     """Evaluate the baseline (the original model.path) and every checkpoint of step 02."""
-    from quantstudy import quantize as Q
+    from quantstudy import awqformat
     from quantstudy.paths import resolve
 
     quantize_dir = resolve(quantize_dir)
@@ -522,7 +522,7 @@ def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     base_lp = {dom: base["streams"][dom].pop("_logprobs") for dom in streams} if keep else base_model
     cands = {}
     for rec in tqdm(records, desc="evaluate checkpoints"):
-        model, _, _ = Q.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
+        model, _, _ = awqformat.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
                                         dtype=eval_dtype(P))
         cands[rec["name"]] = evaluate_model(model, tok, streams, data["items"], base_lp, name=rec["name"])
         del model
@@ -579,12 +579,12 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
     """Reload the archived baseline after verifying its checksums: every tensor must equal the
     evaluated baseline's bit for bit, and re-scoring the first windows of each domain and the
     first items of each task must reproduce the baseline's numbers exactly."""
-    from quantstudy import quantize as Q
+    from quantstudy import awqformat
     from quantstudy.paths import resolve
 
     archive = resolve(quantize_dir) / "baseline"
-    Q.verify_archive(archive)
-    model, tok, _ = Q.load_checkpoint(archive, device=P.study.device)
+    awqformat.verify_archive(archive)
+    model, tok, _ = awqformat.load_checkpoint(archive, device=P.study.device)
     model = model.to(eval_dtype(P))
     base_model, _ = load_baseline(P)
     base_state = base_model.state_dict()

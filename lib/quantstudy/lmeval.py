@@ -256,7 +256,7 @@ def run(P, quantize_dir: str | Path, items: dict[str, list[dict]], result: dict 
     from tqdm.auto import tqdm
 
     from quantstudy import evaluate as E
-    from quantstudy import quantize as Q
+    from quantstudy import awqformat
     from quantstudy.paths import resolve
 
     # A listed task is an lm-eval task name or a task YAML file (relative to the project root).
@@ -279,7 +279,7 @@ def run(P, quantize_dir: str | Path, items: dict[str, list[dict]], result: dict 
         out["baseline"] = score_model(model, tok, {**study, **reference}, extra, manager, scores, batch_size)
         del model
         for rec in tqdm(records, desc="lm-eval checkpoints"):
-            model, _, _ = Q.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
+            model, _, _ = awqformat.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
                                             dtype=E.eval_dtype(P))
             scores = result["cands"].get(rec["name"], {}).get("items") if result else None
             out[rec["name"]] = score_model(model, tok, study, extra, manager, scores, batch_size)

@@ -25,12 +25,17 @@ from torch import nn
 
 from quantstudy.paths import resolve
 
-QUANT_META = "quantstudy_quant.json"
-CHECKSUMS = "SHA256SUMS"
+from quantstudy.awqformat import (CHECKSUMS, QUANT_META, CheckpointError, checkpoint_kind, checkpoint_size,  # noqa: F401
+                                  dequantize_awq_state, load_checkpoint, pseudo_quantizer, read_tensors,
+                                  resolve_device, sha256_file, verify_archive)
 
 
-class QuantizeError(ValueError):
+class QuantizeError(CheckpointError):
     """A model or setting the quantizer cannot handle; the message says what to change."""
+
+
+_device = resolve_device
+_tensors = read_tensors
 
 
 # --------------------------------------------------------------------------- checks
@@ -97,14 +102,6 @@ def checkpoint_name(method: str, bits: int, group_size: int, source: str | None 
 
 
 # --------------------------------------------------------------------------- archive
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def archive_baseline(model: Any, dst: str | Path) -> dict[str, str]:
     """Write the full-precision model as a local folder (a copy of an embedded folder; a hub
     model or a GGUF file converted once to float weights) and its SHA256SUMS.
@@ -126,25 +123,6 @@ def archive_baseline(model: Any, dst: str | Path) -> dict[str, str]:
     (dst / CHECKSUMS).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
     return sums
 
-
-def verify_archive(folder: str | Path) -> dict[str, str]:
-    """Raise QuantizeError unless every file matches SHA256SUMS (and none is missing)."""
-    folder = Path(folder)
-    listing = folder / CHECKSUMS
-    if not listing.is_file():
-        raise QuantizeError(f"{listing} is missing: the archive cannot be verified")
-    sums = {}
-    for line in listing.read_text().splitlines():
-        digest, name = line.split("  ", 1)
-        path = folder / name
-        if not path.is_file():
-            raise QuantizeError(f"archive {folder}: {name} is missing")
-        actual = sha256_file(path)
-        if actual != digest:
-            raise QuantizeError(f"archive {folder}: checksum mismatch for {name} "
-                                f"(expected {digest[:12]}..., found {actual[:12]}...)")
-        sums[name] = digest
-    return sums
 
 
 # --------------------------------------------------------------------------- memory
@@ -190,14 +168,6 @@ class PeakRSS:
 
 
 # --------------------------------------------------------------------------- quantizers
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise QuantizeError("study.device is 'cuda' but no CUDA GPU is visible; use device: cpu")
-    return device
-
-
 def _load_awq_model(model_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
     from awq import AutoAWQForCausalLM
 
@@ -261,11 +231,9 @@ def follow_umask(folder: Path) -> None:
 
 def _simulate_low_bits(awq_model, bits: int, group_size: int, zero_point: bool) -> None:
     """Round every decoder linear to `bits` in place (AutoAWQ's own pseudo-quantizer)."""
-    from awq.quantize.quantizer import AwqQuantizer
     from awq.utils.module import get_named_linears
 
-    q = AwqQuantizer.__new__(AwqQuantizer)
-    q.w_bit, q.group_size, q.zero_point = bits, group_size, zero_point
+    q = pseudo_quantizer(bits, group_size, zero_point)
     for layer in awq_model.get_model_layers(awq_model.model):
         for _, lin in get_named_linears(layer).items():
             lin.weight.data = q.pseudo_quantize_tensor(lin.weight.data.float())[0].to(lin.weight.dtype)
@@ -329,11 +297,8 @@ class _RoundToNearest:
     """AutoAWQ's own per-layer quantize-and-pack (`_apply_quant`) with no search at all."""
 
     def __init__(self, awq_model, bits: int, group_size: int, zero_point: bool, version: str):
-        from awq.quantize.quantizer import AwqQuantizer
-
-        self.q = AwqQuantizer.__new__(AwqQuantizer)  # skip __init__: it runs calibration
+        self.q = pseudo_quantizer(bits, group_size, zero_point)
         self.q.awq_model, self.q.model = awq_model, awq_model.model
-        self.q.w_bit, self.q.group_size, self.q.zero_point = bits, group_size, zero_point
         self.q.version = version.lower()
         self.q.modules_to_not_convert = getattr(awq_model, "modules_to_not_convert", None) or []
 
@@ -372,106 +337,6 @@ def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
 
 def _write_meta(out_dir: Path, record: dict) -> None:
     (Path(out_dir) / QUANT_META).write_text(json.dumps(record, indent=2))
-
-
-# --------------------------------------------------------------------------- sizes
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
-
-
-def checkpoint_size(folder: str | Path) -> dict:
-    """Bytes on disk, and effective bits per quantized weight (packed weights + scales + zeros)."""
-    folder = Path(folder)
-    disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    tensors = _tensors(folder)
-    q_bits = 0
-    q_weights = 0
-    for name, t in tensors.items():
-        if name.endswith(".qweight"):
-            prefix = name[: -len(".qweight")]
-            bits_here = t.numel() * 32 + tensors[prefix + ".qzeros"].numel() * 32 + tensors[prefix + ".scales"].numel() * 16
-            n_w = t.shape[0] * t.shape[1] * 8  # 8 x 4-bit values per int32
-            q_bits += bits_here
-            q_weights += n_w
-    return {"checkpoint_bytes": disk,
-            "effective_bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
-            "quantized_weights": q_weights}
-
-
-# --------------------------------------------------------------------------- loading
-def checkpoint_kind(folder: str | Path) -> str:
-    """'awq' (packed), 'dense' (baseline or simulated), or raise for an unknown quantization config."""
-    folder = resolve(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise QuantizeError(f"{folder}: no config.json; not a model checkpoint")
-    cfg = json.loads(cfg_path.read_text())
-    qc = cfg.get("quantization_config")
-    if qc is None:
-        return "dense"
-    method = qc.get("quant_method")
-    if method == "awq" and qc.get("bits", qc.get("w_bit")) == 4 and str(qc.get("version", "gemm")).lower() == "gemm":
-        return "awq"
-    raise QuantizeError(f"{cfg_path}: quantization_config {qc!r} is not supported here; "
-                        "expected AutoAWQ GEMM 4-bit (quant_method 'awq', bits 4, version 'gemm') or no quantization")
-
-
-def dequantize_awq_state(tensors: dict[str, torch.Tensor], bits: int, group_size: int) -> dict[str, torch.Tensor]:
-    """Replace every (qweight, qzeros, scales) triple by a dense float32 `weight` [out, in],
-    with autoawq's own unpacking arithmetic (awq.utils.packing_utils.dequantize_gemm)."""
-    from awq.utils.packing_utils import dequantize_gemm
-
-    out: dict[str, torch.Tensor] = {}
-    done = set()
-    for name, t in tensors.items():
-        if name.endswith(".qweight"):
-            prefix = name[: -len(".qweight")]
-            w = dequantize_gemm(t, tensors[prefix + ".qzeros"], tensors[prefix + ".scales"].float(), bits, group_size)
-            out[prefix + ".weight"] = w.t().contiguous().float()  # GEMM layout is [in, out]
-            done.update({prefix + s for s in (".qweight", ".qzeros", ".scales")})
-    for name, t in tensors.items():
-        if name not in done:
-            out[name] = t.float() if t.is_floating_point() else t
-    return out
-
-
-def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """One loader for the baseline and every checkpoint -> (model, tokenizer, info).
-
-    CPU: AWQ weights are unpacked into dense float32 linears (from_quantized needs IPEX there).
-    GPU: AutoAWQ's own kernels through from_quantized.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve(folder)
-    kind = checkpoint_kind(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    meta = json.loads((folder / QUANT_META).read_text()) if (folder / QUANT_META).is_file() else {"method": "baseline"}
-    device = _device(device)
-    if kind == "dense":
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    elif device == "cuda":
-        from awq import AutoAWQForCausalLM
-
-        model = AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model
-    else:
-        cfg = AutoConfig.from_pretrained(str(folder))
-        qc = cfg.quantization_config if isinstance(cfg.quantization_config, dict) else cfg.quantization_config.to_dict()
-        del cfg.quantization_config
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-        state = dequantize_awq_state(_tensors(folder), qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size")))
-        if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in state:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
-                              strict=True)
-        model.tie_weights() if getattr(cfg, "tie_word_embeddings", False) else None
-    model.to(device).eval()
-    return model, tokenizer, {"kind": kind, **meta}
 
 
 # --------------------------------------------------------------------------- diagnostics

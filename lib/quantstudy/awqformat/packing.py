@@ -1,0 +1,75 @@
+"""AutoAWQ's GEMM packing: int4 values, eight per int32 in AutoAWQ's nibble order, with float16
+scales and packed zeros per group; unpacking, a vectorised packer bit-identical to
+``WQLinear_GEMM.from_linear``, and round-to-nearest with AutoAWQ's own pseudo-quantizer."""
+from __future__ import annotations
+
+import torch
+
+PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ GEMM packing order of 8 nibbles in an int32
+
+
+class PackingError(ValueError):
+    """Weights that AutoAWQ's GEMM format cannot hold."""
+
+
+def pseudo_quantizer(bits: int, group_size: int, zero_point: bool = True):
+    """AutoAWQ's ``AwqQuantizer`` with only its quantization settings: its ``pseudo_quantize_tensor``
+    and ``_apply_quant`` work; its ``__init__`` (which would run a calibration) is skipped."""
+    from awq.quantize.quantizer import AwqQuantizer
+
+    q = AwqQuantizer.__new__(AwqQuantizer)
+    q.w_bit, q.group_size, q.zero_point = bits, group_size, zero_point
+    return q
+
+
+def unpack_awq_gemm(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """AutoAWQ GEMM tensors -> (int weight [in, out], int zeros [in/g, out]), values 0..15,
+    with AutoAWQ's own unpacking (same steps as ``dequantize_gemm``)."""
+    from awq.utils.packing_utils import reverse_awq_order, unpack_awq
+
+    iweight, izeros = unpack_awq(qweight, qzeros, bits)
+    iweight, izeros = reverse_awq_order(iweight, izeros, bits)
+    mask = (1 << bits) - 1
+    return torch.bitwise_and(iweight, mask).to(torch.int32), torch.bitwise_and(izeros, mask).to(torch.int32)
+
+
+def _pack_columns(intvals: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """[rows, cols] ints 0..15 -> [rows, cols/8] int32 in AutoAWQ's GEMM nibble order
+    (same int32 wrap-around as the `|=` loop in ``WQLinear_GEMM.from_linear``)."""
+    pack_num = 32 // bits
+    rows, cols = intvals.shape
+    if cols % pack_num:
+        raise PackingError(f"cannot pack {cols} columns: AWQ packs {pack_num} values per int32")
+    v = intvals.to(torch.int32).reshape(rows, cols // pack_num, pack_num)
+    out = torch.zeros(rows, cols // pack_num, dtype=torch.int32)
+    for i, src in enumerate(PACK_ORDER):
+        out |= v[:, :, src] << (i * bits)
+    return out
+
+
+def pack_awq_gemm(weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                  bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vectorized ``WQLinear_GEMM.from_linear``: bit-identical (qweight, qzeros, scales).
+
+    `weight` is the linear's [out, in] weight (already quantized-dequantized, any dtype, as
+    AutoAWQ passes it), `scales`/`zeros` are [in/g, out] as ``_apply_quant`` passes them.
+    The arithmetic (dtype of every elementwise step, round, truncating ``.to(int)``) is
+    AutoAWQ's; only the python loop over input features is gone.
+    """
+    if bits != 4:
+        raise PackingError("only 4-bit packing is supported (AutoAWQ GEMM)")
+    scales_h = scales.clone().half()
+    scale_zeros = zeros * scales
+    w_t = weight.t()  # [in, out]
+    intweight = torch.round((w_t + scale_zeros.repeat_interleave(group_size, 0))
+                            / scales_h.repeat_interleave(group_size, 0)).to(torch.int).to(torch.int32)
+    return _pack_columns(intweight, bits), _pack_columns(zeros.to(torch.int32), bits), scales_h
+
+
+def rtn_quantize_linear(weight: torch.Tensor, group_size: int = 128, bits: int = 4
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest exactly as AutoAWQ's ``_apply_quant`` (float16 weight, zero point),
+    packed with :func:`pack_awq_gemm`. Returns (qweight, qzeros, scales)."""
+    q = pseudo_quantizer(bits, group_size, zero_point=True)
+    w, scales, zeros = q.pseudo_quantize_tensor(weight.detach().half())
+    return pack_awq_gemm(w, scales.t().contiguous(), zeros.t().contiguous(), group_size, bits)
