@@ -70,7 +70,7 @@ def test_real_steps_follow_step_sections():
         "02_quantize": ("01_calibration",),
         "03_evaluate": ("01_calibration", "02_quantize"),
         "04_benchmark": ("02_quantize",),
-        "05_rollout_analysis": ("03_evaluate",),
+        "05_rollout_analysis": ("03_evaluate", "04_benchmark"),
     }
 
 
@@ -289,7 +289,10 @@ def test_run_id_and_report_hook(write_params, project, pipeline, capsys, monkeyp
     calls = []
     fake = types.ModuleType("quantstudy.report")
     fake.build_report = lambda run_dir: calls.append(run_dir) or run_dir / "report.html"
+    import quantstudy
+
     monkeypatch.setitem(sys.modules, "quantstudy.report", fake)
+    monkeypatch.setattr(quantstudy, "report", fake, raising=False)  # when an earlier test imported the real one
     pipe = Pipeline(steps=FIXTURE_STEPS[:1], sections=FIXTURE_SECTIONS, notebooks_dir=pipeline.notebooks_dir)
     params = write_params()
 
@@ -303,7 +306,9 @@ def test_run_id_and_report_hook(write_params, project, pipeline, capsys, monkeyp
     assert len(calls) == 1
 
     # No report module yet: a note, and the run still succeeds.
-    monkeypatch.setitem(sys.modules, "quantstudy.report", types.ModuleType("quantstudy.report"))
+    empty = types.ModuleType("quantstudy.report")
+    monkeypatch.setitem(sys.modules, "quantstudy.report", empty)
+    monkeypatch.setattr(quantstudy, "report", empty, raising=False)
     assert cli.main(["run", str(params), "--run-id", "other"], pipeline=pipe) == 0
     out, _ = capsys.readouterr()
     assert "report not built" in out

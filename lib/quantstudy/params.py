@@ -206,11 +206,30 @@ class BenchmarkSection(_Section):
 
 
 class RolloutSection(_Section):
+    class Guardrail(_Section):
+        """A support metric watched next to satisfaction: the rollout cuts over only when it is
+        non-inferior within ``margin`` (absolute: a share for 0/1 columns, seconds for latency_s)."""
+        column: Literal["escalated", "resolved", "latency_s"]
+        margin: float = Field(..., gt=0.0, description="absolute non-inferiority margin in the column's unit")
+        higher_is_better: bool
+
+        @model_validator(mode="after")
+        def _direction_and_unit(self) -> "RolloutSection.Guardrail":
+            natural = {"escalated": False, "resolved": True, "latency_s": False}[self.column]
+            if self.higher_is_better != natural:
+                why = {"escalated": "escalation to a human: lower is better",
+                       "resolved": "resolved without a follow-up contact: higher is better",
+                       "latency_s": "reply latency: lower is better"}[self.column]
+                raise ValueError(f"higher_is_better: {str(natural).lower()} for column {self.column} ({why})")
+            if self.column != "latency_s" and self.margin >= 1:
+                raise ValueError(f"a margin below 1 for the 0/1 column {self.column} (a share, e.g. 0.02 = 2 points)")
+            return self
+
     stages: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0], min_length=1)
     days_per_stage: int = Field(2, ge=1, le=60)
     daily_conversations: int = Field(4000, ge=10)
     logs: str | None = None  # CSV/Parquet of real rollout logs; null = seeded simulator
-    scenario: Literal["measured", "worse"] = "measured"
+    scenario: Literal["measured", "worse", "broken_assignment"] = "measured"
     baseline_satisfaction: float = Field(0.82, gt=0.0, lt=1.0)
     satisfaction_per_point: float = Field(0.004, ge=0.0, description="simulated satisfaction change per task-accuracy point")
     worse_drop: float = Field(0.05, gt=0.0, lt=1.0, description="satisfaction drop of the quantized arm in the 'worse' scenario")
@@ -218,6 +237,20 @@ class RolloutSection(_Section):
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     candidate_rule: Literal["best_worst_case", "best_point"] = Field(
         "best_worst_case", description="how step 05 picks the checkpoint to ship (quantstudy.rollout.CANDIDATE_RULES)")
+    guardrails: list[Guardrail] = Field(default_factory=lambda: [
+        RolloutSection.Guardrail(column="escalated", margin=0.02, higher_is_better=False),
+        RolloutSection.Guardrail(column="resolved", margin=0.02, higher_is_better=True),
+        RolloutSection.Guardrail(column="latency_s", margin=0.25, higher_is_better=False),
+    ], description="every guardrail (and satisfaction) must be non-inferior to cut over")
+    power: float = Field(0.8, gt=0.5, lt=1.0, description="power of the whole ship rule; each metric is planned at 1 - (1 - power) / K")
+    srm_alpha: float = Field(0.001, gt=0.0, lt=0.5, description="sample-ratio-mismatch check: p below this stops the rollout")
+    baseline_escalation: float = Field(0.15, gt=0.0, lt=1.0, description="baseline escalation rate (simulator, power plan)")
+    escalation_per_point: float = Field(0.003, ge=0.0, description="simulated escalation-rate rise per task-accuracy point lost")
+    baseline_resolved: float = Field(0.70, gt=0.0, lt=1.0, description="baseline resolved-without-follow-up rate (simulator, power plan)")
+    resolution_per_point: float = Field(0.003, ge=0.0, description="simulated resolution-rate fall per task-accuracy point lost")
+    baseline_latency_s: float = Field(2.0, gt=0.0, description="baseline mean reply latency, seconds (simulator, power plan)")
+    latency_sd_s: float = Field(1.0, gt=0.0, description="standard deviation of reply latency, seconds (simulator, power plan)")
+    srm_drop: float = Field(0.1, gt=0.0, lt=1.0, description="'broken_assignment': share of the quantized arm's conversations lost")
 
     @field_validator("stages")
     @classmethod
@@ -226,6 +259,28 @@ class RolloutSection(_Section):
             raise ValueError("every stage is a traffic share in (0, 1]")
         if any(b <= a for a, b in zip(v, v[1:])):
             raise ValueError("stages must increase strictly, e.g. [0.05, 0.25, 0.5, 1.0]")
+        return v
+
+    @field_validator("guardrails", mode="before")
+    @classmethod
+    def _guardrail_keys(cls, v: Any) -> Any:
+        known = ("column", "margin", "higher_is_better")
+        for i, g in enumerate(v if isinstance(v, list) else []):
+            extra = [k for k in g if k not in known] if isinstance(g, dict) else []
+            if extra:
+                close = difflib.get_close_matches(str(extra[0]), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"keys {', '.join(known)} in each guardrail (guardrails[{i}] has unknown key "
+                                 f"{extra[0]!r}{hint})")
+        return v
+
+    @field_validator("guardrails")
+    @classmethod
+    def _guardrails_unique(cls, v: list["RolloutSection.Guardrail"]) -> list["RolloutSection.Guardrail"]:
+        columns = [g.column for g in v]
+        dup = next((c for c in columns if columns.count(c) > 1), None)
+        if dup:
+            raise ValueError(f"each guardrail column once; {dup} is listed {columns.count(dup)} times")
         return v
 
 
@@ -453,9 +508,11 @@ def check_input_contents(p: StudyParams, source: str) -> None:
         checks.append(("data.domain_lexicon", lambda: data.read_lexicon(p.data.domain_lexicon)))
     if p.rollout.logs is not None:
         def logs():
-            from quantstudy.rollout import read_logs
+            from quantstudy.rollout import read_logs, require_columns
 
-            return read_logs(p.rollout.logs)
+            frame = read_logs(p.rollout.logs)
+            require_columns(frame, p.rollout)  # every configured guardrail needs its column
+            return frame
         checks.append(("rollout.logs", logs))
     for key, check in checks:
         try:

@@ -414,6 +414,7 @@ def _answer_speed(M: Mapping[str, Any]) -> tuple[str, str]:
 def _answer_rollout(M: Mapping[str, Any]) -> tuple[str, str]:
     r5 = M["05_rollout_analysis"]
     main, worse = r5.get("rollout") or {}, r5.get("worse_scenario")
+    broken = r5.get("broken_assignment_scenario")
     sim = bool(main.get("simulated"))
     decision = str(main.get("decision", "n/a"))
     when = (f" at look {main['stopped_at_look']}" if main.get("stopped_at_look") is not None
@@ -421,13 +422,26 @@ def _answer_rollout(M: Mapping[str, Any]) -> tuple[str, str]:
     cand = (r5.get("candidate") or {}).get("checkpoint", "n/a")
     text = (('<span class="sim-label">SIMULATED</span> ' if sim else "")
             + f"{_e(decision.upper())} for <code>{_e(cand)}</code>{when}")
+    if decision == "stop (SRM)":
+        text += " (sample-ratio mismatch: the assignment or the logging is broken; no verdict is trusted)"
+    guards = [g for g in main.get("guardrails") or [] if g.get("metric") != "satisfaction"]
+    if guards:
+        text += (f"; guardrails non-inferior at that look: {sum(bool(g.get('final_non_inferior')) for g in guards)}"
+                 f"/{len(guards)}")
+    plan = r5.get("power_plan") or main.get("power_plan")
+    if plan:
+        text += (f"; power plan: {_e(plan.get('days_needed') if plan.get('days_needed') is not None else 'n/a')} day(s) "
+                 f"needed, {_e(plan.get('days_scheduled'))} scheduled" + ("" if plan.get("sufficient") else " (UNDERPOWERED)"))
     if worse:
         fired = worse.get("decision") == "roll back"
         text += (f"; the 'worse' scenario ends in {_e(str(worse.get('decision', 'n/a')).upper())}, so the rollback "
                  f"trigger {'works' if fired else 'did NOT fire'}")
+    if broken:
+        text += (f"; the broken-assignment scenario ends in {_e(str(broken.get('decision', 'n/a')).upper())}: "
+                 + _e(_srm_check_text(broken)))
     text += " (simulated logs, not real users)." if sim else " (real rollout logs)."
     trigger_failed = bool(worse) and worse.get("decision") != "roll back"
-    return text, "bad" if trigger_failed else {"cut over": "ok", "roll back": "bad"}.get(decision, "info")
+    return text, "bad" if trigger_failed else {"cut over": "ok", "roll back": "bad", "stop (SRM)": "bad"}.get(decision, "info")
 
 
 def trust_problems(M: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -515,6 +529,12 @@ CAPTIONS = {  # one sentence per figure: what to look at
                "margin at the final stage.",
     "worse_scenario": "Look at where the 'worse' scenario stops: the rollback trigger must fire before the full "
                       "cut-over.",
+    "power_plan": "Look at the day each metric's power crosses the dotted per-metric target, against the dashed end "
+                  "of the schedule: a crossing after it means the rollout will likely end in hold.",
+    "guardrails": "Look at each metric's one-sided bound against its dotted margin on the metric's bad side: cut over "
+                  "needs every bound on the good side at the final stage; shaded looks failed the SRM check.",
+    "broken_assignment_scenario": "Look at the shaded looks: with a logging bug that loses part of the quantized arm, "
+                                  "the SRM check must stop the rollout before any verdict.",
 }
 _figures = {"n": 0}
 
@@ -756,7 +776,8 @@ def looks_frame(summary: Mapping[str, Any]):
     import pandas as pd
 
     looks = pd.DataFrame(summary.get("looks") or [])
-    looks.attrs.update({"stopped_at_look": summary.get("stopped_at_look"), "method": summary.get("method")})
+    looks.attrs.update({"stopped_at_look": summary.get("stopped_at_look"), "method": summary.get("method"),
+                        "metrics": summary.get("guardrails") or []})
     return looks
 
 
@@ -774,6 +795,41 @@ def fig_rollout(M: Mapping[str, Any], scenario: str = "rollout"):
     for ax in fig.axes[:1]:
         ax.set_title(f"{which}\n{ax.get_title()}", fontsize=10)
     return fig
+
+
+def fig_guardrails(M: Mapping[str, Any], scenario: str = "rollout"):
+    """rollout.plot_guardrails redrawn from step 05's looks (``scenario``: rollout,
+    worse_scenario or broken_assignment_scenario); None for a run recorded before guardrails."""
+    summary = M["05_rollout_analysis"].get(scenario)
+    if not summary or not summary.get("looks") or not summary.get("guardrails"):
+        return None
+    from quantstudy.rollout import plot_guardrails
+
+    fig = plot_guardrails(looks_frame(summary), bool(summary.get("simulated")))
+    which = ("SRM check, 'broken_assignment' scenario" if scenario == "broken_assignment_scenario"
+             else "Rollback-trigger check, 'worse' scenario" if scenario == "worse_scenario"
+             else f"Rollout of the candidate, scenario '{summary.get('scenario') or 'real logs'}'")
+    fig.suptitle(f"{which}\n{fig.get_suptitle()}", fontsize=10)
+    return fig
+
+
+def power_plan_frame(plan: Mapping[str, Any]):
+    """The power plan as rollout.power_plan returns it, rebuilt from step 05's metrics.json."""
+    import pandas as pd
+
+    out = pd.DataFrame(plan.get("metrics") or [])
+    out.attrs.update({k: v for k, v in plan.items() if k != "metrics"})
+    return out
+
+
+def fig_power_plan(M: Mapping[str, Any]):
+    """rollout.plot_power redrawn from step 05's power plan; None for a run recorded before it."""
+    plan = M["05_rollout_analysis"].get("power_plan")
+    if not plan or not plan.get("curve"):
+        return None
+    from quantstudy.rollout import plot_power
+
+    return plot_power(power_plan_frame(plan))
 
 
 # =========================================================================== markdown sections
@@ -1231,7 +1287,10 @@ def _trap_callout(M: Mapping[str, Any]) -> str:
 
 def _rollout_summary_rows(s: Mapping[str, Any]) -> list[dict]:
     conv = s.get("conversations") or {}
-    return [
+    srm = s.get("srm") or []
+    failed = [x for x in srm if not x.get("ok")]
+    guards = [g for g in s.get("guardrails") or [] if g.get("metric") != "satisfaction"]
+    rows = [
         {"quantity": "decision", "value": str(s.get("decision", "n/a")).upper()},
         {"quantity": "data", "value": "SIMULATED logs (seeded simulator)" if s.get("simulated") else "real rollout logs"},
         {"quantity": "scenario", "value": s.get("scenario") or "n/a"},
@@ -1244,6 +1303,86 @@ def _rollout_summary_rows(s: Mapping[str, Any]) -> list[dict]:
         {"quantity": "final difference, quantized - baseline", "value": f"{fmt(100 * _num(s['final_difference']), 2, True)} points" if _num(s.get('final_difference')) is not None else "n/a"},
         {"quantity": "final one-sided lower bound (NI test)", "value": f"{fmt(100 * _num(s['final_ni_lower']), 2, True)} points" if _num(s.get('final_ni_lower')) is not None else "n/a"},
     ]
+    if guards:
+        rows.append({"quantity": "guardrails", "value": "; ".join(
+            f"{g['metric']} (margin {_unit_value(g, g.get('margin'))}, {'higher' if g.get('higher_is_better') else 'lower'} "
+            f"is better)" for g in guards)})
+    if srm:
+        rows.append({"quantity": f"SRM check (chi-square, p < {fmt(s.get('srm_alpha'), 3)} stops)", "value": (
+            f"failed at look(s) {', '.join(str(x['look']) for x in failed)}: do not trust those looks" if failed
+            else f"passed at every look (smallest p = {fmt(min(x['p_value'] for x in srm), 4)})")})
+    lat = s.get("latency") or {}
+    if lat.get("note") and s.get("simulated"):
+        rows.append({"quantity": "simulated latency", "value": lat["note"]})
+    return rows
+
+
+def _srm_check_text(s: Mapping[str, Any]) -> str:
+    """Whether the SRM check caught a scenario's broken assignment, in words."""
+    srm = s.get("srm") or []
+    failed = [x["look"] for x in srm if not x.get("ok")]
+    if s.get("decision") == "stop (SRM)":
+        return "the SRM check works"
+    if failed:
+        return (f"the SRM check failed from look {failed[0]}, after another rule had already stopped the rollout at "
+                f"look {s.get('stopped_at_look')}")
+    smallest = min((x["p_value"] for x in srm), default=None)
+    return ("the SRM check did NOT fire at any look"
+            + (f" (smallest p = {smallest:.2g}; too few conversations to see the loss)" if smallest is not None else ""))
+
+
+def _unit_value(g: Mapping[str, Any], x: Any, sign: bool = False) -> str:
+    """A difference, bound or margin of metric ``g`` in its display unit (points or seconds)."""
+    v = _num(x)
+    if v is None:
+        return "n/a"
+    if g.get("unit") == "points":
+        return f"{fmt(100 * v, 2, sign)} points"
+    return f"{fmt(v, 3, sign)} s"
+
+
+def _guardrail_rows(s: Mapping[str, Any]) -> list[dict]:
+    rows = []
+    for g in s.get("guardrails") or []:
+        rows.append({"metric": g["metric"], "direction": "higher is better" if g.get("higher_is_better") else "lower is better",
+                     "margin": _unit_value(g, g.get("margin")),
+                     "baseline / quantized": f"{fmt(g.get('final_mean_baseline'), 3)} / {fmt(g.get('final_mean_quantized'), 3)}",
+                     "difference": _unit_value(g, g.get("final_difference"), True),
+                     "one-sided bound (NI test)": _unit_value(g, g.get("final_ni_bound"), True),
+                     "non-inferior": fmt(g.get("final_non_inferior")),
+                     "significantly worse": fmt(g.get("final_significantly_worse"))})
+    return rows
+
+
+def _srm_rows(s: Mapping[str, Any]) -> list[dict]:
+    return [{"look": x["look"], "observed quantized share": fmt(x.get("observed_share"), 4),
+             "planned quantized share": fmt(x.get("planned_share"), 4), "p-value": f"{_num(x.get('p_value')) or 0:.2g}",
+             "verdict": "ok" if x.get("ok") else "SRM: do not trust this look"} for x in s.get("srm") or []]
+
+
+def _power_rows(plan: Mapping[str, Any]) -> list[dict]:
+    return [{"metric": r["metric"], "margin": _unit_value(r, r.get("margin")),
+             "baseline": fmt(r.get("baseline"), 3), "sd": fmt(r.get("sd"), 3),
+             "power target (each)": f"{100 * (_num(r.get('power_target')) or 0):.1f}%",
+             "days needed": r.get("days_needed") if r.get("days_needed") is not None else "beyond the horizon",
+             "days scheduled": r.get("days_scheduled"),
+             "power at the end of the schedule": f"{100 * (_num(r.get('power_at_schedule_end')) or 0):.1f}%"}
+            for r in plan.get("metrics") or []]
+
+
+def _power_md(plan: Mapping[str, Any] | None) -> list[str]:
+    if not plan:
+        return ["**Power plan:** not recorded (this run's step 05 predates the power plan; re-run step 05).", ""]
+    needed = plan.get("days_needed")
+    head = (f"**Power plan before launch** ({plan.get('K')} metrics; the ship rule needs all of them, so beta is split: "
+            f"each test is planned at {100 * (_num(plan.get('power_per_metric')) or 0):.1f}% power for "
+            f"{100 * (_num(plan.get('power')) or 0):.0f}% overall, one-sided alpha {fmt(plan.get('alpha_one_sided'), 3)}, "
+            f"{fmt(plan.get('daily_conversations'))} conversations/day): **{needed if needed is not None else 'more than the horizon of'} "
+            f"day(s) needed, {plan.get('days_scheduled')} scheduled**. A {plan.get('note', 'fixed-horizon approximation')}.")
+    out = [head, "", md_table(_power_rows(plan)), ""]
+    if plan.get("warning"):
+        out += [f'<div class="callout callout-danger"><strong>&#9888; {html.escape(str(plan["warning"]))}</strong></div>', ""]
+    return out
 
 
 def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -1251,10 +1390,16 @@ def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     cand = r5.get("candidate") or {}
     main = r5.get("rollout") or {}
     worse = r5.get("worse_scenario")
+    broken = r5.get("broken_assignment_scenario")
     sim = bool(main.get("simulated"))
     label = '<span class="sim-label">SIMULATED</span> ' if sim else ""
     decision = str(main.get("decision", "n/a"))
-    cls = {"cut over": "callout-ok", "roll back": "callout-danger"}.get(decision, "callout-info")
+    cls = {"cut over": "callout-ok", "roll back": "callout-danger", "stop (SRM)": "callout-danger"}.get(decision, "callout-info")
+    meaning = {"cut over": "every metric non-inferior at the final stage",
+               "roll back": "a metric significantly worse than baseline",
+               "hold": "the schedule ended without cut over or roll back",
+               "stop (SRM)": "sample-ratio mismatch: do not trust the looks from there on",
+               "continue": "the rollout has not reached its last planned look"}.get(decision)
     lines = ['<div id="verdict">', "", "### Rollout verdict (step 05)", ""]
     history = (M["manifest"].get("budget_history") or [])
     from quantstudy.runner import budget_changed_after_results
@@ -1269,22 +1414,46 @@ def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     lines += [
         f'<div class="callout {cls}"><strong>{label}Rollout decision: {html.escape(decision.upper())}</strong> for '
         f"<code>{html.escape(str(cand.get('checkpoint', 'n/a')))}</code>"
+        + (f" ({html.escape(meaning)})" if meaning else "")
         + (" &mdash; these are simulated logs, not real users." if sim else "") + "</div>", "",
         f"Candidate `{cand.get('checkpoint', 'n/a')}`: measured task-quality change "
         f"{fmt(cand.get('quality_change_points'), 2, True)} points ({', '.join(cand.get('tasks') or [])}); "
         f"passed the offline budget: **{fmt(cand.get('passed_offline_budget'))}**.", "",
         _candidate_md(M), "",
+        "Decision rule: cut over only when satisfaction and every guardrail are non-inferior at the final stage; roll "
+        "back when any is significantly worse; stop when the sample-ratio check fails; hold when the schedule ends "
+        "first.", "",
         md_table(_rollout_summary_rows(main)), "",
     ]
+    lines += _power_md(r5.get("power_plan") or main.get("power_plan"))
+    if main.get("guardrails"):
+        look = (main["guardrails"][0].get("deciding_look") if main["guardrails"] else None) or main.get("n_looks")
+        lines += [f"**{'SIMULATED ' if sim else ''}Satisfaction and guardrails** at look {look}, where the decision "
+                  "was taken (the stop, else the last look; differences are quantized - baseline):", "",
+                  md_table(_guardrail_rows(main)), ""]
+    if main.get("srm"):
+        lines += [f"**Sample-ratio check per look** (cumulative counts against the schedule's served shares, "
+                  f"chi-square; p < {fmt(main.get('srm_alpha'), 3)} stops the rollout):", "", md_table(_srm_rows(main)), ""]
     if worse:
         lines += [f"Check of the rollback trigger: the {'SIMULATED ' if worse.get('simulated') else ''}'worse' scenario "
                   f"ends in **{str(worse.get('decision', 'n/a')).upper()}**"
                   + (f" (stopped at look {worse.get('stopped_at_look')})" if worse.get("stopped_at_look") is not None else "")
                   + ".", ""]
+    if broken:
+        lines += [f"Check of the SRM stop: the {'SIMULATED ' if broken.get('simulated') else ''}'broken_assignment' "
+                  f"scenario (a logging bug loses part of the quantized arm) ends in **{str(broken.get('decision', 'n/a')).upper()}**"
+                  + (f" at look {broken.get('stopped_at_look')}" if broken.get("stopped_at_look") is not None else "")
+                  + f": {_srm_check_text(broken)}.", ""]
     lines.append("</div>")
     cells = [("markdown", "\n".join(lines)), _fig("rollout", "fig_rollout(M, 'rollout')")]
+    if main.get("guardrails"):
+        cells.append(_fig("guardrails", "fig_guardrails(M, 'rollout')"))
+    if (r5.get("power_plan") or {}).get("curve"):
+        cells.append(_fig("power_plan", "fig_power_plan(M)"))
     if worse:
         cells.append(_fig("worse_scenario", "fig_rollout(M, 'worse_scenario')"))
+    if broken and broken.get("guardrails"):
+        cells.append(_fig("broken_assignment_scenario", "fig_guardrails(M, 'broken_assignment_scenario')"))
     return cells
 
 
@@ -1371,10 +1540,19 @@ def _lessons(M: Mapping[str, Any]) -> str:
         out.append("No quantized path ran slower than the baseline at the measured shapes.")
     main = M["05_rollout_analysis"].get("rollout") or {}
     worse = M["05_rollout_analysis"].get("worse_scenario")
+    broken = M["05_rollout_analysis"].get("broken_assignment_scenario")
     out.append(f"The {'SIMULATED ' if main.get('simulated') else ''}rollout ended in '{main.get('decision')}'"
                + (f" at look {main.get('stopped_at_look')}" if main.get("stopped_at_look") is not None else
                   f" after {main.get('n_looks')} look(s)")
-               + (f"; the simulated 'worse' scenario ended in '{worse.get('decision')}'." if worse else "."))
+               + (f"; the simulated 'worse' scenario ended in '{worse.get('decision')}'" if worse else "")
+               + (f"; the simulated broken-assignment scenario ended in '{broken.get('decision')}'" if broken else "")
+               + ".")
+    plan = M["05_rollout_analysis"].get("power_plan")
+    if plan:
+        out.append(f"The power plan asked for {plan.get('days_needed') if plan.get('days_needed') is not None else 'more'} "
+                   f"day(s) for {plan.get('K')} metrics at {100 * (_num(plan.get('power')) or 0):.0f}% overall power; "
+                   f"the schedule had {plan.get('days_scheduled')}"
+                   + (" (enough)." if plan.get("sufficient") else ", too few: underpowered."))
     rb = e3.get("rollback_check") or {}
     out.append(f"Rollback: the archived baseline {'reproduced' if rb.get('identical') else 'did NOT reproduce'} the "
                "baseline's metrics bit for bit.")

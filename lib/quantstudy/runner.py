@@ -79,7 +79,7 @@ STEPS: tuple[Step, ...] = (
     Step("03_evaluate", "03_evaluate.ipynb", ("01_calibration", "02_quantize"),
          ("model.path", "data.conversations", "data.task_items", "data.domain_lexicon")),
     Step("04_benchmark", "04_benchmark.ipynb", ("02_quantize",), ("model.path",)),
-    Step("05_rollout_analysis", "05_rollout_analysis.ipynb", ("03_evaluate",), ("rollout.logs",)),
+    Step("05_rollout_analysis", "05_rollout_analysis.ipynb", ("03_evaluate", "04_benchmark"), ("rollout.logs",)),
 )
 
 
