@@ -89,6 +89,27 @@ def test_vectorized_packer_equals_from_linear():
     assert torch.equal(qw2, awq.qweight) and torch.equal(qz2, awq.qzeros) and torch.equal(sc2, awq.scales)
 
 
+def test_vectorized_from_linear_patch_builds_the_same_module():
+    """quantize runs AutoAWQ with its packer swapped for ours: same module, same tensors, restored after."""
+    from awq.modules.linear.gemm import WQLinear_GEMM
+
+    from quantstudy.awqformat import vectorized_from_linear
+
+    lin, scales, zeros, _ = _awq_linear(384, 64, seed=5)
+    lin.bias = nn.Parameter(torch.randn(64).half())
+    ref = WQLinear_GEMM.from_linear(lin, 4, GROUP, scales=scales, zeros=zeros)
+    original = WQLinear_GEMM.__dict__["from_linear"]
+    with vectorized_from_linear():
+        assert WQLinear_GEMM.__dict__["from_linear"] is not original
+        fast = WQLinear_GEMM.from_linear(lin, 4, GROUP, scales=scales, zeros=zeros)
+        empty = WQLinear_GEMM.from_linear(lin, 4, GROUP, init_only=True)
+    assert WQLinear_GEMM.__dict__["from_linear"] is original
+    assert type(fast) is WQLinear_GEMM and (fast.in_features, fast.out_features) == (384, 64)
+    for name in ("qweight", "qzeros", "scales", "bias"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+    assert not empty.qweight.any()  # init_only: AutoAWQ's own allocation, nothing packed
+
+
 def test_available_paths_cpu():
     avail = bench.available_paths("cpu")
     assert set(avail) == set(bench.PATHS)

@@ -27,7 +27,7 @@ from quantstudy.paths import resolve
 
 from quantstudy.awqformat import (CHECKSUMS, QUANT_META, CheckpointError, checkpoint_kind, checkpoint_size,  # noqa: F401
                                   dequantize_awq_state, load_checkpoint, pseudo_quantizer, read_tensors,
-                                  resolve_device, sha256_file, verify_archive)
+                                  resolve_device, sha256_file, vectorized_from_linear, verify_archive)
 
 
 class QuantizeError(CheckpointError):
@@ -272,7 +272,7 @@ def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq
         model = _load_awq_model(req.model_path, _dtype(req.dtype), req.trust_remote_code)
         model.model.to(_device(req.device))
         t_search = time.time()
-        with search_precision(req):
+        with search_precision(req), vectorized_from_linear():
             model.quantize(tokenizer, quant_config=_quant_config(req), calib_data=samples,
                            max_calib_samples=len(samples), max_calib_seq_len=max_seq_len,
                            duo_scaling=req.duo_scaling, apply_clip=req.apply_clip,
@@ -322,7 +322,8 @@ def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
         if simulated:
             _simulate_low_bits(model, req.bits, req.group_size, req.zero_point)
         else:
-            _RoundToNearest(model, req.bits, req.group_size, req.zero_point, req.version).run()
+            with vectorized_from_linear():
+                _RoundToNearest(model, req.bits, req.group_size, req.zero_point, req.version).run()
             model.quant_config = AwqConfig.from_dict(_quant_config(req))
             model.is_quantized = True
         meta = {"method": "rtn", "bits": req.bits, "group_size": req.group_size, "zero_point": req.zero_point,
