@@ -366,19 +366,20 @@ def evaluate_model(model, tokenizer, streams: dict[str, Stream], items: dict[str
     """All per-token and per-item arrays of one model. With baseline log-probs (cached per
     batch), also KL and top-1 agreement against the baseline."""
     out: dict = {"streams": {}, "items": {}}
+    dev = next(model.parameters()).device
     for dom, stream in streams.items():
         nll, kl, agree, cache = [], [], [], []
         for bi, i in enumerate(tqdm(range(0, len(stream.input_ids), batch_size), desc=f"{name} {dom}", leave=False)):
-            x = stream.input_ids[i:i + batch_size]
-            mask = stream.score_mask[i:i + batch_size][:, 1:]
+            x = stream.input_ids[i:i + batch_size].to(dev)
+            mask = stream.score_mask[i:i + batch_size][:, 1:].to(dev)
             lp = _window_logprobs(model, x)[:, :-1]
-            nll.append((-lp.gather(-1, x[:, 1:, None])[..., 0])[mask])
+            nll.append((-lp.gather(-1, x[:, 1:, None])[..., 0])[mask].cpu())
             if baseline_logprobs is not None:
                 # A cached tensor per batch, or the baseline model itself when the cache would not fit.
                 blp = (baseline_logprobs[dom][bi] if isinstance(baseline_logprobs, dict)
                        else _window_logprobs(baseline_logprobs, x)[:, :-1])
-                kl.append((blp.exp() * (blp - lp)).sum(-1)[mask])
-                agree.append((blp.argmax(-1) == lp.argmax(-1))[mask])
+                kl.append((blp.exp() * (blp - lp)).sum(-1)[mask].cpu())
+                agree.append((blp.argmax(-1) == lp.argmax(-1))[mask].cpu())
             elif keep_logprobs:
                 cache.append(lp)
         rec = {"nll": torch.cat(nll).double().numpy()}
