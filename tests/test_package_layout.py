@@ -75,3 +75,21 @@ def test_evaluation_does_not_import_the_quantizer():
     """Loading checkpoints lives in awqformat, so step 03 no longer needs step 02's module (the old cycle)."""
     for name in ("evaluate.py", "lmeval.py"):
         assert "quantstudy.quantize" not in _quantstudy_imports(LIB / "quantstudy" / name), name
+
+
+def test_metric_registry_is_a_leaf_and_defines_each_metric_once():
+    """params, evaluate and report all read the registry; it reads nothing of the study."""
+    from quantstudy import evaluate, params, report
+    from quantstudy.metrics import registry
+
+    assert _quantstudy_imports(LIB / "quantstudy" / "metrics" / "registry.py") == set()
+    assert params.BUDGET_METRICS is registry.BUDGET_METRICS
+    assert evaluate.METRIC_TASK is registry.METRIC_TASK
+    assert report.METRIC_LABELS == {n: m.label for n, m in registry.METRICS.items()}
+    flip, acc, ppl = (registry.metric(n) for n in ("retention_flip_rate", "retention_acc", "indomain_ppl"))
+    assert (flip.higher_is_better, acc.higher_is_better, ppl.higher_is_better) == (False, True, False)
+    assert "retention_flip_rate" not in registry.BUDGET_METRICS  # reported, not a budget line
+    import pytest
+
+    with pytest.raises(ValueError, match="known metrics"):
+        registry.metric("bleu")

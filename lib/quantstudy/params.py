@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from quantstudy.metrics.registry import BUDGET_METRICS as _BUDGET_METRICS
 from quantstudy.paths import resolve
 
 # Step order and the params sections each step notebook receives.
@@ -42,16 +43,8 @@ IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
                      "targets_evaluation_wall_s"),
 }
 
-# Metrics a quality-budget line may name (computed by step 03, per evaluation domain).
-BUDGET_METRICS = (
-    "policy_closed_book_acc",
-    "policy_grounded_acc",
-    "retention_acc",
-    "indomain_ppl",
-    "generic_ppl",
-    "indomain_top1_agreement",
-    "satisfaction",  # live user satisfaction: judged in the rollout (step 05), not offline
-)
+# Metrics a quality-budget line may name: quantstudy.metrics.registry defines each one once.
+BUDGET_METRICS = _BUDGET_METRICS
 
 
 class ParamsError(ValueError):
@@ -173,8 +166,11 @@ class EvaluateSection(_Section):
 
 
 class BenchmarkSection(_Section):
-    paths: list[Literal["baseline", "naive4", "fast4"]] = Field(
+    paths: list[Literal["baseline", "naive4", "fast4", "torchint4"]] = Field(
         default_factory=lambda: ["baseline", "naive4", "fast4"], min_length=1)
+    modes: list[Literal["eager", "graphed"]] = Field(
+        default_factory=lambda: ["eager"], min_length=1,
+        description="eager: HF forward; graphed: static KV cache, decode step replayed from a CUDA graph")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)
     context_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
     decode_tokens: int = Field(16, ge=1, le=4096)

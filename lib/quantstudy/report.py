@@ -38,6 +38,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from quantstudy.metrics.registry import METRICS as METRIC_REGISTRY
+from quantstudy.metrics.registry import label as metric_label
 from quantstudy.runner import DONE_STATUSES, MANIFEST, STEPS
 
 REPORT_FILE = "report.html"
@@ -46,18 +48,7 @@ METRICS = "metrics.json"
 KERNEL = "python3"
 CELL_TIMEOUT_S = 300
 
-METRIC_LABELS = {
-    "policy_closed_book_acc": "closed-book policy accuracy",
-    "policy_grounded_acc": "grounded policy accuracy",
-    "retention_acc": "retention accuracy",
-    "indomain_ppl": "in-domain perplexity",
-    "generic_ppl": "generic perplexity",
-    "indomain_top1_agreement": "in-domain top-1 agreement",
-    "satisfaction": "user satisfaction",
-    "policy_grounded_flip_rate": "grounded policy flip rate",
-    "retention_flip_rate": "retention flip rate",
-    "policy_closed_book_flip_rate": "closed-book policy flip rate",
-}
+METRIC_LABELS = {name: m.label for name, m in METRIC_REGISTRY.items()}  # quantstudy.metrics.registry
 SOURCE_LABELS = {"in_domain": "In-domain", "generic": "generic", "mixed": "Mixed", "RTN": "round-to-nearest (RTN)"}
 
 
@@ -186,7 +177,7 @@ def _ci_level(M: Mapping[str, Any]) -> str:
 
 
 def _label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
+    return metric_label(metric)
 
 
 # =========================================================================== numbers used in several places
@@ -219,6 +210,11 @@ def _effects(M: Mapping[str, Any], a: str = "in_domain", b: str = "generic") -> 
     return [e for e in M["03_evaluate"].get("calibration_effects") or [] if e.get("a") == a and e.get("b") == b]
 
 
+def _lower_is_better(metric: str, unit: str = "") -> bool:
+    """The registry's direction; an unregistered metric in % is a perplexity-like one."""
+    return not METRIC_REGISTRY[metric].higher_is_better if metric in METRIC_REGISTRY else unit.startswith("%")
+
+
 def _effect_sentence(e: Mapping[str, Any], ci: str) -> str:
     unit = e.get("unit", "")
     shown = "%" if unit.startswith("%") else f" {unit}"
@@ -231,8 +227,7 @@ def _effect_sentence(e: Mapping[str, Any], ci: str) -> str:
             + (f"against {b} (no calibration)" if e["b"] == "RTN" else f"against {b} calibration"))
     if e.get("within_noise"):
         return text + ": within noise (the interval includes 0)."
-    lower_better = unit.startswith("%") or e["metric"].endswith("_flip_rate")  # perplexity, flips: lower is better
-    better = (e["point"] < 0) == lower_better
+    better = (e["point"] < 0) == _lower_is_better(e["metric"], unit)
     return text + f": {'better' if better else 'worse'}, and the interval excludes 0."
 
 
@@ -661,7 +656,9 @@ def fig_effects(M: Mapping[str, Any]):
                         capsize=3)
         ax.axvline(0, color="black", lw=1, ls="--", label="no effect")
         ax.set_yticks(range(len(sub)), [f"{e['a']} vs {e['b']}: {_label(e['metric'])}" for e in sub], fontsize=8)
-        better = "lower = better" if unit.startswith("%") else "higher = better"
+        directions = {_lower_is_better(e["metric"], unit) for e in sub}
+        better = ("lower = better" if directions == {True} else "higher = better" if directions == {False}
+                  else "flip rate: lower = better; accuracy: higher = better")
         ax.set(title=f"Calibration-source effect ({unit})", xlabel=f"difference a - b ({unit}, {ci}; {better})")
         ax.plot([], [], "o", color="#7f7f7f", label="within noise (CI includes 0)")
         ax.plot([], [], "o", color="#1f77b4", label="CI excludes 0")
