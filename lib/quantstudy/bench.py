@@ -24,9 +24,20 @@ Inference paths (``available_paths`` says which run here, and why not):
     dequantized weights. ``compute_dtype=torch.float32`` keeps an exact (slow) reference.
     GPU: AutoAWQ's own kernels via ``AutoAWQForCausalLM.from_quantized`` (needs ``awq_ext`` or
     triton; not exercisable on a CPU-only machine).
+``torchint4`` (CUDA only)
+    :class:`Int4CUDALinear`, torch's own CUDA int4 kernel ``aten._weight_int4pack_mm``
+    (tinygemm) with bfloat16 activations; the AWQ weights are converted exactly as for the CPU
+    kernel (:mod:`quantstudy.awqformat.tinygemm`). Its non-quantized modules run in bfloat16.
+    Prefill-sized inputs (>= 1,024 rows and >= in_features) take the weight dequantized through
+    the kernel and one dense matmul, as AutoAWQ does; decode steps always run the kernel.
 
 Non-quantized modules (embeddings, norms, ``lm_head``) stay in the baseline dtype in every
-path, so speed differences come from the quantized linears alone.
+path (bfloat16 for ``torchint4``), so speed differences come from the quantized linears alone.
+
+Modes (``benchmark.modes``): ``eager`` is Hugging Face's forward with its dynamic cache (below);
+``graphed`` is :mod:`quantstudy.decode`: a static KV cache, eager prefill, and each decode step
+replayed from a CUDA graph (on a CPU the same loop runs without a graph). Each (path, mode) is
+compared with the baseline in the same mode; ``harness`` compares the two modes of the baseline.
 
 Timing follows AutoAWQ's ``examples/benchmark.py``: ``warmup`` untimed rounds, then ``repeats``
 timed rounds; each round is one prefill forward over the prompt (``use_cache=True``,
@@ -60,14 +71,17 @@ from torch import nn
 from quantstudy.awqformat import (PACK_ORDER, PackingError, dequantize_awq_state, pack_awq_gemm,  # noqa: F401
                                   rtn_quantize_linear, unpack_awq_gemm)
 from quantstudy.awqformat.packing import _pack_columns  # noqa: F401
+from quantstudy.awqformat.tinygemm import awq_to_tinygemm
 from quantstudy.params import BenchmarkSection
 from quantstudy.quantize import PeakRSS
 
-PATHS = ("baseline", "naive4", "fast4")
-QUANTIZED_PATHS = ("naive4", "fast4")
+PATHS = ("baseline", "naive4", "fast4", "torchint4")
+QUANTIZED_PATHS = ("naive4", "fast4", "torchint4")
+MODES = ("eager", "graphed")
 SCOPES = ("measured", "layers", "full_model")
 TARGET_FAST_DECODE_SPEEDUP = 2.5
 TARGET_BYTES_RATIO = 3.8
+TARGET_GRAPHED_DECODE_SPEEDUP = 1.5  # issue 17: graphed 4-bit decode at batch 1 vs graphed float16 (GPU)
 
 
 class BenchError(ValueError):
@@ -120,7 +134,23 @@ def available_paths(device: str = "cpu") -> dict[str, str | None]:
         else:
             out["fast4"] = None if (awq_ext is not None or TRITON_AVAILABLE) else (
                 "AutoAWQ GPU kernels missing: install autoawq-kernels (awq_ext) or triton")
+    out["torchint4"] = _int4_cuda_reason(device)
     return out
+
+
+def _int4_cuda_reason(device: str) -> str | None:
+    if device != "cuda":
+        return "torch's int4 CUDA kernel (aten._weight_int4pack_mm) needs a CUDA GPU; fast4 is the CPU int4 kernel"
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm"):  # pragma: no cover - needs a GPU
+        return f"torch {torch.__version__} has no aten._weight_int4pack_mm"
+    if torch.cuda.get_device_capability() < (8, 0):  # pragma: no cover - needs a GPU
+        return "torch's int4 CUDA kernel needs compute capability 8.0 or newer (Ampere+)"
+    return None  # pragma: no cover - needs a GPU
+
+
+def _int4_cuda_ops():
+    """(convert, matmul) of torch's CUDA int4 kernel; tests swap in a CPU emulation."""
+    return torch.ops.aten._convert_weight_to_int4pack, torch.ops.aten._weight_int4pack_mm
 
 
 # =========================================================================== path modules
@@ -197,6 +227,71 @@ class Int4CPULinear(nn.Module):
                 f"group_size={self.group_size}, compute_dtype={self.compute_dtype}")
 
 
+class Int4CUDALinear(nn.Module):
+    """torch's CUDA int4 kernel (tinygemm) with AWQ's weights converted exactly.
+
+    Buffers: ``packed`` int32 (from ``_convert_weight_to_int4pack``) and ``scales_and_zeros``
+    bfloat16 [in/g, out, 2] = (s, (8 - z) * s). Activations are cast to bfloat16 (the only
+    dtype the kernel takes) and the output back to the input dtype.
+
+    tinygemm is a decode kernel: its cost grows with the rows of `x` at a fraction of a dense
+    GEMM's rate. From ``dense_min_rows`` rows (and at least ``in_features``: a prefill), the
+    layer dequantizes its weight through the same kernel (an identity times the weight, so
+    the very bfloat16 values it computes with) and runs one dense bfloat16 matmul, as AutoAWQ
+    does from 1,024 rows. Decode steps (rows = batch) always use the kernel.
+    """
+
+    dense_min_rows = 1024
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None,
+                 in_features: int, out_features: int, group_size: int):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.register_buffer("bias", None if bias is None else bias.contiguous())
+
+    @classmethod
+    def from_awq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None, group_size: int, bits: int = 4, inner_k_tiles: int | None = None,
+                 device: str | torch.device = "cuda") -> "Int4CUDALinear":
+        """`inner_k_tiles` (2, 4 or 8: k-tiles per load) defaults to the largest that divides in_features / 16."""
+        if bits != 4:
+            raise BenchError("torchint4 supports 4-bit AWQ weights only")
+        if inner_k_tiles is None:
+            inner_k_tiles = next((t for t in (8, 4, 2) if qweight.shape[0] % (16 * t) == 0), 8)
+        try:
+            w_uint8, sz = awq_to_tinygemm(qweight.to(device), qzeros.to(device), scales.to(device),
+                                          group_size, inner_k_tiles)
+        except PackingError as exc:
+            raise BenchError(f"torchint4: torch's int4 CUDA kernel cannot hold this layer: {exc}") from None
+        convert, _ = _int4_cuda_ops()
+        packed = convert(w_uint8, inner_k_tiles)
+        in_f, out_f = qweight.shape[0], w_uint8.shape[0]
+        bias = None if bias is None else bias.to(device=device, dtype=torch.bfloat16)
+        return cls(packed, sz.to(torch.bfloat16), bias, in_f, out_f, group_size)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """[in, out] bfloat16: the weight exactly as the kernel computes with it."""
+        _, mm = _int4_cuda_ops()
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.scales_and_zeros.device)
+        return mm(eye, self.packed, self.group_size, self.scales_and_zeros)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, mm = _int4_cuda_ops()
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        if x2.shape[0] >= max(self.dense_min_rows, self.in_features):
+            out = x2 @ self.dequantized_weight()
+        else:
+            out = mm(x2, self.packed, self.group_size, self.scales_and_zeros)
+        out = out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        return out + self.bias.to(x.dtype) if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
 # =========================================================================== model building
 def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
@@ -225,9 +320,18 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _skeleton(cfg, dtype: torch.dtype) -> nn.Module:
+    """The model from its config without random initialisation (every tensor is loaded after;
+    initialising a 1B-shaped model costs ~20 s of single-threaded RNG per path)."""
+    import contextlib
+
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
 
 def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu", *,
@@ -247,7 +351,7 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
     reason = available_paths(device)[path]
     if reason:
         raise BenchError(f"path {path!r} is not available on {device}: {reason}")
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if path == "torchint4" else torch.float16 if device == "cuda" else torch.float32
     if isinstance(source, nn.Module):
         if path != "baseline":
             raise BenchError(f"path {path!r} needs an AWQ checkpoint folder, not a dense module")
@@ -291,6 +395,8 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
         bias = tensors.pop(f"{prefix}.bias", None)
         if path == "naive4":
             mod = NaiveAWQLinear(qw, qz, sc, None if bias is None else bias.to(dtype), qc["group_size"], qc["bits"])
+        elif path == "torchint4":
+            mod = Int4CUDALinear.from_awq(qw, qz, sc, bias, qc["group_size"], qc["bits"], device=device)
         elif device == "cuda":  # pragma: no cover - needs a GPU
             mod = _wqlinear_gemm(qw, qz, sc, bias, qc["group_size"], qc["bits"])
         else:
@@ -450,7 +556,8 @@ def disk_bytes(folder: str | Path) -> int:
 
 def _quantized_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (NaiveAWQLinear, Int4CPULinear)) or type(m).__name__.startswith("WQLinear")]
+            if isinstance(m, (NaiveAWQLinear, Int4CPULinear, Int4CUDALinear))
+            or type(m).__name__.startswith("WQLinear")]
 
 
 def quantized_linear_bytes(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -572,9 +679,13 @@ def time_model(model: nn.Module, path: str, batch_sizes: Iterable[int], context_
     """Time one model over every (batch, context) -> tidy rows (one per batch x context x scope)."""
     device = _resolve_device(device)
     layers = _decoder_layers(model)
-    timer = _LayerTimer(layers, device == "cuda") if layers else None
     n_layers = len(layers)
     scale = (full_num_layers / n_layers) if (full_num_layers and n_layers) else 1.0
+    # On a GPU the layer hooks synchronise twice per layer, which would slow the eager rows that
+    # the graphed rows are compared with; with every layer instantiated no extrapolation needs
+    # them, so the whole model is timed without hooks there (full_model = measured).
+    unhooked = device == "cuda" and scale == 1.0
+    timer = _LayerTimer(layers, device == "cuda") if layers and not unhooked else None
     vocab = vocab_size or model.config.vocab_size
     rows: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(seed)
@@ -589,7 +700,7 @@ def time_model(model: nn.Module, path: str, batch_sizes: Iterable[int], context_
                     if progress is not None:
                         progress.update(1)
                     for scope in SCOPES:
-                        if scope != "measured" and timer is None:
+                        if scope != "measured" and timer is None and not (unhooked and scope == "full_model"):
                             continue
                         pre_t, dec_t = [], []
                         for r in raw:
@@ -597,31 +708,110 @@ def time_model(model: nn.Module, path: str, batch_sizes: Iterable[int], context_
                                 pre, dec = r["prefill_s"], r["decode_s"]
                             elif scope == "layers":
                                 pre, dec = r["prefill_layers_s"], r["decode_layers_s"]
+                            elif unhooked:
+                                pre, dec = r["prefill_s"], r["decode_s"]
                             else:
                                 pre = r["prefill_s"] + (scale - 1.0) * r["prefill_layers_s"]
                                 dec = r["decode_s"] + (scale - 1.0) * r["decode_layers_s"]
                             pre_t.append(batch * context / pre)
                             dec_t.append(batch * decode_tokens / dec)
-                        ps, ds = _stats(pre_t), _stats(dec_t)
-                        rows.append({
-                            "path": path, "batch": batch, "context": context, "scope": scope,
-                            "decode_tokens": decode_tokens, "repeats": repeats,
-                            "timed_layers": n_layers, "model_layers": full_num_layers or n_layers,
-                            "prefill_tok_s_median": ps["median"], "prefill_tok_s_min": ps["min"],
-                            "prefill_tok_s_max": ps["max"],
-                            "decode_tok_s_median": ds["median"], "decode_tok_s_min": ds["min"],
-                            "decode_tok_s_max": ds["max"],
-                            "prefill_tok_s_raw": pre_t, "decode_tok_s_raw": dec_t,
-                        })
+                        rows.append(_timing_row(path, "eager", batch, context, scope, decode_tokens, repeats,
+                                                n_layers, full_num_layers or n_layers, pre_t, dec_t))
     finally:
         if timer:
             timer.remove()
     return rows
 
 
+def _timing_row(path: str, mode: str, batch: int, context: int, scope: str, decode_tokens: int, repeats: int,
+                timed_layers: int, model_layers: int, pre_t: list[float], dec_t: list[float]) -> dict[str, Any]:
+    ps, ds = _stats(pre_t), _stats(dec_t)
+    return {
+        "path": path, "mode": mode, "batch": batch, "context": context, "scope": scope,
+        "decode_tokens": decode_tokens, "repeats": repeats,
+        "timed_layers": timed_layers, "model_layers": model_layers,
+        "prefill_tok_s_median": ps["median"], "prefill_tok_s_min": ps["min"], "prefill_tok_s_max": ps["max"],
+        "decode_tok_s_median": ds["median"], "decode_tok_s_min": ds["min"], "decode_tok_s_max": ds["max"],
+        "prefill_tok_s_raw": pre_t, "decode_tok_s_raw": dec_t,
+    }
+
+
+def _graphed_round(dec, steps, ids: torch.Tensor, decode_tokens: int, device: str) -> dict[str, float]:
+    """One eager prefill into the static cache + `decode_tokens` steps replayed from the graph."""
+    _sync(device)
+    t0 = time.perf_counter()
+    token = dec.prefill(ids).argmax(-1, keepdim=True)
+    _sync(device)
+    prefill = time.perf_counter() - t0
+    steps.start(ids.shape[1])
+    t0 = time.perf_counter()
+    for _ in range(decode_tokens):
+        token = steps.step(token).argmax(-1, keepdim=True)
+    _sync(device)
+    return {"prefill_s": prefill, "decode_s": time.perf_counter() - t0}
+
+
+def _graph_check(dec, steps) -> float:
+    """Max |logits| difference of the last replayed step from the same step run eagerly, relative
+    to the eager logits' max (the eager rerun writes the same cache entries it read)."""
+    graphed = steps.logits.float().clone()
+    eager = dec.decode_step(steps.token, steps.pos - 1).float()
+    return float((graphed - eager).abs().max() / eager.abs().max().clamp_min(1e-12))
+
+
+def time_graphed(model: nn.Module, path: str, batch_sizes: Iterable[int], context_lengths: Iterable[int],
+                 decode_tokens: int, warmup: int = 2, repeats: int = 5, device: str = "cpu",
+                 seed: int = 0, progress: Any = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Like :func:`time_model` in mode ``graphed`` (:mod:`quantstudy.decode`): a static cache of
+    context + decode_tokens positions, eager prefill, decode steps replayed from one CUDA graph
+    per shape (captured before the warm-up rounds; on a CPU the same loop runs eagerly).
+
+    Only scope ``measured``: layer hooks would sync inside the graph's kernels (impossible in a
+    replay), and the production shape times every layer anyway. With a `notes` list, a shape
+    that fails (capture, memory) is noted there and skipped; without one it raises. Each row's
+    ``graph_check_rel_diff`` compares the last replayed step with the same step run eagerly.
+    """
+    from quantstudy.decode import Decoder, GraphedDecoder
+
+    device = _resolve_device(device)
+    n_layers = len(_decoder_layers(model))
+    rows: list[dict[str, Any]] = []
+    gen = torch.Generator().manual_seed(seed)
+    for batch in batch_sizes:
+        for context in context_lengths:
+            ids = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen).to(device)
+            try:
+                dec = Decoder(model, batch, context + decode_tokens)
+                steps = GraphedDecoder(dec)
+                for _ in range(1 + warmup):  # the first round captures the graph
+                    _graphed_round(dec, steps, ids, decode_tokens, device)
+                raw = [_graphed_round(dec, steps, ids, decode_tokens, device) for _ in range(repeats)]
+                check = _graph_check(dec, steps)
+            except Exception as exc:
+                if notes is None or isinstance(exc, (KeyboardInterrupt, MemoryError)):
+                    raise
+                notes.append(f"{path} graphed batch {batch} context {context} failed on {device} and was skipped: "
+                             f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                continue
+            finally:
+                dec = steps = None
+                _memory_now(device)
+                if progress is not None:
+                    progress.update(1)
+            rows.append({**_timing_row(path, "graphed", batch, context, "measured", decode_tokens, repeats,
+                                       n_layers, n_layers, [batch * context / r["prefill_s"] for r in raw],
+                                       [batch * decode_tokens / r["decode_s"] for r in raw]),
+                         "graph_check_rel_diff": check})
+            if notes is not None and not check < 1e-2:
+                notes.append(f"{path} graphed batch {batch} context {context}: the replayed step's logits differ "
+                             f"from the eager step's by {check:.3g} of their range: check the captured graph")
+    return rows
+
+
 # =========================================================================== trap detector
 def speedup_table(df, baseline: str = "baseline"):
-    """Speed-up of every path over `baseline` for each shape (batch, context[, scope]).
+    """Speed-up of every path over `baseline` for each shape (batch, context[, scope][, mode]):
+    a graphed path is compared with the graphed baseline, an eager one with the eager baseline.
 
     ``*_speedup`` = path median tokens/s / baseline median tokens/s. The spread
     ``*_speedup_low``/``_high`` = path min / baseline max and path max / baseline min: the
@@ -629,7 +819,7 @@ def speedup_table(df, baseline: str = "baseline"):
     """
     import pandas as pd
 
-    keys = [k for k in ("batch", "context", "scope") if k in df.columns]
+    keys = [k for k in ("mode", "batch", "context", "scope") if k in df.columns]
     base = df[df["path"] == baseline]
     if base.empty:
         raise BenchError(f"no {baseline!r} rows to compare against; paths present: {sorted(df['path'].unique())}")
@@ -643,6 +833,27 @@ def speedup_table(df, baseline: str = "baseline"):
     return pd.DataFrame(out).reset_index(drop=True)
 
 
+def harness_table(df, path: str = "baseline"):
+    """What the harness costs: `path`'s graphed tokens/s over its eager tokens/s per shape
+    (scope ``measured``; ``*_low``/``_high`` as in :func:`speedup_table`). Empty without both modes."""
+    import pandas as pd
+
+    if "mode" not in df.columns or not {"eager", "graphed"} <= set(df["mode"]):
+        return pd.DataFrame()
+    t = df[(df["path"] == path) & (df["scope"] == "measured")]
+    merged = t[t["mode"] == "graphed"].merge(t[t["mode"] == "eager"], on=["path", "batch", "context"],
+                                             suffixes=("", "_eager"))
+    out = merged[["path", "batch", "context"]].copy()
+    for kind in ("prefill", "decode"):
+        col = f"{kind}_tok_s"
+        out[f"{kind}_tok_s_eager"] = merged[f"{col}_median_eager"]
+        out[f"{kind}_tok_s_graphed"] = merged[f"{col}_median"]
+        out[f"{kind}_graphed_over_eager"] = merged[f"{col}_median"] / merged[f"{col}_median_eager"]
+        out[f"{kind}_graphed_over_eager_low"] = merged[f"{col}_min"] / merged[f"{col}_max_eager"]
+        out[f"{kind}_graphed_over_eager_high"] = merged[f"{col}_max"] / merged[f"{col}_min_eager"]
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
 def flag_traps(table, baseline: str = "baseline", threshold: float = 1.0) -> list[dict[str, Any]]:
     """Rows where a quantized path is slower than the baseline (median speed-up < threshold).
 
@@ -650,7 +861,7 @@ def flag_traps(table, baseline: str = "baseline", threshold: float = 1.0) -> lis
     even the best repeat of the path is slower than the worst repeat of the baseline.
     """
     flags: list[dict[str, Any]] = []
-    keys = [k for k in ("batch", "context", "scope") if k in table.columns]
+    keys = [k for k in ("mode", "batch", "context", "scope") if k in table.columns]
     for _, row in table.iterrows():
         if row["path"] == baseline:
             continue
@@ -739,19 +950,35 @@ def fleet_cost(weight_bytes: int | float, decode_tokens_per_s: float,
 
 
 # =========================================================================== targets
-def _fast_b1_speedup(speedups, path: str = "fast4") -> tuple[float | None, str]:
+def _fast_b1_speedup(speedups, path: str = "fast4", mode: str = "eager") -> tuple[float | None, str]:
     if speedups is None:
         return None, "no measurement"
     if isinstance(speedups, (int, float)):
         return float(speedups), "given"
     t = speedups[(speedups["path"] == path) & (speedups["batch"] == 1)]
+    if "mode" in t.columns and (t["mode"] == mode).any():
+        t = t[t["mode"] == mode]
     if "scope" in t.columns and not t.empty:
         t = t[t["scope"] == ("full_model" if (t["scope"] == "full_model").any() else "measured")]
     if t.empty:
         return None, f"no {path} batch-1 row"
     row = t.sort_values("context").iloc[0]
     where = f"batch 1, context {row['context']}" + (f", scope {row['scope']}" if "scope" in t.columns else "")
-    return float(row["decode_speedup"]), where
+    return float(row["decode_speedup"]), where + (f", mode {row['mode']}" if "mode" in t.columns else "")
+
+
+def _graphed_target(speedups) -> dict[str, Any] | None:
+    """The GPU target: graphed 4-bit decode at batch 1 vs graphed float16 (best 4-bit path)."""
+    if speedups is None or isinstance(speedups, (int, float)) or "mode" not in speedups.columns:
+        return None
+    found = {path: _fast_b1_speedup(speedups, path, "graphed") for path in ("fast4", "torchint4")}
+    found = {k: v for k, v in found.items() if v[0] is not None and "mode graphed" in v[1]}
+    if not found:
+        return None
+    best = max(found, key=lambda k: found[k][0])
+    sp, where = found[best]
+    return {"measured": sp, "target": TARGET_GRAPHED_DECODE_SPEEDUP, "met": sp >= TARGET_GRAPHED_DECODE_SPEEDUP,
+            "where": f"{best}, {where}", "by_path": {k: v[0] for k, v in found.items()}}
 
 
 def targets(speedups, bytes_ratio: float | None, device: str = "cpu", goals: Any = None) -> dict[str, dict[str, Any]]:
@@ -771,12 +998,16 @@ def targets(speedups, bytes_ratio: float | None, device: str = "cpu", goals: Any
     if device != "cpu":  # the speed-up target is the CPU int4 kernel's; on a GPU report the ratio only
         speed.update(target=None, met=None, where=f"{where}; on {device} (fast4 = AutoAWQ's kernels vs float16): "
                      f"the {goal_speed}x target applies to the CPU path, so none is set here")
-    return {
+    out = {
         "cpu_fast_decode_speedup_1b_b1": speed,
         "quantized_linear_bytes_vs_fp16": {"measured": bytes_ratio, "target": goal_bytes,
                                            "met": bytes_ratio is not None and bytes_ratio >= goal_bytes,
                                            "where": "AutoAWQ GEMM layout (qweight + qzeros + fp16 scales)"},
     }
+    graphed = _graphed_target(speedups) if device == "cuda" else None
+    if graphed:
+        out["gpu_graphed_4bit_decode_speedup_b1"] = graphed
+    return out
 
 
 # =========================================================================== driver
@@ -805,9 +1036,14 @@ def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: 
     gc.collect()
     rss_built = PeakRSS.rss_bytes()
     logits = probe_logits(model, device, seed=seed)
+    timings, notes = [], []
     with PeakRSS() as run_mem:
-        timings = time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
-                             p.repeats, device, full_num_layers=full_num_layers, seed=seed, progress=bar)
+        if "eager" in p.modes:
+            timings += time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
+                                  p.repeats, device, full_num_layers=full_num_layers, seed=seed, progress=bar)
+        if "graphed" in p.modes:  # a shape that fails costs its graphed row only (noted), not the run
+            timings += time_graphed(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
+                                    p.repeats, device, seed=seed, progress=bar, notes=notes)
     qlb = quantized_linear_bytes(model)
     if path == "baseline":
         disk = disk_bytes(baseline) if isinstance(baseline, (str, Path)) else None
@@ -830,7 +1066,7 @@ def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: 
     loader = getattr(model, "quantstudy_loader", "quantstudy.bench.convert_model")
     del model
     _memory_now(device)
-    return {"timings": timings, "memory": memory, "logits": logits, "loader": loader}
+    return {"timings": timings, "memory": memory, "logits": logits, "loader": loader, "notes": notes}
 
 
 def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection | Mapping[str, Any],
@@ -883,7 +1119,10 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             notes.append(f"{path} skipped: {avail[path]}")
         else:
             paths.append(path)
-    n_shapes = len(p.batch_sizes) * len(p.context_lengths)
+    n_shapes = len(p.batch_sizes) * len(p.context_lengths) * len(p.modes)
+    if "graphed" in p.modes and device == "cpu":
+        notes.append("graphed mode on cpu: the static-cache loop of quantstudy.decode runs without CUDA graphs "
+                     "(a CPU has none), so it measures the loop, not graph replay")
     prev_threads = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -916,6 +1155,7 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
                 _memory_now(device)
                 continue
             rows += measured["timings"]
+            notes += measured["notes"]
             mem_rows.append(measured["memory"])
             logits = measured.pop("logits")
             if path == "baseline":
@@ -931,11 +1171,14 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     memory = pd.DataFrame(mem_rows)
     speedups = speedup_table(timings)
     traps = flag_traps(speedups)
+    harness = harness_table(timings)
     awq_ratio = quantized_linear_bytes(_load_tensors(folder))["ratio_vs_fp16"]
     fleet_rows = []
     scope = "full_model" if "full_model" in set(timings["scope"]) else "measured"
     ctx = min(p.context_lengths)
-    for _, r in timings[(timings["scope"] == scope) & (timings["context"] == ctx)].iterrows():
+    fleet_mode = "eager" if "eager" in p.modes else "graphed"  # the fleet of the first mode timed
+    for _, r in timings[(timings["scope"] == scope) & (timings["context"] == ctx)
+                        & (timings["mode"] == fleet_mode)].iterrows():
         wb = memory.loc[memory["path"] == r["path"], "weight_bytes_full_model"].iloc[0]
         try:
             fleet_rows.append({"path": r["path"], "context": ctx,
@@ -944,7 +1187,7 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             notes.append(f"fleet for {r['path']} batch {r['batch']}: {exc}")
     return {
         "timings": timings, "memory": memory, "speedups": speedups, "traps": traps,
-        "agreement": pd.DataFrame(agree_rows),
+        "agreement": pd.DataFrame(agree_rows), "harness": harness,
         "fleet": pd.DataFrame(fleet_rows), "bytes_ratio": awq_ratio,
         "targets": targets(speedups, awq_ratio, device), "notes": notes,
         "env": {"device": device, "hardware_label": p.hardware_label, "torch": torch.__version__,
@@ -996,9 +1239,38 @@ def speed_table(result: dict[str, Any], scope: str = "full_model"):
     cols = ["path", "batch", "context", "decode_speedup", "decode_speedup_low", "decode_speedup_high",
             "prefill_speedup", "prefill_speedup_low", "prefill_speedup_high"]
     t = result["timings"]
-    t = t[t["scope"] == scope][["path", "batch", "context", "decode_tok_s_median", "decode_tok_s_min",
-                                "decode_tok_s_max", "prefill_tok_s_median"]]
-    return sp[sp["scope"] == scope][cols].merge(t, on=["path", "batch", "context"]).round(3)
+    keys = ["path", *(["mode"] if "mode" in t.columns and "mode" in sp.columns else []), "batch", "context"]
+    t = t[t["scope"] == scope][[*keys, "decode_tok_s_median", "decode_tok_s_min", "decode_tok_s_max",
+                                "prefill_tok_s_median"]]
+    cols = [*keys, *(c for c in cols if c not in keys)]
+    return sp[sp["scope"] == scope][cols].merge(t, on=keys).round(3)
+
+
+def plot_decode_scaling(result: dict[str, Any], title: str = ""):
+    """Decode time per token (ms, median of repeats) against context (at the smallest batch) and
+    against batch (at the smallest context), one line per path x mode; scope ``measured``."""
+    import matplotlib.pyplot as plt
+
+    t = result["timings"]
+    t = t[t["scope"] == "measured"].assign(ms_per_step=lambda d: 1e3 * d["batch"] / d["decode_tok_s_median"])
+    if "mode" not in t.columns:
+        t = t.assign(mode="eager")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    panels = (("context", "batch", "prompt context (tokens)"), ("batch", "context", "batch size (sequences)"))
+    for ax, (x, fixed, xlabel) in zip(axes, panels):
+        at = t[fixed].min()
+        for (path, mode), g in t[t[fixed] == at].groupby(["path", "mode"], sort=False):
+            g = g.sort_values(x)
+            ax.plot(g[x], g["ms_per_step"], marker="o", ls="-" if mode == "eager" else "--", label=f"{path}, {mode}")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel=xlabel, ylabel="decode ms per step (one token per sequence)",
+               title=f"decode step time vs {x} ({fixed} {at})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    env = result.get("env") or {}
+    fig.suptitle(title or f"Decode scaling on {env.get('hardware_label', 'this hardware')}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_speedups(results: dict[str, dict[str, Any]], hardware: str):
@@ -1077,6 +1349,7 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
                                       .to_json(orient="records")),
                 "memory": json.loads(r["memory"].to_json(orient="records")),
                 "agreement": json.loads(r["agreement"].to_json(orient="records")) if "agreement" in r else [],
+                "harness": json.loads(r["harness"].to_json(orient="records")) if len(r.get("harness", [])) else [],
                 "fleet": json.loads(r["fleet"].to_json(orient="records")),
                 "traps": r["traps"], "targets": r["targets"], "bytes_ratio": r["bytes_ratio"],
                 "notes": r["notes"], "env": r["env"]}
@@ -1114,4 +1387,8 @@ def benchmark_checkpoint(params, checkpoint: str | Path | None, out_dir: str | P
     label = params.benchmark.hardware_label
     plot_speedups(results, label).savefig(out_dir / "speedups.png", dpi=110)
     plot_memory(results).savefig(out_dir / "memory.png", dpi=110)
+    if "graphed" in params.benchmark.modes:
+        for name, r in results.items():
+            plot_decode_scaling(r, f"{name}: decode scaling on {label}").savefig(out_dir / f"decode_scaling_{name}.png",
+                                                                                 dpi=110)
     return metrics

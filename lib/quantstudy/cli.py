@@ -179,8 +179,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except bench.BenchError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    summary = {name: {"agreement": m["agreement"], "speedups": [r for r in m["speedups"] if r["scope"] == "full_model"],
-                      "traps": m["traps"], "env": m["env"]}
+    summary = {name: {"agreement": m["agreement"],
+                      "speedups": [r for r in m["speedups"]
+                                   if r["scope"] == "full_model" or r.get("mode") == "graphed"],
+                      "harness": m.get("harness", []), "traps": m["traps"], "env": m["env"]}
                for name, m in metrics.items() if isinstance(m, dict) and "speedups" in m}
     _print_json({"targets": metrics["targets"], **summary, "wall_s": metrics["wall_s"]})
     print(f"metrics and figures written to {_show(Path(args.out))}")
