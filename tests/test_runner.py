@@ -471,3 +471,14 @@ def test_report_refuses_stale_runs_unless_asked(tmp_path):
     with pytest.raises(report.ReportError, match="stale steps.*03_evaluate.*--allow-stale"):
         report.check_complete(run_dir)
     assert report.check_complete(run_dir, allow_stale=True)
+
+
+def test_git_info_outside_a_repository_takes_the_commit_from_the_environment(tmp_path, monkeypatch):
+    """A copy of the tree without .git (a lent GPU machine) still stamps the commit it came from."""
+    from quantstudy import runner
+
+    monkeypatch.delenv("QUANTSTUDY_GIT_COMMIT", raising=False)
+    assert runner.git_info(tmp_path)["commit"] is None
+    monkeypatch.setenv("QUANTSTUDY_GIT_COMMIT", "abc123")
+    assert runner.git_info(tmp_path) == {"commit": "abc123", "dirty": None, "from_env": True}
+    assert runner.git_info()["commit"] != "abc123"  # inside the repository git wins
