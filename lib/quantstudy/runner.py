@@ -248,11 +248,12 @@ def git_info(root: Path | None = None) -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    if os.environ.get("QUANTSTUDY_GIT_COMMIT"):
+        # A copy of the tree made elsewhere (a lent GPU machine): the commit it was copied from.
+        # It wins over git: such a copy may carry a stale .git (seen: the session's first commit).
+        return {"commit": os.environ["QUANTSTUDY_GIT_COMMIT"], "dirty": None, "from_env": True}
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None and os.environ.get("QUANTSTUDY_GIT_COMMIT"):
-        # A copy of the tree without .git (a lent GPU machine): the commit it was copied from.
-        return {"commit": os.environ["QUANTSTUDY_GIT_COMMIT"], "dirty": None, "from_env": True}
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
