@@ -129,7 +129,9 @@ def test_run_scores_baseline_and_checkpoints_next_to_the_study(model_tok, items,
     qdir = tmp_path / "02_quantize"
     (qdir / "checkpoints").mkdir(parents=True)
     (qdir / "checkpoints" / "same").symlink_to(MODEL, target_is_directory=True)
-    (qdir / "metrics.json").write_text(json.dumps({"checkpoints": [{"name": "same", "method": "rtn", "bits": 4}]}))
+    step02 = json.loads((Path(__file__).parent / "fixtures" / "run" / "02_quantize" / "metrics.json").read_text())
+    step02["checkpoints"] = [{**step02["checkpoints"][0], "name": "same", "method": "rtn", "bits": 4}]
+    (qdir / "metrics.json").write_text(json.dumps(step02))  # a valid step-02 file with that one checkpoint
     tasks = sorted(items)
     ref, main = tasks[0], tasks[1:]
     result = {"items_used": {t: items[t] for t in main}, "reference_items": {ref: items[ref]},

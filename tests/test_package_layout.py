@@ -93,3 +93,31 @@ def test_metric_registry_is_a_leaf_and_defines_each_metric_once():
 
     with pytest.raises(ValueError, match="known metrics"):
         registry.metric("bleu")
+
+
+def _modules_imported(path: Path) -> set[str]:
+    """Full names of the modules a module imports (anywhere in it, lazy imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out |= {node.module} if node.module != "quantstudy" else {f"quantstudy.{a.name}" for a in node.names}
+    return out
+
+
+def test_contracts_import_no_step_module():
+    """The steps and the report import the contracts, never the reverse: the contracts read
+    pydantic, the standard library, quantstudy.paths and the metric registry, nothing else."""
+    allowed = {"quantstudy.paths", "quantstudy.metrics.registry"}
+    for path in sorted((LIB / "quantstudy" / "contracts").glob("*.py")):
+        for name in _modules_imported(path):
+            top = name.split(".")[0]
+            ok = (top in sys.stdlib_module_names or top == "pydantic" or name in allowed
+                  or name.startswith("quantstudy.contracts"))
+            assert ok, f"contracts/{path.name} imports {name}: the contracts must not know the steps"
+
+
+def test_the_steps_and_the_report_read_each_other_through_the_contracts():
+    for name in ("calibration", "quantize", "evaluate", "rollout", "report"):
+        assert "quantstudy.contracts" in _modules_imported(LIB / "quantstudy" / f"{name}.py"), name

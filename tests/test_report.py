@@ -102,6 +102,29 @@ def test_missing_manifest_is_named(run_dir: Path, report: ModuleType) -> None:
     assert issubclass(report.ReportError, ValueError)
 
 
+@pytest.mark.parametrize(("step", "key", "nested"), [
+    ("03_evaluate", "verdict_by_checkpoint", False), ("04_benchmark", "traps", False),
+    ("05_rollout_analysis", "decision", True), ("02_quantize", "worse_than_rtn_on_own_domain", False)])
+def test_a_renamed_metrics_field_is_refused_not_rendered_as_na(run_dir: Path, report: ModuleType, step: str, key: str,
+                                                                nested: bool, capsys: pytest.CaptureFixture) -> None:
+    """The report reads every metrics.json through its step's contract (quantstudy.contracts)."""
+    from quantstudy import cli
+
+    path = run_dir / step / "metrics.json"
+    m = json.loads(path.read_text())
+    holder = m["rollout"] if nested else m
+    holder[key + "_v2"] = holder.pop(key)
+    path.write_text(json.dumps(m))
+    where = f"rollout.{key}" if nested else key
+    with pytest.raises(report.ReportError) as err:
+        report.build_report(run_dir)
+    msg = str(err.value)
+    assert str(path) in msg and f"`{where}`: required field missing" in msg and f"re-run step {step}" in msg
+    assert not (run_dir / "report.html").exists() and not (run_dir / "notebooks" / f"{step}.html").exists()
+    assert cli.main(["report", str(run_dir)]) == 1
+    assert f"`{where}`: required field missing" in capsys.readouterr().err
+
+
 def test_skipped_steps_count_as_done(run_dir: Path, report: ModuleType) -> None:
     for step in report.STEP_NAMES:
         _set_status(run_dir, step, "skipped")

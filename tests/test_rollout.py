@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import rollout
+from quantstudy import contracts, rollout
 from quantstudy.params import RolloutSection
 from quantstudy.rollout import RolloutError
 
@@ -196,18 +196,21 @@ def _eval_dir(tmp_path: Path, cks: dict[str, tuple], first: str = "policy_closed
         summary.append({"name": name, "method": "awq", "source": source, "draw": draw, "bits": 4,
                         "policy_closed_book_acc": 0.78, "retention_acc": 0.8})
         budget.append({"checkpoint": name, "metric": first, "limit": 2.0, "unit": "points", "degradation": point,
-                       "worst_case": worst, "verdict": "pass" if worst <= 2.0 else "fail"})
+                       "worst_case": worst, "verdict": "pass" if worst <= 2.0 else "fail",
+                       "ci": {"point": -point, "lo": -worst, "hi": 0.0}})
         budget.append({"checkpoint": name, "metric": "indomain_ppl", "limit": 3.0, "unit": "percent",
                        "degradation": 1.0, "worst_case": 2.0 if passes else 9.0,
-                       "verdict": "pass" if passes else "fail"})
+                       "verdict": "pass" if passes else "fail", "ci": {"point": 1.0, "lo": 0.0, "hi": 2.0 if passes else 9.0}})
         verdicts[name] = "pass" if passes and worst <= 2.0 else "fail"
     declared = [{"metric": "satisfaction", "max_drop": 2.0, "unit": "points"},  # judged by the rollout, skipped
                 {"metric": first, "max_drop": 2.0, "unit": "points"},
                 {"metric": "indomain_ppl", "max_drop": 3.0, "unit": "percent"}]
     folder = tmp_path / "03_evaluate"
     folder.mkdir(exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps({"summary": summary, "budget": budget, "budget_declared": declared,
-                                                     "verdict_by_checkpoint": verdicts}))
+    fixture = Path(__file__).parent / "fixtures" / "run" / "03_evaluate" / "metrics.json"
+    m = json.loads(fixture.read_text())  # a valid step-03 file (its contract), with these checkpoints
+    m.update(summary=summary, budget=budget, budget_declared=declared, verdict_by_checkpoint=verdicts)
+    (folder / "metrics.json").write_text(json.dumps(m))
     return folder
 
 
@@ -543,10 +546,15 @@ def test_latency_ratio_from_step_04(tmp_path: Path) -> None:
     missing = rollout.latency_from_benchmark(tmp_path / "nowhere")
     assert missing["ratio"] == 1.0 and "not found" in missing["note"]
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "metrics.json").write_text(json.dumps({"demo": {"timings": [
-        {"path": "baseline", "batch": 1, "context": 32, "scope": "measured", "decode_tok_s_median": 10.0}]}}))
+    for section in ("demo", "production"):  # a valid step-04 file without any fast4 timing
+        m[section]["timings"] = [r for r in m[section]["timings"] if r["path"] != "fast4"]
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps(m))
     none = rollout.latency_from_benchmark(tmp_path / "b")
     assert none["ratio"] == 1.0 and "no batch-1 decode speed" in none["note"]
+    del m["demo"]["timings"]  # a file that breaks step 04's contract is an error, not a silent 1.0
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(contracts.ContractError, match=r"demo\.timings`: required field missing"):
+        rollout.latency_from_benchmark(tmp_path / "b")
     assert rollout.latency_from_benchmark(None)["ratio"] == 1.0
     # The simulator applies it to the quantized arm only.
     p = RolloutSection(margin=0.02, daily_conversations=2000)

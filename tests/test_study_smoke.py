@@ -73,6 +73,15 @@ def test_smoke_outputs_are_sane(smoke_run):
     assert ro["worse_scenario"]["decision"] == "roll back"
 
 
+def test_every_metrics_file_meets_its_contract(smoke_run):
+    """Each step wrote through quantstudy.contracts; read them back the way the next steps do."""
+    from quantstudy import contracts
+
+    _, run = smoke_run
+    for step in contracts.STEPS:
+        assert contracts.read(step, run / step) == json.loads((run / step / "metrics.json").read_text()), step
+
+
 def test_second_run_skips_every_step(smoke_run, tmp_path):
     code, run = smoke_run
     pipeline = Pipeline(outputs_dir=run.parent)

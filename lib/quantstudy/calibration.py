@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
+from quantstudy import contracts
 from quantstudy.data import encode
 
 PLACEHOLDER = "[{}]"  # typed placeholder, e.g. [EMAIL]
@@ -641,6 +642,4 @@ def write_metrics(output_dir: str | Path, pools: dict, records: list[dict], stat
         "length_median": {n: float(np.median(v)) if v else 0 for n, v in stats["lengths"].items()},
         "wall_s": round(wall_s, 1),
     }
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return contracts.write("01_calibration", output_dir, metrics)

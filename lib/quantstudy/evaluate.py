@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from quantstudy import contracts
 from quantstudy.data import encode
 from quantstudy.metrics.registry import METRIC_TASK, TASKS
 
@@ -327,7 +328,7 @@ def checkpoint_list(quantize_dir: str | Path) -> list[dict]:
     metrics = folder / "metrics.json"
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: run step 02_quantize first (input_dirs['02_quantize'])")
-    recs = json.loads(metrics.read_text())["checkpoints"]
+    recs = contracts.read("02_quantize", folder)["checkpoints"]
     missing = [r["name"] for r in recs if not (folder / "checkpoints" / r["name"] / "config.json").is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoints missing under {folder / 'checkpoints'}: {', '.join(missing)}; re-run step 02")
@@ -788,8 +789,7 @@ def write_metrics(output_dir: str | Path, P, result: dict, budget: list[dict], e
     }
     if lm_eval is not None:  # model -> task -> {acc, acc_stderr, study_acc, agree_items, ...}
         metrics["lm_eval"] = lm_eval
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    contracts.write("03_evaluate", output_dir, metrics, default=float)
     arrays = {}
     for name, arr in [("baseline", result["base"]), *result["cands"].items()]:
         for dom, rec in arr["streams"].items():

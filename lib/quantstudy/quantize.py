@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantstudy import contracts
 from quantstudy.paths import resolve
 
 from quantstudy.awqformat import (CHECKSUMS, QUANT_META, CheckpointError, checkpoint_kind, checkpoint_size,  # noqa: F401
@@ -503,7 +504,7 @@ def calibration_sets(calibration_dir: str | Path) -> list[dict]:
     metrics = folder / "metrics.json"
     if not metrics.is_file():
         raise QuantizeError(f"{metrics} not found: run step 01_calibration first (input_dirs['01_calibration'])")
-    sets = json.loads(metrics.read_text())["sets"]
+    sets = contracts.read("01_calibration", folder)["sets"]
     for s in sets:
         if not (folder / "sets" / s["name"] / "set.json").is_file():
             raise QuantizeError(f"calibration set {s['name']!r} is missing under {folder / 'sets'}; re-run step 01")
@@ -597,8 +598,8 @@ def write_metrics(output_dir: str | Path, P, records: list[dict], sanity: list[d
     awq = [r for r in records if r["method"] == "awq"]
     default_search = [r["search_wall_s"] for r in awq if not r.get("variant")]
     cal_wall = None
-    if calibration_dir and (resolve(calibration_dir) / "metrics.json").is_file():
-        cal_wall = json.loads((resolve(calibration_dir) / "metrics.json").read_text()).get("wall_s")
+    if calibration_dir and (resolve(calibration_dir) / contracts.FILENAME).is_file():
+        cal_wall = contracts.read("01_calibration", calibration_dir)["wall_s"]
     flagged = [r["name"] for r in sanity if r.get("worse_than_rtn_on_own_domain")]
     variants = []
     by = {r["name"]: r for r in sanity}
@@ -621,6 +622,4 @@ def write_metrics(output_dir: str | Path, P, records: list[dict], sanity: list[d
         },
         "wall_s": round(wall_s, 1),
     }
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+    return contracts.write("02_quantize", output_dir, metrics, default=str)

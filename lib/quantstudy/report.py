@@ -38,6 +38,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from quantstudy import contracts
 from quantstudy.metrics.registry import METRICS as METRIC_REGISTRY
 from quantstudy.metrics.registry import label as metric_label
 from quantstudy.runner import DONE_STATUSES, MANIFEST, STEPS
@@ -109,10 +110,14 @@ def check_complete(run_dir: str | Path, allow_stale: bool = False) -> dict[str, 
 
 
 def load_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """{step name: metrics dict, "manifest": manifest, "run_dir": str}."""
+    """{step name: metrics dict, "manifest": manifest, "run_dir": str}. Each step's metrics.json
+    is checked against its contract (:mod:`quantstudy.contracts`): a missing or renamed field is
+    a ReportError naming the file and the field, never a silent "n/a" in the report."""
     run_dir = Path(run_dir)
-    out: dict[str, Any] = {name: json.loads((run_dir / name / METRICS).read_text(encoding="utf-8"))
-                           for name in STEP_NAMES}
+    try:
+        out: dict[str, Any] = {name: contracts.read(name, run_dir / name) for name in STEP_NAMES}
+    except contracts.ContractError as exc:
+        raise ReportError(f"{run_dir}: no report built.\n{exc}") from exc
     out["manifest"] = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
     out["run_dir"] = str(run_dir)
     return out
@@ -1773,10 +1778,12 @@ def write_pdf(html_path: str | Path) -> str:
 
 def build_report(run_dir: str | Path, allow_stale: bool = False) -> Path:
     """Render ``run_dir/report.html`` (and ``report.pdf`` when Chromium is installed, and each
-    executed notebook as HTML); ReportError (before anything else) for an incomplete run, or a
-    stale one unless ``allow_stale`` (then a banner names the stale steps)."""
+    executed notebook as HTML); ReportError (before anything else) for an incomplete run, a
+    stale one unless ``allow_stale`` (then a banner names the stale steps), or a metrics.json
+    that breaks its step's contract."""
     run_dir = Path(run_dir).resolve()
     manifest = check_complete(run_dir, allow_stale=allow_stale)
+    load_metrics(run_dir)  # every metrics.json against its contract, before anything is written
     render_step_notebooks(run_dir, manifest)
     nb = build_notebook(run_dir)
     execute_notebook(nb)

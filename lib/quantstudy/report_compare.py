@@ -70,9 +70,9 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise CompareError(f"{d}: not a run folder")
         try:
             R.check_complete(d, allow_stale=True)
+            runs.append(R.load_metrics(d))
         except R.ReportError as exc:
             raise CompareError(str(exc)) from None
-        runs.append(R.load_metrics(d))
     return runs
 
 

@@ -123,6 +123,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from quantstudy import contracts
 from quantstudy.params import RolloutSection
 from quantstudy.paths import resolve
 
@@ -434,21 +435,18 @@ def latency_from_benchmark(benchmark_dir: str | Path | None) -> dict[str, Any]:
     """Quantized / baseline reply-latency ratio from step 04's metrics.json: baseline decode
     tokens/s over the ``fast4`` path's, at batch 1 and the smallest context, ``full_model`` scope
     when present. The study's own checkpoint (``demo``) is used when it has both paths, else the
-    production-shaped model. Without the numbers the ratio is 1.0 and ``note`` says why."""
-    import json
+    production-shaped model. Without the numbers the ratio is 1.0 and ``note`` says why; a
+    metrics.json that breaks step 04's contract is an error (:class:`contracts.ContractError`)."""
 
     def fallback(why: str) -> dict[str, Any]:
         return {"ratio": 1.0, "source": None, "note": f"latency ratio 1.0 (no speed measurement: {why})"}
 
     if benchmark_dir is None:
         return fallback("no step-04 folder given")
-    path = resolve(benchmark_dir) / "metrics.json"
+    path = resolve(benchmark_dir) / contracts.FILENAME
     if not path.is_file():
         return fallback(f"{path} not found")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return fallback(f"{path} unreadable ({type(exc).__name__})")
+    m = contracts.read("04_benchmark", benchmark_dir)
     for model in ("demo", "production"):
         rows = [r for r in (m.get(model) or {}).get("timings") or [] if r.get("batch") == 1]
         scopes = {r.get("scope") for r in rows}
@@ -1139,17 +1137,13 @@ def candidate_from_evaluation(evaluate_dir: str | Path, rule: str = "best_worst_
     points, of the closed-book policy and retention tasks against the baseline (it drives the
     rollout simulator).
     """
-    import json
-
-    from quantstudy.paths import resolve
-
     if rule not in CANDIDATE_RULES:
         raise RolloutError(f"rollout.candidate_rule: unknown rule {rule!r}; "
                            f"expected one of {', '.join(CANDIDATE_RULES)}")
     metrics_path = resolve(evaluate_dir) / "metrics.json"
     if not metrics_path.is_file():
         raise RolloutError(f"{metrics_path} not found: run step 03_evaluate first (input_dirs['03_evaluate'])")
-    m = json.loads(metrics_path.read_text())
+    m = contracts.read("03_evaluate", evaluate_dir)
     rows = {r["name"]: r for r in m["summary"]}
     base = rows["baseline"]
     tasks = [t for t in ("policy_closed_book_acc", "retention_acc") if t in base]
@@ -1211,8 +1205,6 @@ def power_summary(plan: pd.DataFrame) -> dict[str, Any]:
 
 
 def write_metrics(output_dir: str | Path, step: dict, wall_s: float) -> dict:
-    import json
-
     def summary(res: dict) -> dict:
         looks = res["looks"]
         last = looks.iloc[-1]
@@ -1251,7 +1243,6 @@ def write_metrics(output_dir: str | Path, step: dict, wall_s: float) -> dict:
     for scenario in ("worse", "broken_assignment"):
         if scenario in step:
             metrics[f"{scenario}_scenario"] = summary(step[scenario])
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    contracts.write("05_rollout_analysis", output_dir, metrics, default=str)
     step["main"]["logs"].to_csv(Path(output_dir) / "rollout_logs.csv", index=False)
     return metrics
