@@ -72,6 +72,7 @@ from quantstudy.awqformat import (PACK_ORDER, PackingError, dequantize_awq_state
                                   rtn_quantize_linear, unpack_awq_gemm)
 from quantstudy.awqformat.packing import _pack_columns  # noqa: F401
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm
+from quantstudy import contracts
 from quantstudy.params import BenchmarkSection
 from quantstudy.quantize import PeakRSS
 
@@ -1218,15 +1219,11 @@ def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], dev
 # --------------------------------------------------------------------------- the step
 def pick_checkpoint(quantize_dir: str | Path) -> Path:
     """A packed 4-bit checkpoint from step 02 (speed does not depend on which: same shapes)."""
-    import json
-
     from quantstudy.paths import resolve
 
     folder = resolve(quantize_dir)
     metrics = folder / "metrics.json"
-    if not metrics.is_file():
-        raise BenchError(f"{metrics} not found: run step 02_quantize first (input_dirs['02_quantize'])")
-    recs = json.loads(metrics.read_text())["checkpoints"]
+    recs = contracts.read("02_quantize", folder)["checkpoints"]
     packed = [r for r in recs if r["bits"] == 4 and not r.get("simulated")]
     if not packed:
         raise BenchError(f"{metrics}: no packed 4-bit checkpoint to benchmark (3-bit runs are simulated)")
@@ -1359,9 +1356,7 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
     metrics["targets"] = prod["targets"] if prod else next(iter(results.values()))["targets"]
     metrics["traps"] = [{"model": n, **t} for n, r in results.items() for t in r["traps"]]
     metrics["wall_s"] = round(wall_s, 1)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+    return contracts.write("04_benchmark", output_dir, metrics, default=str)
 
 
 def benchmark_checkpoint(params, checkpoint: str | Path | None, out_dir: str | Path, baseline: str | Path | None = None,
