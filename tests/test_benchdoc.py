@@ -106,6 +106,25 @@ def test_gpu_page_numbers_come_from_metrics(tmp_path):
     assert "950.5 [937.8, 968.5]" not in text
 
 
+def test_graphed_page_numbers_come_from_metrics(tmp_path):
+    """Graphed rows (scope measured), the harness table and the graphed target all come from metrics.json."""
+    page = benchdoc.PAGES["gpu-benchmark-h100-graphed"]
+    folder = _copy(page, tmp_path)
+
+    def edit(m):
+        prod = m["production"]
+        t = _row(prod["timings"], path="torchint4", mode="graphed", batch=1, context=128, scope="measured")
+        t.update(decode_tok_s_median=777.7, decode_tok_s_min=700.0, decode_tok_s_max=800.0)
+        prod["harness"][0]["decode_graphed_over_eager"] = 9.87
+        prod["targets"]["gpu_graphed_4bit_decode_speedup_b1"].update(measured=1.61, met=True)
+
+    _edit(folder / "metrics.json", edit)
+    text = benchdoc.render_doc(folder)
+    assert "| torchint4 | graphed | 1 | 128 | 777.7 [700.0, 800.0] |" in text
+    assert "| 1 | 128 | 9.87x [" in text
+    assert "measured 1.61x" in text and "**met**" in text
+
+
 def test_prose_outside_the_block_is_kept(tmp_path):
     page = benchdoc.PAGES["gpu-benchmark-h100"]
     folder = _copy(page, tmp_path)

@@ -226,22 +226,27 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
     if "demo" in models:
         label["demo"] = f"demo ({models['demo'].million_params()})"
     speed_rows = []
+    with_modes = any(_modes(m) != [None] for m in models.values())
     for name in ("production", "demo"):
         if name not in models:
             continue
         m = models[name]
         for path in m.paths():
-            for batch, context in m.shapes():
-                key = dict(path=path, batch=batch, context=context, scope="full_model")
-                sp, t = m.record("speedups", **key), m.record("timings", **key)
-                speed_rows.append([
-                    label[name], path, batch, context,
-                    _range(m.value(t, "decode_tok_s_median", "timings"), t["decode_tok_s_min"],
-                           t["decode_tok_s_max"], 1),
-                    _range(m.value(sp, "decode_speedup", "speedups"), sp["decode_speedup_low"],
-                           sp["decode_speedup_high"], 2),
-                    _f(m.value(t, "prefill_tok_s_median", "timings"), 0),
-                    _f(m.value(sp, "prefill_speedup", "speedups"), 2)])
+            for mode in _modes(m):
+                # eager rows: the whole model (scaled to full depth); graphed rows are measured whole
+                scope = "measured" if mode == "graphed" else "full_model"
+                for batch, context in m.shapes():
+                    key = dict(path=path, batch=batch, context=context, scope=scope,
+                               **({"mode": mode} if mode else {}))
+                    sp, t = m.record("speedups", **key), m.record("timings", **key)
+                    speed_rows.append([
+                        label[name], path, *([mode] if with_modes else []), batch, context,
+                        _range(m.value(t, "decode_tok_s_median", "timings"), t["decode_tok_s_min"],
+                               t["decode_tok_s_max"], 1),
+                        _range(m.value(sp, "decode_speedup", "speedups"), sp["decode_speedup_low"],
+                               sp["decode_speedup_high"], 2),
+                        _f(m.value(t, "prefill_tok_s_median", "timings"), 0),
+                        _f(m.value(sp, "prefill_speedup", "speedups"), 2)])
     order = [n for n in data if n in models]  # metrics.json's order (demo first)
     agree_rows, tokens = [], set()
     for name in order:
@@ -272,9 +277,11 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
         f"## Speed (median [min, max] of {_one_value(m.setting('repeats') for m in every)} repeats; "
         f"{_one_value(m.setting('decode_tokens') for m in every)} decode tokens)",
         "",
-        *_table(["model", "path", "batch", "context", "decode tok/s", "decode x baseline", "prefill tok/s",
+        *_table(["model", "path", *(["mode"] if with_modes else []), "batch", "context", "decode tok/s",
+                 f"decode x baseline{' (same mode)' if with_modes else ''}", "prefill tok/s",
                  "prefill x baseline"], speed_rows),
         "",
+        *_harness_section(models, label),
         f"## Do the paths compute the same thing? (logits on one {_one_value(sorted(tokens, key=str))}-token "
         "prompt vs the baseline)",
         "",
@@ -299,6 +306,35 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
     return "\n".join(lines)
 
 
+def _modes(m: _Model) -> list[str | None]:
+    """The timing modes a model section holds, eager first ([None] for runs before modes existed)."""
+    found = {r.get("mode") for r in m.records("timings")}
+    return sorted(found, key=lambda v: (v != "eager", str(v)))
+
+
+def _harness_section(models: dict[str, _Model], label: dict[str, str]) -> list[str]:
+    """What the harness costs (graphed vs eager baseline) and the graphed 4-bit decode target."""
+    rows = []
+    for name, m in models.items():
+        for h in m.section.get("harness") or []:
+            rows.append([label[name], h["batch"], h["context"],
+                         _range(m.value(h, "decode_graphed_over_eager", "harness"),
+                                h["decode_graphed_over_eager_low"], h["decode_graphed_over_eager_high"], 2, "x"),
+                         f"{m.value(h, 'prefill_graphed_over_eager', 'harness'):.2f}x"])
+    if not rows:
+        return []
+    lines = ["## What the harness costs (float16 baseline: CUDA-graphed decode vs HF eager, same weights)", "",
+             *_table(["model", "batch", "context", "decode graphed / eager", "prefill graphed / eager"], rows), ""]
+    for name, m in models.items():
+        goal = (m.section.get("targets") or {}).get("gpu_graphed_4bit_decode_speedup_b1")
+        if goal:
+            by_path = ", ".join(f"{p} {v:.2f}x" for p, v in sorted((goal.get("by_path") or {}).items()))
+            lines += [f"Target ({label[name]}): graphed 4-bit decode at batch 1 at least {goal['target']:.1f}x the "
+                      f"graphed float16 baseline; measured {goal['measured']:.2f}x ({goal['where']}; by path: "
+                      f"{by_path}): **{'met' if goal['met'] else 'missed'}**.", ""]
+    return lines
+
+
 # =========================================================================== the pages
 LLAMA_1B = Shape("Llama-3.2-1B shape", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
                  params="params/tiny.yaml")
@@ -306,6 +342,8 @@ TINYLLAMA = Shape("TinyLlama-1.1B shape", intermediate_size=5632, num_kv_heads=4
                   params="params/cpu-tinyllama-shape.yaml")
 GPU_1B = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
                params="params/gpu-demo.yaml")
+GPU_1B_DEFAULT = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
+                       params="params/gpu-default.yaml")
 
 PAGES: dict[str, Page] = {p.folder.rsplit("/", 1)[-1]: p for p in (
     Page("docs/cpu-benchmark-1b-shapes", (
@@ -316,6 +354,10 @@ PAGES: dict[str, Page] = {p.folder.rsplit("/", 1)[-1]: p for p in (
         Run("", GPU_1B, "quantstudy bench params/gpu-demo.yaml "
                         "--checkpoint outputs/smoke/02_quantize/checkpoints/awq-w4-g128-indomain-d0 --out {out}"
                         " (on a CUDA GPU)"),
+    ), render_gpu),
+    Page("docs/gpu-benchmark-h100-graphed", (
+        Run("", GPU_1B_DEFAULT, "quantstudy bench params/gpu-default.yaml --out {out} (on a CUDA GPU; this run: "
+                                "batch sizes [1, 32] and 2 repeats, to fit the lent machine's time)"),
     ), render_gpu),
 )}
 
