@@ -272,6 +272,15 @@ def test_production_model_folder_and_paths_agree(tiny_checkpoint):
         bench.convert_model(dense, "naive4")
 
 
+def test_production_benchmark_times_production_paths_only(tmp_path):
+    """benchmark.production_paths narrows the production-shaped model's paths (not the study model's)."""
+    p = BenchmarkSection(**TINY, paths=["baseline", "naive4"], production_paths=["baseline"])
+    result = bench.production_benchmark(p, "cpu", progress=False, out_dir=tmp_path)
+    assert set(result["speedups"]["path"]) == {"baseline"} and set(result["timings"]["path"]) == {"baseline"}
+    with pytest.raises(ValueError, match="production_paths must include baseline"):
+        BenchmarkSection(**TINY, production_paths=["naive4"])
+
+
 def test_run_benchmark_tiny(tiny_checkpoint):
     _, folder = tiny_checkpoint
     res = bench.run_benchmark(folder, BenchmarkSection(**TINY), progress=False, full_num_layers=4)

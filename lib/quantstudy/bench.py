@@ -1208,6 +1208,8 @@ def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], dev
     model, hence the same speed and memory); the dense model itself is freed before timing.
     """
     p = _bench_section(bench_params)
+    if p.production_paths is not None:  # e.g. without naive4, whose trap the study's own model already shows
+        p = p.model_copy(update={"paths": p.production_paths})
     dense, folder = production_model(p, out_dir=out_dir, seed=seed)
     del dense
     gc.collect()

@@ -168,6 +168,8 @@ class EvaluateSection(_Section):
 class BenchmarkSection(_Section):
     paths: list[Literal["baseline", "naive4", "fast4", "torchint4"]] = Field(
         default_factory=lambda: ["baseline", "naive4", "fast4"], min_length=1)
+    production_paths: list[Literal["baseline", "naive4", "fast4", "torchint4"]] | None = Field(
+        None, min_length=1, description="paths timed on the production-shaped model; null: the same as paths")
     modes: list[Literal["eager", "graphed"]] = Field(
         default_factory=lambda: ["eager"], min_length=1,
         description="eager: HF forward; graphed: static KV cache, decode step replayed from a CUDA graph")
@@ -192,6 +194,8 @@ class BenchmarkSection(_Section):
 
     @model_validator(mode="after")
     def _heads_fit(self) -> "BenchmarkSection":
+        if self.production_paths is not None and "baseline" not in self.production_paths:
+            raise ValueError("production_paths must include baseline: every speed-up is against it")
         if self.prod_hidden_size % self.prod_num_heads:
             raise ValueError(f"prod_hidden_size ({self.prod_hidden_size}) must be divisible by prod_num_heads ({self.prod_num_heads})")
         if self.prod_num_heads % self.prod_num_kv_heads:
