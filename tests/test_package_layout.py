@@ -121,3 +121,17 @@ def test_contracts_import_no_step_module():
 def test_the_steps_and_the_report_read_each_other_through_the_contracts():
     for name in ("calibration", "quantize", "evaluate", "rollout", "report"):
         assert "quantstudy.contracts" in _modules_imported(LIB / "quantstudy" / f"{name}.py"), name
+
+
+def test_steps_are_listed_once():
+    """The step list lives in quantstudy.pipeline.steps (a leaf); params and the runner derive from it."""
+    from quantstudy import params, runner
+    from quantstudy.pipeline import steps
+
+    assert _quantstudy_imports(LIB / "quantstudy" / "pipeline" / "steps.py") == set()
+    assert runner.STEPS is steps.STEPS and runner.Step is steps.Step
+    assert list(params.STEP_SECTIONS) == [s.name for s in steps.STEPS]
+    assert all(params.STEP_SECTIONS[s.name] == s.sections for s in steps.STEPS)
+    for name, path in (("params.py", LIB / "quantstudy" / "params.py"), ("runner.py", LIB / "quantstudy" / "runner.py")):
+        text = path.read_text()
+        assert '"01_calibration.ipynb"' not in text and '"01_calibration": (' not in text, f"{name} lists steps again"

@@ -20,28 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from quantstudy.metrics.registry import BUDGET_METRICS as _BUDGET_METRICS
 from quantstudy.paths import resolve
+from quantstudy.pipeline.steps import IGNORED_BY_EVERY_STEP as _IGNORED_BY_EVERY_STEP
+from quantstudy.pipeline.steps import STEPS as _STEPS
 
-# Step order and the params sections each step notebook receives.
-STEP_SECTIONS: dict[str, tuple[str, ...]] = {
-    "01_calibration": ("study", "model", "data", "calibration"),
-    "02_quantize": ("study", "model", "data", "quantize", "targets"),
-    "03_evaluate": ("study", "model", "data", "evaluate", "targets"),
-    "04_benchmark": ("study", "model", "quantize", "benchmark", "targets"),
-    "05_rollout_analysis": ("study", "evaluate", "rollout"),
-}
+# Step order and the params sections each step notebook receives (quantstudy.pipeline.steps
+# lists the steps once).
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {step.name: step.sections for step in _STEPS}
 
 # Fields a step receives but never reads: left out of its skip key, so changing them does not
-# re-run it ("*": every step; study.name is a label for the report).
-IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
-    "*": ("study_name",),
-    "01_calibration": ("study_device", "model_dtype", "model_eval_dtype", "data_task_items"),
-    "02_quantize": ("data_task_items", "data_domain_lexicon", "targets_evaluation_wall_s",
-                    "targets_fast_decode_speedup", "targets_quantized_bytes_ratio"),
-    "03_evaluate": ("targets_awq_search_s_max",
-                    "targets_steps_01_02_wall_s", "targets_fast_decode_speedup", "targets_quantized_bytes_ratio"),
-    "04_benchmark": ("model_eval_dtype", "targets_awq_search_s_max", "targets_steps_01_02_wall_s",
-                     "targets_evaluation_wall_s"),
-}
+# re-run it ("*": every step).
+IGNORED_FIELDS: dict[str, tuple[str, ...]] = {"*": _IGNORED_BY_EVERY_STEP,
+                                              **{step.name: step.ignored for step in _STEPS if step.ignored}}
 
 # Metrics a quality-budget line may name: quantstudy.metrics.registry defines each one once.
 BUDGET_METRICS = _BUDGET_METRICS

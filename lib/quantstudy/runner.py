@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from quantstudy.params import IGNORED_FIELDS, STEP_SECTIONS, StudyParams, flatten, load_params, to_yaml
 from quantstudy.paths import OUTPUTS, project_root, resolve
+from quantstudy.pipeline.steps import STEPS, Step  # noqa: F401 (runner.Step, runner.STEPS)
 
 DONE_STATUSES = ("completed", "skipped")  # a step whose outputs are valid
 MANIFEST = "manifest.json"
@@ -53,34 +54,7 @@ _CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- steps
-@dataclass(frozen=True)
-class Step:
-    """One notebook of the study.
-
-    ``notebook`` is a file name inside the pipeline's notebooks folder, ``needs`` the steps
-    whose output folders it reads, ``inputs`` dotted params keys (``data.conversations``,
-    ``model.path``, ...) whose values name external files or folders it reads.
-    """
-    name: str
-    notebook: str
-    needs: tuple[str, ...] = ()
-    inputs: tuple[str, ...] = ()
-
-    @property
-    def short(self) -> str:
-        """``01_calibration`` -> ``calibration`` (the name after its first underscore)."""
-        head, _, tail = self.name.partition("_")
-        return tail if head and tail else self.name
-
-
-STEPS: tuple[Step, ...] = (
-    Step("01_calibration", "01_calibration.ipynb", (), ("data.conversations", "model.path", "data.domain_lexicon")),
-    Step("02_quantize", "02_quantize.ipynb", ("01_calibration",), ("model.path", "data.conversations")),
-    Step("03_evaluate", "03_evaluate.ipynb", ("01_calibration", "02_quantize"),
-         ("model.path", "data.conversations", "data.task_items", "data.domain_lexicon")),
-    Step("04_benchmark", "04_benchmark.ipynb", ("02_quantize",), ("model.path",)),
-    Step("05_rollout_analysis", "05_rollout_analysis.ipynb", ("03_evaluate", "04_benchmark"), ("rollout.logs",)),
-)
+# The steps are listed once, in quantstudy.pipeline.steps (Step, STEPS are re-exported here).
 
 
 @dataclass(frozen=True)
