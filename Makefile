@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 KERNEL := quantstudy
 
-.PHONY: setup study smoke test lab demo-data demo-model report clean-outputs
+.PHONY: setup study smoke test lint lab demo-data demo-model report clean-outputs
 
 setup: $(STAMP)
 
@@ -31,7 +31,11 @@ smoke: $(STAMP)
 	$(BIN)/quantstudy run params/smoke.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check lib tests notebooks
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests notebooks
 
 # JupyterLab refuses to run as root without --allow-root (containers, CI machines).
 lab: $(STAMP)

@@ -48,7 +48,6 @@ def test_split_long_never_exceeds_and_keeps_every_token():
 
 def test_kept_tokens_match_autoawq(tiny_model_dir):
     """Our accounting of what AutoAWQ keeps equals its own get_calib_dataset."""
-    import torch
     from awq.utils.calib_data import get_calib_dataset
 
     samples = [list(range(3, 3 + n)) for n in (50, 300, 120, 90, 64)]

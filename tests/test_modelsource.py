@@ -91,6 +91,7 @@ def test_awq_and_rtn_round_trip_on_the_real_model(smol, tmp_path):
     awq = Q.quantize_awq(Q.QuantRequest(out_dir=tmp_path / "awq", **req), tok, samples, 48, "in_domain", 0)
     rtn = Q.quantize_rtn(Q.QuantRequest(out_dir=tmp_path / "rtn", **req), tok)
     assert 4 < awq["effective_bits_per_weight"] < 5 and awq["group_size"] == 64
+    assert rtn["method"] == "rtn" and 4 < rtn["effective_bits_per_weight"] < 5
     import os
     import stat
 

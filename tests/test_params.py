@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from quantstudy import cli
-from quantstudy.params import STEP_SECTIONS, StudyParams, load_params, step_parameters, to_yaml
+from quantstudy.params import STEP_SECTIONS, load_params, step_parameters, to_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_PARAMS = sorted((REPO / "params").glob("*.yaml"))

@@ -9,7 +9,6 @@ dense float16 folders labelled ``"simulated": true`` in ``quantstudy_quant.json`
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil

@@ -36,7 +36,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from quantstudy import contracts
 from quantstudy.metrics.registry import METRICS as METRIC_REGISTRY

