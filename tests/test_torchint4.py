@@ -165,7 +165,10 @@ def test_benchmark_eager_and_graphed_modes(tiny_folder, tmp_path):
     assert len(h) == 4 and (h["decode_graphed_over_eager"] > 0).all()
     assert any("graphed mode on cpu" in n for n in res["notes"])
     assert all("mode" in trap for trap in res["traps"])
-    assert set(res["fleet"]["path"]) == {"baseline", "naive4"} and len(res["fleet"]) == 4  # eager rows only
+    fleet = res["fleet"]  # sized from the graphed rows: how a server decodes
+    assert set(fleet["path"]) == {"baseline", "naive4"} and len(fleet) == 4 and set(fleet["mode"]) == {"graphed"}
+    g = graphed[(graphed["path"] == "naive4") & (graphed["context"] == min(p.context_lengths))]
+    assert sorted(fleet[fleet["path"] == "naive4"]["decode_tokens_per_s_per_device"]) == sorted(g["decode_tok_s_median"])
     table = bench.speed_table(res, "measured")
     assert len(table) == len(sp[sp["scope"] == "measured"]) and "mode" in table.columns
     fig = bench.plot_decode_scaling(res)

@@ -1175,14 +1175,16 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     harness = harness_table(timings)
     awq_ratio = quantized_linear_bytes(_load_tensors(folder))["ratio_vs_fp16"]
     fleet_rows = []
-    scope = "full_model" if "full_model" in set(timings["scope"]) else "measured"
+    # A server decodes as the graphed mode does (static cache, on a GPU a captured step), so the
+    # fleet is sized from the graphed rows when they exist; HF eager generation is the harness.
+    fleet_mode = "graphed" if (timings["mode"] == "graphed").any() else "eager"
+    rows = timings[timings["mode"] == fleet_mode]
+    scope = "full_model" if "full_model" in set(rows["scope"]) else "measured"
     ctx = min(p.context_lengths)
-    fleet_mode = "eager" if "eager" in p.modes else "graphed"  # the fleet of the first mode timed
-    for _, r in timings[(timings["scope"] == scope) & (timings["context"] == ctx)
-                        & (timings["mode"] == fleet_mode)].iterrows():
+    for _, r in rows[(rows["scope"] == scope) & (rows["context"] == ctx)].iterrows():
         wb = memory.loc[memory["path"] == r["path"], "weight_bytes_full_model"].iloc[0]
         try:
-            fleet_rows.append({"path": r["path"], "context": ctx,
+            fleet_rows.append({"path": r["path"], "mode": fleet_mode, "context": ctx,
                                **fleet_cost(wb, r["decode_tok_s_median"], p, r["path"], int(r["batch"]))})
         except ValueError as exc:
             notes.append(f"fleet for {r['path']} batch {r['batch']}: {exc}")
