@@ -33,6 +33,19 @@ def test_perplexity_matches_token_by_token(model_tok):
     assert ours == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
 
 
+def test_weight_fingerprint_sees_one_changed_bit(tiny_model_dir):
+    """The rollback check compares weights through SHA-256 fingerprints: equal for the same
+    weights loaded twice, different after one bfloat16 element moves by one unit in the last place."""
+    a = Q.load_checkpoint(tiny_model_dir)[0].to(torch.bfloat16)
+    b = Q.load_checkpoint(tiny_model_dir)[0].to(torch.bfloat16)
+    assert E.weight_fingerprint(a) == E.weight_fingerprint(b)
+    w = b.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        w.view(torch.int16)[0, 0] += 1
+    diff = [k for k, v in E.weight_fingerprint(b).items() if v != E.weight_fingerprint(a)[k]]
+    assert diff == ["model.layers.0.mlp.down_proj.weight"]
+
+
 def test_sliding_windows_score_each_token_once(model_tok):
     _, tok = model_tok
     stream = E.build_stream(tok, TEXTS, window=32, stride=16, max_tokens=10_000)

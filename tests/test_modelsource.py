@@ -35,6 +35,20 @@ def test_gguf_resource_is_found_and_described():
     assert meta["has_chat_template"]
 
 
+def test_fast_gguf_header_reads_what_the_gguf_package_reads(tmp_path):
+    """The header reader that params validation uses (milliseconds) against the gguf package's
+    full reader (seconds): the same keys and values, on the real file and on a written one."""
+    _write_gguf(tmp_path / "w.gguf", "llama")
+    for path in (M.gguf_path(SMOL), tmp_path / "w.gguf"):
+        slow = {k: v for k, v in M._gguf_fields_slow(path).items() if not k.startswith("GGUF.")}
+        assert M.gguf_header(path) == slow
+    (tmp_path / "cut.gguf").write_bytes(M.gguf_path(SMOL).read_bytes()[:5000])   # header cut mid-way
+    with pytest.raises(ValueError):
+        M.gguf_header(tmp_path / "cut.gguf")
+    with pytest.raises(M.ModelSourceError, match="not a readable GGUF"):
+        M.gguf_metadata(tmp_path / "cut.gguf")
+
+
 def test_real_model_loads_with_finite_logits(smol):
     model, tok = smol
     assert model.config.hidden_size == 576 and model.config.tie_word_embeddings

@@ -136,6 +136,24 @@ def test_unsupported_model_type_lists_supported():
         Q.check_model({"model_type": "bert", "hidden_size": 256, "intermediate_size": 1024}, 128)
 
 
+def test_model_type_list_matches_installed_autoawq():
+    """Validation reads a written-out list (no AutoAWQ import); it must be the installed map."""
+    from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
+
+    assert Q.supported_model_types() == sorted(AWQ_CAUSAL_LM_MODEL_MAP)
+
+
+def test_steps_that_never_quantize_start_without_autoawq():
+    """Validation and the steps without AWQ code do not pay AutoAWQ's import (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from quantstudy import params, calibration, evaluate, rollout, report; "
+            "params.load_params('params/default.yaml'); print('awq' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Q.resolve("."), check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_group_size_must_divide_widths():
     with pytest.raises(Q.QuantizeError, match="does not divide intermediate_size=1000"):
         Q.check_model({"model_type": "llama", "hidden_size": 256, "intermediate_size": 1000}, 128)

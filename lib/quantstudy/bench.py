@@ -72,7 +72,7 @@ from quantstudy.awqformat import (PACK_ORDER, PackingError, dequantize_awq_state
                                   rtn_quantize_linear, unpack_awq_gemm)
 from quantstudy.awqformat.packing import _pack_columns  # noqa: F401
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm
-from quantstudy import contracts
+from quantstudy import contracts, quiet_awq
 from quantstudy.params import BenchmarkSection
 from quantstudy.quantize import PeakRSS
 
@@ -121,6 +121,7 @@ def available_paths(device: str = "cpu") -> dict[str, str | None]:
         return {p: reason for p in PATHS}
     out["baseline"] = None
     try:
+        quiet_awq()
         from awq.utils.packing_utils import dequantize_gemm  # noqa: F401
         out["naive4"] = None
     except Exception as exc:  # pragma: no cover - autoawq is a dependency
@@ -129,6 +130,7 @@ def available_paths(device: str = "cpu") -> dict[str, str | None]:
         out["fast4"] = _int4_cpu_reason()
     else:  # pragma: no cover - needs a GPU
         try:
+            quiet_awq()
             from awq.modules.linear.gemm import TRITON_AVAILABLE, awq_ext
         except Exception as exc:
             out["fast4"] = f"autoawq GEMM module not importable ({exc.__class__.__name__})"
@@ -169,6 +171,7 @@ class NaiveAWQLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quiet_awq()
         from awq.utils.packing_utils import dequantize_gemm
 
         w = dequantize_gemm(self.qweight, self.qzeros, self.scales.to(x.dtype), self.bits, self.group_size)
@@ -367,6 +370,7 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
     if qc is None and path != "baseline":
         raise BenchError(f"path {path!r} needs an AutoAWQ GEMM checkpoint; {folder} is dense")
     if device == "cuda" and path == "fast4":  # pragma: no cover - needs a GPU
+        quiet_awq()
         from awq import AutoAWQForCausalLM
 
         try:
@@ -423,6 +427,7 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
 
 def _wqlinear_gemm(qweight, qzeros, scales, bias, group_size: int, bits: int):  # pragma: no cover - GPU
     """AutoAWQ's own GEMM module (its awq_ext or triton kernels) holding the packed tensors."""
+    quiet_awq()
     from awq.modules.linear.gemm import WQLinear_GEMM
 
     in_f, out_f = qweight.shape[0], qweight.shape[1] * (32 // bits)

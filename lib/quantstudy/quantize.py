@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantstudy import contracts
+from quantstudy import contracts, quiet_awq
 from quantstudy.paths import resolve
 
 from quantstudy.awqformat import (CHECKSUMS, QUANT_META, CheckpointError, checkpoint_kind, checkpoint_size,  # noqa: F401
@@ -39,10 +39,18 @@ _tensors = read_tensors
 
 
 # --------------------------------------------------------------------------- checks
-def supported_model_types() -> list[str]:
-    from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
+# The model types AutoAWQ 0.2.9 quantizes (the keys of awq.models.auto.AWQ_CAUSAL_LM_MODEL_MAP),
+# written out so that params validation does not import AutoAWQ (seconds, in every step); a
+# test compares this list with the installed package's map.
+AWQ_MODEL_TYPES = ("RefinedWeb", "RefinedWebModel", "Yi", "aquila", "baichuan", "bloom", "cohere", "deepseek_v2",
+                   "deepseek_v3", "exaone", "falcon", "gemma", "gemma2", "gpt_bigcode", "gpt_neox", "gptj",
+                   "internlm2", "llama", "llava", "llava_next", "minicpm", "minicpm3", "mistral", "mixtral", "mpt",
+                   "opt", "phi3", "phi3_v", "qwen", "qwen2", "qwen2_5_omni", "qwen2_5_vl", "qwen2_vl", "qwen3",
+                   "qwen3_moe", "stablelm", "starcoder2")
 
-    return sorted(AWQ_CAUSAL_LM_MODEL_MAP)
+
+def supported_model_types() -> list[str]:
+    return sorted(AWQ_MODEL_TYPES)
 
 
 def read_config(model: Any) -> dict:
@@ -169,6 +177,7 @@ class PeakRSS:
 
 # --------------------------------------------------------------------------- quantizers
 def _load_awq_model(model_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
+    quiet_awq()
     from awq import AutoAWQForCausalLM
 
     src = resolve(model_path)
@@ -231,6 +240,7 @@ def follow_umask(folder: Path) -> None:
 
 def _simulate_low_bits(awq_model, bits: int, group_size: int, zero_point: bool) -> None:
     """Round every decoder linear to `bits` in place (AutoAWQ's own pseudo-quantizer)."""
+    quiet_awq()
     from awq.utils.module import get_named_linears
 
     q = pseudo_quantizer(bits, group_size, zero_point)
@@ -304,6 +314,7 @@ class _RoundToNearest:
 
     def run(self) -> None:
         from tqdm.auto import tqdm
+        quiet_awq()
         from awq.utils.module import exclude_layers_to_not_quantize, get_named_linears
 
         for layer in tqdm(self.q.awq_model.get_model_layers(self.q.model), desc="RTN", leave=False):
@@ -313,6 +324,7 @@ class _RoundToNearest:
 
 def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
     """Round-to-nearest reference, no calibration, same packed AutoAWQ format (4-bit) or simulated (3-bit)."""
+    quiet_awq()
     from awq.models._config import AwqConfig
 
     simulated = req.bits < 4

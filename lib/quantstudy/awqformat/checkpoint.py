@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from quantstudy.paths import resolve
+from quantstudy import quiet_awq
 
 QUANT_META = "quantstudy_quant.json"
 CHECKSUMS = "SHA256SUMS"
@@ -107,6 +108,7 @@ def checkpoint_kind(folder: str | Path) -> str:
 def dequantize_awq_state(tensors: dict[str, torch.Tensor], bits: int, group_size: int) -> dict[str, torch.Tensor]:
     """Replace every (qweight, qzeros, scales) triple by a dense float32 `weight` [out, in],
     with autoawq's own unpacking arithmetic (awq.utils.packing_utils.dequantize_gemm)."""
+    quiet_awq()
     from awq.utils.packing_utils import dequantize_gemm
 
     out: dict[str, torch.Tensor] = {}
@@ -142,6 +144,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     elif device == "cuda":  # pragma: no cover - needs a GPU
         try:  # the kernels a team would serve; the dense dequantization below is the same arithmetic
+            quiet_awq()
             from awq import AutoAWQForCausalLM
 
             model = AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model

@@ -7,6 +7,8 @@ import contextlib
 
 import torch
 
+from quantstudy import quiet_awq
+
 PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ GEMM packing order of 8 nibbles in an int32
 
 
@@ -17,6 +19,7 @@ class PackingError(ValueError):
 def pseudo_quantizer(bits: int, group_size: int, zero_point: bool = True):
     """AutoAWQ's ``AwqQuantizer`` with only its quantization settings: its ``pseudo_quantize_tensor``
     and ``_apply_quant`` work; its ``__init__`` (which would run a calibration) is skipped."""
+    quiet_awq()
     from awq.quantize.quantizer import AwqQuantizer
 
     q = AwqQuantizer.__new__(AwqQuantizer)
@@ -27,6 +30,7 @@ def pseudo_quantizer(bits: int, group_size: int, zero_point: bool = True):
 def unpack_awq_gemm(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """AutoAWQ GEMM tensors -> (int weight [in, out], int zeros [in/g, out]), values 0..15,
     with AutoAWQ's own unpacking (same steps as ``dequantize_gemm``)."""
+    quiet_awq()
     from awq.utils.packing_utils import reverse_awq_order, unpack_awq
 
     iweight, izeros = unpack_awq(qweight, qzeros, bits)
@@ -76,6 +80,7 @@ def vectorized_from_linear():
     (about 0.2 s per SmolLM2 layer on this CPU, 6-7 s per checkpoint); the result is the same
     module with bit-identical tensors (tests/test_bench.py checks both packers agree).
     """
+    quiet_awq()
     from awq.modules.linear.gemm import WQLinear_GEMM
 
     original = WQLinear_GEMM.__dict__["from_linear"]
