@@ -60,6 +60,10 @@ def test_page_states_its_regenerate_command_near_the_top(page):
 def test_shape_mapping_matches_its_params_file_and_metrics(page):
     """The page-spec numbers metrics.json lacks are the params file's, and the layer count agrees."""
     for run, path in zip(page.runs, _metrics_paths(page, REPO / page.folder)):
+        if run.model != "production":  # a --checkpoint run: its model is the checkpoint's, not a params shape
+            assert json.loads(path.read_text())[run.model]["env"]["checkpoint"].endswith(
+                run.command.split("--checkpoint ")[1].split()[0]), path
+            continue
         bench = yaml.safe_load((REPO / run.shape.params).read_text())["benchmark"]
         assert (bench["prod_intermediate_size"], bench["prod_num_kv_heads"], bench["prod_vocab_size"]) == (
             run.shape.intermediate_size, run.shape.num_kv_heads, run.shape.vocab_size), run.shape.params

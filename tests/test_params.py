@@ -143,6 +143,13 @@ def test_impossible_combination(write_params, capsys):
     refused_by_validate(path, capsys, str(path), "model.dtype", "float16", "cpu")
 
 
+def test_served_head_names_its_choices_and_its_device(write_params, capsys):
+    path = write_params(**{"serve.lm_head": "int4"})
+    refused_by_validate(path, capsys, str(path), "serve.lm_head", "'int4'")
+    path = write_params(**{"serve.lm_head": "int8", "study.device": "cuda"})
+    refused_by_validate(path, capsys, str(path), "serve.lm_head", "cuda", "float")
+
+
 def test_group_size_must_divide_model_widths(write_params, capsys):
     path = write_params(**{"quantize.group_size": 512})
     refused_by_validate(path, capsys, str(path), "quantize.group_size", "512")

@@ -57,7 +57,7 @@ def test_smoke_outputs_are_sane(smoke_run):
         assert f["right->wrong"] + f["wrong->right"] == round(f["flip rate (%)"] * f["items"] / 100)
         assert f["CI low"] <= f["flip rate (%)"] <= f["CI high"]
     lm = ev["lm_eval"]   # lm-eval-harness on the same items judges every item as the study's scorer does
-    assert set(lm) == {r["name"] for r in ev["summary"]}
+    assert set(lm) == {r["name"] for r in ev["summary"] if r["lm_head"] == "float"}   # the checkpoints on disk
     assert all(r["agree_items"] == r["n_items"] for tasks in lm.values() for r in tasks.values()), lm
     base = next(r for r in ev["summary"] if r["name"] == "baseline")
     assert base["policy_closed_book_acc"] > ev["chance_levels"]["policy_closed_book"]
@@ -68,7 +68,14 @@ def test_smoke_outputs_are_sane(smoke_run):
     demo = {a["path"]: a for a in bm["demo"]["agreement"]}  # demo baseline = the original model, not the checkpoint
     assert demo["baseline"]["rel_rms_diff_vs_baseline"] == 0.0 and demo["baseline"]["rel_rms_diff"] > 1e-3
     assert demo["naive4"]["rel_rms_diff_vs_baseline"] == pytest.approx(demo["baseline"]["rel_rms_diff"], rel=0.05)  # RMS of the other side
+    # serve.lm_head int8: step 04 timed fast4 with it, and step 03 scored that very configuration
+    served = [r for r in ev["summary"] if r["lm_head"] != "float"]
+    assert [r["lm_head"] for r in served] == ["int8"] and served[0]["name"].endswith("+head-int8")
+    assert bm["demo"]["env"]["checkpoint"].endswith(served[0]["name"].removesuffix("+head-int8"))
+    assert {m["path"]: m["lm_head"] for m in bm["demo"]["memory"]}["fast4"] == "int8"
+    assert served[0]["name"] in ev["verdict_by_checkpoint"]
     ro = json.loads((run / "05_rollout_analysis" / "metrics.json").read_text())
+    assert "+head-" not in ro["candidate"]["checkpoint"]   # the rollout ships a checkpoint, not a serving row
     assert ro["rollout"]["decision"] in ("cut over", "roll back", "continue", "hold", "stop (SRM)")
     assert ro["worse_scenario"]["decision"] == "roll back"
 

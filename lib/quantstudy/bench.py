@@ -72,7 +72,8 @@ from quantstudy.awqformat import (PACK_ORDER, PackingError, dequantize_awq_state
                                   rtn_quantize_linear, unpack_awq_gemm)
 from quantstudy.awqformat.packing import _pack_columns  # noqa: F401
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm
-from quantstudy import contracts, quiet_awq
+from quantstudy import contracts, serving
+from quantstudy.awqformat.autoawq import quiet_awq
 from quantstudy.params import BenchmarkSection
 from quantstudy.quantize import PeakRSS
 
@@ -339,13 +340,16 @@ def _skeleton(cfg, dtype: torch.dtype) -> nn.Module:
 
 
 def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu", *,
-                  inner_k_tiles: int = 2, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+                  inner_k_tiles: int = 2, compute_dtype: torch.dtype = torch.bfloat16,
+                  lm_head: str = "float") -> nn.Module:
     """Build the model for inference `path` from an AutoAWQ GEMM checkpoint folder.
 
     `source` may also be a dense folder or a dense ``nn.Module``, for ``baseline`` only.
     The skeleton comes from config.json (``AutoModelForCausalLM.from_config``); the
     non-quantized tensors (embeddings, norms, lm_head) are loaded in the baseline dtype and
-    every quantized linear (``*.qweight``) becomes the path's module.
+    every quantized linear (``*.qweight``) becomes the path's module. ``fast4`` on a CPU runs
+    with the served output head ``lm_head`` (``serving.LM_HEADS``; the other paths keep the
+    model's own head).
     """
     from transformers import AutoConfig
 
@@ -420,6 +424,8 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
     if tied:
         model.tie_weights()
     model = model.to(device).eval()
+    if path == "fast4" and device == "cpu":
+        serving.apply_served_head(model, lm_head)
     if fallback_reason:  # pragma: no cover - needs a GPU
         model.quantstudy_loader = f"AutoAWQ WQLinear_GEMM modules loaded by quantstudy; {fallback_reason}"
     return model
@@ -1016,6 +1022,14 @@ def targets(speedups, bytes_ratio: float | None, device: str = "cpu", goals: Any
     return out
 
 
+def _with_head(found: dict[str, dict[str, Any]], lm_head: str, device: str) -> dict[str, dict[str, Any]]:
+    """Say which output head the fast4 speed-up was measured with (the served one on a CPU)."""
+    speed = found.get("cpu_fast_decode_speedup_1b_b1")
+    if speed is not None and device == "cpu":
+        speed["where"] = f"{speed['where']}, lm_head {lm_head}"
+    return found
+
+
 # =========================================================================== driver
 def _load_average() -> float | None:
     try:
@@ -1032,13 +1046,13 @@ def _memory_now(device: str) -> None:
 
 
 def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: str, full_num_layers: int | None,
-                seed: int, inner_k_tiles: int, bar) -> dict[str, Any]:
+                seed: int, inner_k_tiles: int, bar, lm_head: str = "float") -> dict[str, Any]:
     """Build one path's model, score the probe prompt, time it, account its memory, free it."""
     _memory_now(device)
     rss_before = PeakRSS.rss_bytes()
     with PeakRSS() as build_mem:
         src = baseline if (path == "baseline" and baseline is not None) else folder
-        model = convert_model(src, path, device, inner_k_tiles=inner_k_tiles)
+        model = convert_model(src, path, device, inner_k_tiles=inner_k_tiles, lm_head=lm_head)
     gc.collect()
     rss_built = PeakRSS.rss_bytes()
     logits = probe_logits(model, device, seed=seed)
@@ -1056,7 +1070,7 @@ def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: 
     else:
         disk = disk_bytes(folder)
     memory = {
-        "path": path, "weight_bytes_in_memory": tensor_bytes(model),
+        "path": path, "lm_head": getattr(model, "quantstudy_lm_head", "float"), "weight_bytes_in_memory": tensor_bytes(model),
         "weight_bytes_full_model": model_weight_bytes(model, full_num_layers),
         "weight_bytes_on_disk": disk,
         "quantized_linear_bytes": qlb["quantized_bytes"] if qlb["linears"] else None,
@@ -1078,8 +1092,11 @@ def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: 
 def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection | Mapping[str, Any],
                   device: str = "cpu", progress: bool = True, *, baseline: str | Path | nn.Module | None = None,
                   full_num_layers: int | None = None, seed: int = 0, inner_k_tiles: int = 2,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, lm_head: str = "float") -> dict[str, Any]:
     """Benchmark every requested path of one AWQ checkpoint; returns a dict of tables.
+
+    ``lm_head`` is the served output head of ``fast4`` on a CPU (``serve.lm_head``: the
+    configuration step 03 scores); the baseline keeps its own float head.
 
     ``baseline`` (a dense folder or module) replaces the dequantized checkpoint as the
     baseline model; ``full_num_layers`` extrapolates the ``full_model`` scope (see module
@@ -1119,6 +1136,9 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
         notes.append(f"machine busy before timing (1-min load average {load:.2f} on {cores} cores): other "
                      "processes compete for the cores and memory bandwidth, so absolute tokens/s are low and noisy; "
                      "ratios between paths are more robust but still affected")
+    if lm_head != "float" and "fast4" in requested and device == "cpu":
+        notes.append(f"fast4 serves its output head as {lm_head} (serve.lm_head); step 03 scores that configuration "
+                     "as its own row")
     paths = []
     for path in requested:
         if avail.get(path):
@@ -1150,7 +1170,8 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
         for path in paths:
             bar.set_postfix_str(path)
             try:
-                measured = _bench_path(path, folder, baseline, p, device, full_num_layers, seed, inner_k_tiles, bar)
+                measured = _bench_path(path, folder, baseline, p, device, full_num_layers, seed, inner_k_tiles, bar,
+                                       lm_head)
             except Exception as exc:
                 if path == "baseline" or isinstance(exc, (KeyboardInterrupt, MemoryError)):
                     raise
@@ -1197,18 +1218,19 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
         "timings": timings, "memory": memory, "speedups": speedups, "traps": traps,
         "agreement": pd.DataFrame(agree_rows), "harness": harness,
         "fleet": pd.DataFrame(fleet_rows), "bytes_ratio": awq_ratio,
-        "targets": targets(speedups, awq_ratio, device), "notes": notes,
+        "targets": _with_head(targets(speedups, awq_ratio, device), lm_head, device), "notes": notes,
         "env": {"device": device, "hardware_label": p.hardware_label, "torch": torch.__version__,
                 "threads": threads_used, "cpu": platform.processor() or platform.machine(),
                 "load_average_before": load, "load_average_after": _load_average(),
                 "paths_available": avail, "checkpoint": str(folder), "full_num_layers": full_num_layers,
+                "lm_head": lm_head,
                 "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
     }
 
 
 def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], device: str = "cpu",
                          progress: bool = True, out_dir: str | Path | None = None, seed: int = 0,
-                         threads: int | None = None) -> dict[str, Any]:
+                         threads: int | None = None, lm_head: str = "float") -> dict[str, Any]:
     """:func:`production_model` + :func:`run_benchmark`, extrapolated to ``prod_num_layers``.
 
     The baseline is the dequantized checkpoint (same shapes and dtype as the random dense
@@ -1220,24 +1242,25 @@ def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], dev
     dense, folder = production_model(p, out_dir=out_dir, seed=seed)
     del dense
     gc.collect()
-    result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads)
+    result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads,
+                           lm_head=lm_head)
     result["env"]["production_folder"] = str(folder)
     return result
 
 
 # --------------------------------------------------------------------------- the step
 def pick_checkpoint(quantize_dir: str | Path) -> Path:
-    """A packed 4-bit checkpoint from step 02 (speed does not depend on which: same shapes)."""
+    """The packed 4-bit checkpoint from step 02 that a server would run (``serving.served_checkpoint``;
+    step 03 scores the same one with the served head)."""
     from quantstudy.paths import resolve
 
     folder = resolve(quantize_dir)
     metrics = folder / "metrics.json"
     recs = contracts.read("02_quantize", folder)["checkpoints"]
-    packed = [r for r in recs if r["bits"] == 4 and not r.get("simulated")]
-    if not packed:
-        raise BenchError(f"{metrics}: no packed 4-bit checkpoint to benchmark (3-bit runs are simulated)")
-    pref = sorted(packed, key=lambda r: (r["method"] != "awq", r.get("calibration_source") != "in_domain", r["name"]))
-    return folder / "checkpoints" / pref[0]["name"]
+    try:
+        return folder / "checkpoints" / serving.served_checkpoint(recs)["name"]
+    except serving.ServingError as exc:
+        raise BenchError(f"{metrics}: {exc}") from None
 
 
 def speed_table(result: dict[str, Any], scope: str = "full_model"):
@@ -1347,7 +1370,9 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
 
     if goals is not None:
         for r in results.values():
-            r["targets"] = targets(r["speedups"], r["bytes_ratio"], (r.get("env") or {}).get("device", "cpu"), goals)
+            env = r.get("env") or {}
+            r["targets"] = _with_head(targets(r["speedups"], r["bytes_ratio"], env.get("device", "cpu"), goals),
+                                      env.get("lm_head", "float"), env.get("device", "cpu"))
 
     def clean(r: dict) -> dict:
         return {"speedups": json.loads(r["speedups"].to_json(orient="records")),
@@ -1383,10 +1408,11 @@ def benchmark_checkpoint(params, checkpoint: str | Path | None, out_dir: str | P
     if checkpoint is None and not production:
         raise BenchError("nothing to benchmark: give a checkpoint, or leave the production-shaped model on")
     results = {}
+    head = params.serve.lm_head
     if checkpoint is not None:
-        results["demo"] = run_benchmark(checkpoint, params.benchmark, device, progress, baseline=baseline)
+        results["demo"] = run_benchmark(checkpoint, params.benchmark, device, progress, baseline=baseline, lm_head=head)
     if production:
-        results["production"] = production_benchmark(params.benchmark, device, progress)
+        results["production"] = production_benchmark(params.benchmark, device, progress, lm_head=head)
     metrics = write_metrics(out_dir, results, time.time() - started, goals=getattr(params, "targets", None))
     label = params.benchmark.hardware_label
     plot_speedups(results, label).savefig(out_dir / "speedups.png", dpi=110)

@@ -50,8 +50,9 @@ class Run:
     """One ``quantstudy bench`` run of a page: its metrics.json and the command that wrote it."""
 
     subfolder: str   # metrics.json lives in FOLDER/subfolder ("" = FOLDER itself)
-    shape: Shape     # the production-shaped model of the run
+    shape: Shape     # the model of the run: the production-shaped one, or the checkpoint's (model="demo")
     command: str     # writes that metrics.json; "{out}" is the metrics folder
+    model: str = "production"  # the metrics.json section the page reads: "production" or "demo" (--checkpoint)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,51 @@ def render_cpu_shapes(page: Page, metrics: _Metrics) -> str:
     return "\n".join(lines)
 
 
+# =========================================================================== the lm_head page
+def render_lm_head(page: Page, metrics: _Metrics) -> str:
+    """fast4 with each served output head (serve.lm_head) against the float32 baseline, per
+    model: whole-model decode at batch 1 (median [min, max] of the repeats), tokens/s, the
+    weights a full model holds in memory, and how far fast4's logits move from the
+    dequantized checkpoint's on the probe prompt."""
+    rows = []
+    for run, src, data in metrics:
+        m = _Model(src, run.model, data.get(run.model))
+        head = m.env.get("lm_head")
+        if head is None:
+            raise m.error("'env' lacks 'lm_head' (written by quantstudy bench since serve.lm_head)")
+        batch, context = min(m.shapes())
+        whole = m.record("speedups", path="fast4", batch=batch, context=context, scope="full_model")
+        tok = m.record("timings", path="fast4", batch=batch, context=context, scope="full_model",
+                       mode=whole.get("mode", "eager"))
+        mem = m.record("memory", path="fast4")
+        agree = m.record("agreement", path="fast4")
+        label = (_shape_label(m, run.shape) if run.model == "production"
+                 else f"{run.shape.name}: {m.layers()} layers, vocabulary {run.shape.vocab_size:,} (`{run.shape.params}`)")
+        rows.append([label, f"`{head}`", batch,
+                     _range(m.value(whole, "decode_speedup", "speedups"), whole["decode_speedup_low"],
+                            whole["decode_speedup_high"], 2, "x"),
+                     _range(m.value(tok, "decode_tok_s_median", "timings"), tok["decode_tok_s_min"],
+                            tok["decode_tok_s_max"], 2),
+                     _f(m.value(mem, "weight_bytes_full_model", "memory") / 1e6, 1),
+                     f"{m.value(agree, 'rel_rms_diff', 'agreement'):.4f}"])
+    models = [_Model(src, run.model, data.get(run.model)) for run, src, data in metrics]
+    lines = [
+        f"Median of {_one_value(m.setting('repeats') for m in models)} repeats, with the range of the repeats in "
+        f"brackets; {_one_value(m.setting('decode_tokens') for m in models)} decode tokens; context "
+        f"{_one_value(min(m.shapes())[1] for m in models)}; torch {_one_value(m.env.get('torch') for m in models)}, "
+        f"{_one_value(m.env.get('threads') for m in models)} threads. Baseline: float32, its own float32 head.",
+        "",
+        *_table(["model", "fast4 lm_head", "batch", "fast4 decode vs float32, whole model", "fast4 decode tokens/s",
+                 "fast4 weights in memory, full model (MB)", "fast4 logits vs dequantized checkpoint (rel. RMS)"],
+                rows),
+    ]
+    notes = [(run, n) for (run, _, data) in metrics for n in (data.get(run.model) or {}).get("notes") or []]
+    if notes:
+        lines += ["", "Notes the runs recorded:", ""]
+        lines += [f"- `{run.subfolder or '.'}/metrics.json`: {n}" for run, n in notes]
+    return "\n".join(lines)
+
+
 # =========================================================================== the GPU page
 def render_gpu(page: Page, metrics: _Metrics) -> str:
     """Speed, agreement, memory and fleet tables of a `quantstudy bench --checkpoint` run."""
@@ -345,7 +391,25 @@ GPU_1B = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=
 GPU_1B_DEFAULT = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
                        params="params/gpu-default.yaml")
 
+SMOLLM2 = Shape("SmolLM2-135M-Instruct (the default study's model)", intermediate_size=1536, num_kv_heads=3,
+                vocab_size=49152, params="params/default.yaml")
+_SMOL_CKPT = "--checkpoint outputs/default/02_quantize/checkpoints/awq-w4-g64-indomain-d0 " \
+             "--baseline outputs/default/02_quantize/baseline --no-production"
+
+
+def _head_runs() -> tuple[Run, ...]:
+    """Each model with each served head (float, bfloat16, int8), one `quantstudy bench` run each."""
+    heads = ("float", "bfloat16", "int8")
+    return tuple(
+        [Run(f"llama-1b-{h}", LLAMA_1B, f"quantstudy bench params/tiny.yaml --lm-head {h} --out {{out}}") for h in heads]
+        + [Run(f"tinyllama-{h}", TINYLLAMA, f"quantstudy bench params/cpu-tinyllama-shape.yaml --lm-head {h} --out {{out}}")
+           for h in heads]
+        + [Run(f"smollm2-{h}", SMOLLM2, f"quantstudy bench params/default.yaml --lm-head {h} {_SMOL_CKPT} --out {{out}}",
+               model="demo") for h in heads])
+
+
 PAGES: dict[str, Page] = {p.folder.rsplit("/", 1)[-1]: p for p in (
+    Page("docs/cpu-lm-head", _head_runs(), render_lm_head),
     Page("docs/cpu-benchmark-1b-shapes", (
         Run("default", LLAMA_1B, "quantstudy bench params/tiny.yaml --out {out}"),
         Run("cpu-tinyllama-shape", TINYLLAMA, "quantstudy bench params/cpu-tinyllama-shape.yaml --out {out}"),

@@ -3,7 +3,7 @@
     quantstudy run PARAMS [--steps S ...] [--from STEP] [--force] [--run-id ID] [--no-report]
     quantstudy validate PARAMS
     quantstudy report RUN_DIR
-    quantstudy bench PARAMS --out DIR [--checkpoint DIR] [--baseline DIR] [--no-production]
+    quantstudy bench PARAMS --out DIR [--checkpoint DIR] [--baseline DIR] [--no-production] [--lm-head H]
 
 The demo data and the tiny demo model are built by ``quantstudy-demo`` (package
 ``quantstudy_demo``, which depends on this one, never the other way round).
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--baseline", help="dense baseline folder (default: the dequantized checkpoint)")
     bn.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     bn.add_argument("--no-production", action="store_true", help="skip the production-shaped model")
+    bn.add_argument("--lm-head", choices=("float", "bfloat16", "int8"),
+                    help="the output head fast4 serves on a CPU (default: the params' serve.lm_head)")
 
     cp = sub.add_parser("compare", help="put run folders side by side on one HTML page")
     cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders")
@@ -164,6 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from quantstudy import bench
 
     params = load_params(args.params)
+    if args.lm_head:
+        params = params.model_copy(update={"serve": params.serve.model_copy(update={"lm_head": args.lm_head})})
     if args.checkpoint is None and args.no_production:
         _err("--no-production needs --checkpoint: there is nothing else to benchmark")
         return EXIT_USAGE

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from quantstudy import contracts
+from quantstudy import contracts, serving
 from quantstudy.data import encode
 from quantstudy.metrics.registry import METRIC_TASK, TASKS
 
@@ -110,10 +110,24 @@ def build_stream(tokenizer, texts: list[str], window: int, stride: int, max_toke
 
 
 @torch.no_grad()
-def _window_logprobs(model, x: torch.Tensor) -> torch.Tensor:
-    """log-softmax over the vocabulary, predicting position t+1 at row t; float32."""
-    logits = model(input_ids=x).logits.float()
-    return F.log_softmax(logits, dim=-1)
+def head_logits(model, heads=(), logits_to_keep: int = 0, **inputs) -> list[torch.Tensor]:
+    """Logits of the model's own head, then of each extra head (``serve.lm_head``) on the same
+    hidden states: the decoder runs once, exactly as the model's forward runs it (a test
+    checks the first entry equals ``model(...).logits`` bit for bit)."""
+    if not heads:
+        return [model(**inputs, logits_to_keep=logits_to_keep).logits]
+    hidden = model.get_decoder()(**inputs).last_hidden_state
+    if logits_to_keep:
+        hidden = hidden[:, -logits_to_keep:]
+    return [model.get_output_embeddings()(hidden)] + [h(hidden) for h in heads]
+
+
+@torch.no_grad()
+def _window_logprobs(model, x: torch.Tensor, heads=()) -> torch.Tensor | list[torch.Tensor]:
+    """log-softmax over the vocabulary, predicting position t+1 at row t; float32. With extra
+    heads, a list: the model's own head first."""
+    lps = [F.log_softmax(lg.float(), dim=-1) for lg in head_logits(model, heads, input_ids=x)]
+    return lps if heads else lps[0]
 
 
 @torch.no_grad()
@@ -207,17 +221,30 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
     correct choice's margin over the best distractor (log-prob units), and each choice's
     summed log-likelihood (choice_ll: [items, most choices], NaN past an item's own choices).
     """
+    return score_items_heads(model, tokenizer, items, (), desc, batch_items)[0]
+
+
+@torch.no_grad()
+def score_items_heads(model, tokenizer, items: list[dict], heads=(), desc: str = "tasks",
+                      batch_items: int = 16) -> list[dict]:
+    """``score_items`` for the model's own head and each extra head (same forward passes)."""
+    n_heads = 1 + len(heads)
     if len(items) > batch_items:
         # Batch items of similar length (less padding), then restore the given order.
         order = batch_order(items, tokenizer)
-        parts = [score_items(model, tokenizer, [items[i] for i in order[b:b + batch_items]], desc, batch_items)
+        parts = [score_items_heads(model, tokenizer, [items[i] for i in order[b:b + batch_items]], heads, desc,
+                                   batch_items)
                  for b in tqdm(range(0, len(order), batch_items), desc=desc, leave=False)]
         inverse = np.argsort(order)
-        out = {k: np.concatenate([p[k] for p in parts])[inverse] for k in ("acc", "acc_norm", "margin")}
-        out["choice_ll"] = _pad_rows([row for p in parts for row in p["choice_ll"]])[inverse]
-        return out
+        outs = []
+        for h in range(n_heads):
+            out = {k: np.concatenate([p[h][k] for p in parts])[inverse] for k in ("acc", "acc_norm", "margin")}
+            out["choice_ll"] = _pad_rows([row for p in parts for row in p[h]["choice_ll"]])[inverse]
+            outs.append(out)
+        return outs
     if not items:
-        return {k: np.zeros(0) for k in ("acc", "acc_norm", "margin")} | {"choice_ll": np.zeros((0, 0))}
+        return [{k: np.zeros(0) for k in ("acc", "acc_norm", "margin")} | {"choice_ll": np.zeros((0, 0))}
+                for _ in range(n_heads)]
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = [_encode_item(tokenizer, it) for it in items]
@@ -226,10 +253,15 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
         raise ValueError(f"task items {empty[:5]}: a choice encodes to no tokens")
     sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
     x, pos, mask, keep, layout = _packed_batch(rows, pad, sdpa, next(model.parameters()).dtype)
-    logits = model(input_ids=x.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev), use_cache=False,
-                   logits_to_keep=keep).logits
-    lp = F.log_softmax(logits.float(), -1).cpu()       # column j predicts token (width - keep + j + 1)
-    first = x.shape[1] - keep
+    logits = head_logits(model, heads, keep, input_ids=x.to(dev), position_ids=pos.to(dev),
+                         attention_mask=mask.to(dev), use_cache=False)
+    # column j of each log-prob tensor predicts token (width - keep + j + 1)
+    return [_rank_choices(items, rows, layout, F.log_softmax(lg.float(), -1).cpu(), x.shape[1] - keep)
+            for lg in logits]
+
+
+def _rank_choices(items: list[dict], rows, layout, lp: torch.Tensor, first: int) -> dict:
+    """Per item: each choice's summed log-likelihood, and the ranking measures built on it."""
     acc, acc_norm, margin, choice_ll = [], [], [], []
     for r, (it, (ctx, choices), (last, starts)) in enumerate(zip(items, rows, layout)):
         sc = []
@@ -369,36 +401,51 @@ def load_eval_data(P, tokenizer=None) -> dict:
 
 @torch.no_grad()
 def evaluate_model(model, tokenizer, streams: dict[str, Stream], items: dict[str, list[dict]],
-                   baseline_logprobs=None, batch_size: int = 8, name: str = "", keep_logprobs: bool = False) -> dict:
+                   baseline_logprobs=None, batch_size: int = 8, name: str = "", keep_logprobs: bool = False,
+                   heads: dict | None = None) -> dict:
     """All per-token and per-item arrays of one model. With baseline log-probs (cached per
-    batch), also KL and top-1 agreement against the baseline."""
-    out: dict = {"streams": {}, "items": {}}
+    batch), also KL and top-1 agreement against the baseline. With ``heads`` ({name: module},
+    served output heads), the same arrays for the model with each head in place of its own,
+    under ``out["heads"][name]``, from the same decoder passes."""
+    extra = list((heads or {}).values())
+    per_head: list[dict] = [{"streams": {}, "items": {}} for _ in range(1 + len(extra))]
     dev = next(model.parameters()).device
     for dom, stream in streams.items():
-        nll, kl, agree, cache = [], [], [], []
+        nll, kl, agree = ([[] for _ in per_head] for _ in range(3))
+        cache = []
         for bi, i in enumerate(tqdm(range(0, len(stream.input_ids), batch_size), desc=f"{name} {dom}", leave=False)):
             x = stream.input_ids[i:i + batch_size].to(dev)
             mask = stream.score_mask[i:i + batch_size][:, 1:].to(dev)
-            lp = _window_logprobs(model, x)[:, :-1]
-            nll.append((-lp.gather(-1, x[:, 1:, None])[..., 0])[mask].cpu())
+            lps = [lp[:, :-1] for lp in _window_logprobs(model, x, extra)] if extra else \
+                [_window_logprobs(model, x)[:, :-1]]
+            blp = None
             if baseline_logprobs is not None:
                 # A cached tensor per batch, or the baseline model itself when the cache would not fit.
                 blp = (baseline_logprobs[dom][bi] if isinstance(baseline_logprobs, dict)
                        else _window_logprobs(baseline_logprobs, x)[:, :-1])
-                kl.append((blp.exp() * (blp - lp)).sum(-1)[mask].cpu())
-                agree.append((blp.argmax(-1) == lp.argmax(-1))[mask].cpu())
             elif keep_logprobs:
-                cache.append(lp)
-        rec = {"nll": torch.cat(nll).double().numpy()}
-        if baseline_logprobs is not None:
-            rec["kl"] = torch.cat(kl).double().numpy()
-            rec["agree"] = torch.cat(agree).double().numpy()
-        elif keep_logprobs:
-            rec["_logprobs"] = cache
-        out["streams"][dom] = rec
+                cache.append(lps[0])
+            for h, lp in enumerate(lps):
+                nll[h].append((-lp.gather(-1, x[:, 1:, None])[..., 0])[mask].cpu())
+                if blp is not None:
+                    kl[h].append((blp.exp() * (blp - lp)).sum(-1)[mask].cpu())
+                    agree[h].append((blp.argmax(-1) == lp.argmax(-1))[mask].cpu())
+        for h, out in enumerate(per_head):
+            rec = {"nll": torch.cat(nll[h]).double().numpy()}
+            if baseline_logprobs is not None:
+                rec["kl"] = torch.cat(kl[h]).double().numpy()
+                rec["agree"] = torch.cat(agree[h]).double().numpy()
+            elif keep_logprobs and h == 0:
+                rec["_logprobs"] = cache
+            out["streams"][dom] = rec
     for task, task_items in items.items():
         if task_items:
-            out["items"][task] = score_items(model, tokenizer, task_items, desc=f"{name} {task}")
+            scored = score_items_heads(model, tokenizer, task_items, extra, desc=f"{name} {task}")
+            for out, rec in zip(per_head, scored):
+                out["items"][task] = rec
+    out = per_head[0]
+    if heads:
+        out["heads"] = dict(zip(heads, per_head[1:]))
     return out
 
 
@@ -521,6 +568,19 @@ def weight_fingerprint(model) -> dict[str, str]:
             for name, t in model.state_dict().items()}
 
 
+def _served_row(P, records: list[dict]) -> dict | None:
+    """The record of the served configuration (``serve.lm_head``) when its head is not the
+    model's own: the checkpoint step 04 times, with that head, as a row of its own."""
+    if P.serve.lm_head == "float":
+        return None
+    try:
+        rec = serving.served_checkpoint(records)
+    except serving.ServingError:
+        return None
+    return {**rec, "name": serving.served_name(rec["name"], P.serve.lm_head), "served_head": P.serve.lm_head,
+            "served_from": rec["name"]}
+
+
 def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     """Evaluate the baseline (the original model.path) and every checkpoint of step 02."""
     from quantstudy import awqformat
@@ -541,12 +601,19 @@ def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
                  for t, v in data.get("reference_items", {}).items() if v}
     base_lp = {dom: base["streams"][dom].pop("_logprobs") for dom in streams} if keep else base_model
     cands = {}
+    served = _served_row(P, records)
     for rec in tqdm(records, desc="evaluate checkpoints"):
         model, _, _ = awqformat.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
                                         dtype=eval_dtype(P))
-        cands[rec["name"]] = evaluate_model(model, tok, streams, data["items"], base_lp, name=rec["name"])
+        heads = None
+        if served and rec["name"] == served["served_from"]:
+            heads = {served["name"]: serving.served_head(model.get_output_embeddings(), served["served_head"])}
+        cands[rec["name"]] = evaluate_model(model, tok, streams, data["items"], base_lp, name=rec["name"], heads=heads)
+        if heads:
+            cands[served["name"]] = cands[rec["name"]].pop("heads")[served["name"]]
         del model
     del base_lp
+    records = records + ([served] if served else [])
     return {"records": records, "streams": streams, "base": base, "cands": cands, "items_used": data["items"],
             "reference": reference, "reference_items": data.get("reference_items", {}), "base_fingerprint": fingerprint,
             "eval_dtype": P.model.eval_dtype, "chat_template": data.get("chat_template", False)}
@@ -627,16 +694,19 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
 def summary_table(result: dict):
     import pandas as pd
 
-    rows = [{"name": "baseline", "method": "baseline", "source": "", "draw": None, "bits": 16, **summarize(result["base"])}]
+    rows = [{"name": "baseline", "method": "baseline", "source": "", "draw": None, "bits": 16, "lm_head": "float",
+             **summarize(result["base"])}]
     for rec in result["records"]:
         rows.append({"name": rec["name"], "method": rec["method"], "source": rec.get("calibration_source") or "",
-                     "draw": rec.get("draw"), "bits": rec["bits"], **summarize(result["cands"][rec["name"]])})
+                     "draw": rec.get("draw"), "bits": rec["bits"], "lm_head": rec.get("served_head", "float"),
+                     **summarize(result["cands"][rec["name"]])})
     return pd.DataFrame(rows).set_index("name")
 
 
 def main_checkpoints(records: list[dict]) -> list[dict]:
-    """Checkpoints of the main comparison: no sweep sets, no search-setting variants."""
-    return [r for r in records if not r.get("sweep") and not r.get("variant")]
+    """Checkpoints of the main comparison: no sweep sets, no search-setting variants, no
+    served-head rows (those are a serving choice, scored against the budget only)."""
+    return [r for r in records if not r.get("sweep") and not r.get("variant") and not r.get("served_head")]
 
 
 def source_groups(records: list[dict], bits: int = 4) -> dict[str, list[str]]:

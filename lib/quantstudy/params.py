@@ -194,6 +194,13 @@ class BenchmarkSection(_Section):
         return self
 
 
+class ServeSection(_Section):
+    """How the 4-bit model is served (``quantstudy.serving``): the configuration step 04 times
+    is the one step 03 scores, as a row of its own under the quality budget."""
+    lm_head: Literal["float", "bfloat16", "int8"] = Field(
+        "float", description="output head of the served 4-bit model: float (as AWQ leaves it), bfloat16, int8")
+
+
 class RolloutSection(_Section):
     class Guardrail(_Section):
         """A support metric watched next to satisfaction: the rollout cuts over only when it is
@@ -290,6 +297,7 @@ class StudyParams(_Section):
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     targets: TargetsSection = Field(default_factory=TargetsSection)
 
@@ -412,6 +420,10 @@ def check_combinations(p: StudyParams, source: str, sections: tuple[str, ...] | 
     if p.rollout.logs is not None and p.rollout.scenario != "measured":
         raise ParamsError(f"{source}: rollout.scenario: expected 'measured' with real logs (scenarios only "
                           f"apply to the simulator); found {p.rollout.scenario!r}")
+    if p.serve.lm_head != "float" and p.study.device != "cpu":
+        raise ParamsError(f"{source}: serve.lm_head: expected float when study.device is {p.study.device!r} (a served "
+                          f"int8 or bfloat16 head is built for fast4 on a CPU, and step 03 scores what step 04 times); "
+                          f"found {p.serve.lm_head!r}")
     sat = [b for b in p.evaluate.budget if b.metric == "satisfaction"]
     if p.rollout.margin is None and not sat:
         raise ParamsError(f"{source}: evaluate.budget: expected a line {{metric: satisfaction, max_drop: <points>, "

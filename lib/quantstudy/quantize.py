@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantstudy import contracts, quiet_awq
+from quantstudy import contracts
+from quantstudy.awqformat.autoawq import quiet_awq
 from quantstudy.paths import resolve
 
 from quantstudy.awqformat import (CHECKSUMS, QUANT_META, CheckpointError, checkpoint_kind, checkpoint_size,  # noqa: F401

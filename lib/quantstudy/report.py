@@ -411,6 +411,20 @@ def _answer_speed(M: Mapping[str, Any]) -> tuple[str, str]:
     return text, "bad" if slow or "TRAP" in text else "info"
 
 
+def _served_head_text(M: Mapping[str, Any]) -> str:
+    """The served output head (serve.lm_head), if not the model's own, and what step 03 said of it."""
+    e3 = M["03_evaluate"]
+    rows = [r for r in e3.get("summary") or [] if r.get("lm_head") not in (None, "float")]
+    if not rows:
+        return ""
+    verdicts = e3.get("verdict_by_checkpoint") or {}
+    r = rows[0]
+    own = str(r["name"]).split("+head-")[0]
+    return (f"fast4 served its output head as {r['lm_head']} (serve.lm_head); step 03 scored that configuration, "
+            f"`{r['name']}`, against the same budget: {verdicts.get(r['name'], 'n/a')} (its checkpoint with the "
+            f"float head, `{own}`: {verdicts.get(own, 'n/a')}).")
+
+
 def _answer_rollout(M: Mapping[str, Any]) -> tuple[str, str]:
     r5 = M["05_rollout_analysis"]
     main, worse = r5.get("rollout") or {}, r5.get("worse_scenario")
@@ -1523,6 +1537,9 @@ def _lessons(M: Mapping[str, Any]) -> str:
                        f"{fmt(s.get('decode_speedup'))}x and prefilled at {fmt(s.get('prefill_speedup'))}x the "
                        f"baseline speed{met}.")
             break
+    served = _served_head_text(M)
+    if served:
+        out.append(served)
     base_f, fast_f = _fleet_row(r, "baseline"), _fleet_row(r, "fast4")
     if base_f and fast_f:
         out.append(f"Fleet at peak: {base_f.get('devices_at_peak')} device(s) for the baseline "

@@ -1151,7 +1151,9 @@ def candidate_from_evaluation(evaluate_dir: str | Path, rule: str = "best_worst_
     def change(r: dict) -> float:
         return float(np.mean([100 * (r[t] - base[t]) for t in tasks])) if tasks else 0.0
 
-    awq = [r for n, r in rows.items() if r.get("method") == "awq" and r.get("bits") == 4 and "duo" not in n]
+    # a served-head row (serve.lm_head) is a serving check of one checkpoint, not a candidate of its own
+    awq = [r for n, r in rows.items() if r.get("method") == "awq" and r.get("bits") == 4 and "duo" not in n
+           and r.get("lm_head") in (None, "float")]
     if not awq:
         raise RolloutError(f"{metrics_path}: no 4-bit AWQ checkpoint was evaluated; nothing to roll out")
     ranked = _ranked(awq, m, rule, default_samples)

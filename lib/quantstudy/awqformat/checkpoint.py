@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from quantstudy.paths import resolve
-from quantstudy import quiet_awq
+from quantstudy.awqformat.autoawq import quiet_awq
 
 QUANT_META = "quantstudy_quant.json"
 CHECKSUMS = "SHA256SUMS"

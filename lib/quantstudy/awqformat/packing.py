@@ -7,7 +7,7 @@ import contextlib
 
 import torch
 
-from quantstudy import quiet_awq
+from quantstudy.awqformat.autoawq import quiet_awq
 
 PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ GEMM packing order of 8 nibbles in an int32
 

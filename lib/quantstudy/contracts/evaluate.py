@@ -42,6 +42,7 @@ class SummaryRow(Record):
     source: str | None  # calibration source ("" or None without calibration)
     draw: int | None
     bits: int | None
+    lm_head: str | None = None  # the output head scored: "float" (the model's own), or a served one (serve.lm_head)
 
 
 class Effect(Record):
