@@ -391,6 +391,8 @@ GPU_1B = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=
 GPU_1B_DEFAULT = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
                        params="params/gpu-default.yaml")
 
+LLAMA_1B_DEFAULT = Shape("Llama-3.2-1B shape", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
+                         params="params/default.yaml")
 SMOLLM2 = Shape("SmolLM2-135M-Instruct (the default study's model)", intermediate_size=1536, num_kv_heads=3,
                 vocab_size=49152, params="params/default.yaml")
 _SMOL_CKPT = "--checkpoint outputs/default/02_quantize/checkpoints/awq-w4-g64-indomain-d0 " \
@@ -401,7 +403,8 @@ def _head_runs() -> tuple[Run, ...]:
     """Each model with each served head (float, bfloat16, int8), one `quantstudy bench` run each."""
     heads = ("float", "bfloat16", "int8")
     return tuple(
-        [Run(f"llama-1b-{h}", LLAMA_1B, f"quantstudy bench params/tiny.yaml --lm-head {h} --out {{out}}") for h in heads]
+        [Run(f"llama-1b-{h}", LLAMA_1B_DEFAULT, f"quantstudy bench params/default.yaml --lm-head {h} --out {{out}}")
+         for h in heads]
         + [Run(f"tinyllama-{h}", TINYLLAMA, f"quantstudy bench params/cpu-tinyllama-shape.yaml --lm-head {h} --out {{out}}")
            for h in heads]
         + [Run(f"smollm2-{h}", SMOLLM2, f"quantstudy bench params/default.yaml --lm-head {h} {_SMOL_CKPT} --out {{out}}",
