@@ -106,6 +106,21 @@ def _verdict(base, cand, limit):
     return E.budget_verdict({"metric": "policy_closed_book_acc", "max_drop": limit, "unit": "points"}, ci)
 
 
+def test_an_items_score_does_not_depend_on_its_companions(model_tok):
+    """By default each item is scored alone: in bfloat16, the same item gives the same bits
+    whatever other items are scored with it and in which order."""
+    import copy
+
+    model, tok = model_tok
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    items = [{"item_id": f"i{k}", "context": "User: my order ORD-" + "12" * (k + 1) + " is late\nAssistant: Order",
+              "choices": [" ORD-" + "12" * (k + 1), " ORD-" + "21" * (k + 1), " none"], "answer": 0} for k in range(6)]
+    alone = E.score_items(model, tok, items[:2])
+    mixed = E.score_items(model, tok, [items[5], items[1], items[3], items[0], items[4]])
+    np.testing.assert_array_equal(mixed["choice_ll"][3], alone["choice_ll"][0])
+    np.testing.assert_array_equal(mixed["choice_ll"][1], alone["choice_ll"][1])
+
+
 def test_bootstrap_verdicts_on_synthetic_cases():
     rng = np.random.default_rng(0)
     base = (rng.random(2000) < 0.8).astype(float)

@@ -1137,8 +1137,8 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
                      "processes compete for the cores and memory bandwidth, so absolute tokens/s are low and noisy; "
                      "ratios between paths are more robust but still affected")
     if lm_head != "float" and "fast4" in requested and device == "cpu":
-        notes.append(f"fast4 serves its output head as {lm_head} (serve.lm_head); step 03 scores that configuration "
-                     "as its own row")
+        notes.append(f"fast4 serves its output head as {lm_head} (serve.lm_head; in a study, step 03 scores that "
+                     "configuration as its own row)")
     paths = []
     for path in requested:
         if avail.get(path):

@@ -211,12 +211,17 @@ def _packed_batch(rows: list[tuple[list[int], list[list[int]]]], pad: int, sdpa:
 
 
 @torch.no_grad()
-def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_items: int = 16) -> dict:
+def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_items: int = 1) -> dict:
     """Log-likelihood ranking, as lm-eval-harness scores multiple choice.
 
     Score(choice) = sum of log p(choice tokens | context). Each item is one row holding its
     context followed by all its choices, with an attention mask that keeps the choices apart
-    (``_packed_batch``): one forward pass per batch of items and no repeated context. Returns
+    (``_packed_batch``): no repeated context. By default each item is its own forward pass
+    (``batch_items=1``), so an item's score never depends on which items share its batch or
+    how they are padded. In bfloat16 it would: the logits are rounded to steps of 0.125 at
+    their usual magnitude, and on SmolLM2 batches of 16 moved choice log-likelihoods by up to
+    0.6 nats against single items and changed 3 of the baseline's 100 grounded answers, for
+    about 15% less time. Returns
     per-item correctness (acc), length-normalised correctness (acc_norm, per character), the
     correct choice's margin over the best distractor (log-prob units), and each choice's
     summed log-likelihood (choice_ll: [items, most choices], NaN past an item's own choices).
@@ -226,11 +231,11 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
 
 @torch.no_grad()
 def score_items_heads(model, tokenizer, items: list[dict], heads=(), desc: str = "tasks",
-                      batch_items: int = 16) -> list[dict]:
+                      batch_items: int = 1) -> list[dict]:
     """``score_items`` for the model's own head and each extra head (same forward passes)."""
     n_heads = 1 + len(heads)
     if len(items) > batch_items:
-        # Batch items of similar length (less padding), then restore the given order.
+        # Items of similar length together (less padding when batch_items > 1), then the given order.
         order = batch_order(items, tokenizer)
         parts = [score_items_heads(model, tokenizer, [items[i] for i in order[b:b + batch_items]], heads, desc,
                                    batch_items)
@@ -676,7 +681,7 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
     model = model.to(eval_dtype(P))
     weights_equal = weight_fingerprint(model) == result["base_fingerprint"]
     heads = {dom: _head_of_stream(s, n_windows) for dom, s in result["streams"].items()}
-    # The first batch exactly as score_items formed it, so padding (and so every bit) matches.
+    # The first items in the order score_items takes them (each scored alone, so every bit matches).
     picked = {t: batch_order(v, tok)[:n_items] for t, v in result["items_used"].items()}
     again = evaluate_model(model, tok, {d: h[0] for d, h in heads.items()},
                            {t: [v[i] for i in picked[t]] for t, v in result["items_used"].items()}, name="archive")
