@@ -121,6 +121,23 @@ def test_an_items_score_does_not_depend_on_its_companions(model_tok):
     np.testing.assert_array_equal(mixed["choice_ll"][1], alone["choice_ll"][1])
 
 
+def test_baseline_cast_like_the_checkpoints_keeps_rope_in_float32(tiny_model_dir):
+    """The baseline cast to the evaluation dtype must compute exactly as a checkpoint loaded in
+    that dtype: same weights, and RoPE's inv_freq left in float32 (``.to(bfloat16)`` rounds it)."""
+    from quantstudy import awqformat
+
+    loaded = Q.load_checkpoint(tiny_model_dir, dtype=torch.bfloat16)[0]
+    cast = awqformat.cast_model(Q.load_checkpoint(tiny_model_dir)[0], torch.bfloat16)
+    naive = Q.load_checkpoint(tiny_model_dir)[0].to(torch.bfloat16)
+    inv = {n: b for n, b in cast.named_buffers() if n.endswith("inv_freq")}
+    assert inv and all(b.dtype == torch.float32 for b in inv.values())
+    assert all(b.dtype == torch.bfloat16 for n, b in naive.named_buffers() if n.endswith("inv_freq"))
+    x = torch.arange(3, 200)[None] % 500
+    with torch.no_grad():
+        assert torch.equal(cast(input_ids=x).logits, loaded(input_ids=x).logits)
+        assert not torch.equal(naive(input_ids=x).logits, loaded(input_ids=x).logits)
+
+
 def test_bootstrap_verdicts_on_synthetic_cases():
     rng = np.random.default_rng(0)
     base = (rng.random(2000) < 0.8).astype(float)

@@ -68,7 +68,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from quantstudy.awqformat import (PACK_ORDER, PackingError, dequantize_awq_state, pack_awq_gemm,  # noqa: F401
+from quantstudy.awqformat import (PACK_ORDER, PackingError, cast_model, dequantize_awq_state, pack_awq_gemm,  # noqa: F401
                                   rtn_quantize_linear, unpack_awq_gemm)
 from quantstudy.awqformat.packing import _pack_columns  # noqa: F401
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm
@@ -363,7 +363,7 @@ def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu"
     if isinstance(source, nn.Module):
         if path != "baseline":
             raise BenchError(f"path {path!r} needs an AWQ checkpoint folder, not a dense module")
-        return source.to(device=device, dtype=dtype).eval()
+        return cast_model(source, dtype).to(device).eval()
     folder = Path(source)
     if not (folder / "config.json").is_file():
         raise BenchError(f"{folder}: no config.json; not a model checkpoint")

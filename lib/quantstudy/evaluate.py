@@ -561,7 +561,7 @@ def load_baseline(P, tokenizer=None):
     else:
         model, tok, _ = awqformat.load_checkpoint(P.model.path, device=P.study.device)
         tok = tokenizer if tokenizer is not None else tok
-    return model.to(eval_dtype(P)).eval(), tok
+    return awqformat.cast_model(model, eval_dtype(P)).eval(), tok
 
 
 def weight_fingerprint(model) -> dict[str, str]:
@@ -678,7 +678,7 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
     archive = resolve(quantize_dir) / "baseline"
     awqformat.verify_archive(archive)
     model, tok, _ = awqformat.load_checkpoint(archive, device=P.study.device)
-    model = model.to(eval_dtype(P))
+    model = awqformat.cast_model(model, eval_dtype(P))
     weights_equal = weight_fingerprint(model) == result["base_fingerprint"]
     heads = {dom: _head_of_stream(s, n_windows) for dom, s in result["streams"].items()}
     # The first items in the order score_items takes them (each scored alone, so every bit matches).

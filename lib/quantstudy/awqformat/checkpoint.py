@@ -32,6 +32,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cast_model(model, dtype: torch.dtype):
+    """``model`` in ``dtype`` the way ``from_pretrained(dtype=...)`` builds it: parameters and
+    saved buffers cast, but buffers that are not saved (RoPE's ``inv_freq``, computed at load
+    time) keep their float32 values. ``model.to(dtype)`` would round ``inv_freq`` to bfloat16
+    (0.6978 becomes 0.6992), which shifts every rotary angle; a baseline cast that way while the
+    checkpoints load through ``from_pretrained`` would differ from them in positions, not weights."""
+    saved = set(model.state_dict())
+    keep = {name: buf.detach().clone() for name, buf in model.named_buffers()
+            if name not in saved and buf.is_floating_point()}
+    model.to(dtype)
+    for name, buf in keep.items():
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = buf.to(device=model.get_submodule(owner)._buffers[attr].device)
+    return model
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
