@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from quantstudy import paths
-from quantstudy.params import StudyParams
+from quantstudy.config.params import StudyParams
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

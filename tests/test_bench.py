@@ -13,8 +13,8 @@ from torch import nn
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from quantstudy import bench  # noqa: E402
-from quantstudy.params import BenchmarkSection  # noqa: E402
+from quantstudy.steps import benchmark as bench  # noqa: E402
+from quantstudy.config.params import BenchmarkSection  # noqa: E402
 
 GROUP = 128
 
@@ -251,7 +251,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_production_model_folder_and_paths_agree(tiny_checkpoint):
-    from quantstudy.quantize import checkpoint_kind
+    from quantstudy.steps.quantize import checkpoint_kind
 
     dense, folder = tiny_checkpoint
     assert checkpoint_kind(folder) == "awq"

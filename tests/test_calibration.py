@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from quantstudy import calibration as C
+from quantstudy.steps import calibration as C
 from quantstudy_demo import supportgen
 
 

@@ -35,7 +35,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 def test_one_contract_per_step_in_pipeline_order():
-    from quantstudy.runner import STEPS as PIPELINE
+    from quantstudy.pipeline.runner import STEPS as PIPELINE
 
     assert STEPS == [s.name for s in PIPELINE]
 
@@ -147,7 +147,7 @@ def test_missing_and_unreadable_files(tmp_path: Path):
 
 
 def test_decisions_match_the_rollout_module():
-    from quantstudy import rollout
+    from quantstudy.steps import rollout
     from quantstudy.contracts.rollout import Decision
 
     assert set(get_args(Decision)) == set(rollout.DECISIONS)
@@ -163,7 +163,7 @@ def _break(run: Path, step: str, key: str) -> Path:
 
 
 def test_step_02_reads_step_01_through_its_contract(tmp_path: Path):
-    from quantstudy import quantize
+    from quantstudy.steps import quantize
 
     run = _copy(SMOKE, tmp_path)
     path = _break(run, "01_calibration", "sets")
@@ -173,7 +173,7 @@ def test_step_02_reads_step_01_through_its_contract(tmp_path: Path):
 
 
 def test_step_03_reads_step_02_through_its_contract(tmp_path: Path):
-    from quantstudy import evaluate
+    from quantstudy.steps import evaluate
 
     run = _copy(SMOKE, tmp_path)
     _break(run, "02_quantize", "checkpoints")
@@ -182,7 +182,7 @@ def test_step_03_reads_step_02_through_its_contract(tmp_path: Path):
 
 
 def test_step_05_reads_steps_03_and_04_through_their_contracts(tmp_path: Path):
-    from quantstudy import rollout
+    from quantstudy.steps import rollout
 
     run = _copy(SMOKE, tmp_path)
     assert rollout.candidate_from_evaluation(run / "03_evaluate")["checkpoint"]
@@ -198,7 +198,7 @@ def test_step_05_reads_steps_03_and_04_through_their_contracts(tmp_path: Path):
 # --------------------------------------------------------------------------- the writers use the contracts
 def test_step_01_writer_writes_the_same_file_through_its_contract(tmp_path: Path):
     """calibration.write_metrics replayed from the smoke run's own numbers gives its file back."""
-    from quantstudy import calibration
+    from quantstudy.steps import calibration
 
     m = _load(SMOKE, "01_calibration")
     pools = {"scrub": m["scrub"], "pii_independent": m["pii_independent"],
@@ -215,8 +215,8 @@ def test_step_01_writer_writes_the_same_file_through_its_contract(tmp_path: Path
 
 
 def test_step_02_writer_reads_step_01_and_writes_the_same_file(tmp_path: Path):
-    from quantstudy import quantize
-    from quantstudy.params import load_params
+    from quantstudy.steps import quantize
+    from quantstudy.config.params import load_params
 
     P = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
     m = _load(SMOKE, "02_quantize")

@@ -8,7 +8,7 @@ import pytest
 
 from quantstudy import data as qd
 from quantstudy_demo import supportgen as sg
-from quantstudy.params import DataSection
+from quantstudy.config.params import DataSection
 
 GOOD = {"conversation_id": "c1", "turns": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],
         "metadata": {}}

@@ -1,4 +1,4 @@
-"""quantstudy.decode: the static-KV-cache decode loop (the logic the CUDA graph captures) against
+"""quantstudy.steps.decode: the static-KV-cache decode loop (the logic the CUDA graph captures) against
 Hugging Face's own forward and generate, on tiny random Llamas, the demo model and the int4 paths."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from quantstudy import bench, decode  # noqa: E402
-from quantstudy.params import BenchmarkSection  # noqa: E402
+from quantstudy.steps import benchmark as bench, decode  # noqa: E402
+from quantstudy.config.params import BenchmarkSection  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "demo-support-lm"

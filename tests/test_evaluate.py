@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quantstudy import evaluate as E
-from quantstudy import quantize as Q
-from quantstudy.params import BudgetLine, ParamsError, load_params
+from quantstudy.steps import evaluate as E
+from quantstudy.steps import quantize as Q
+from quantstudy.config.params import BudgetLine, ParamsError, load_params
 
 TEXTS = ["User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
          "The Lumen X2 router costs $149 and carries a 24 months warranty."] * 3

@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is installed by `make setup`")
 
 from quantstudy import data as D  # noqa: E402
-from quantstudy import evaluate as E  # noqa: E402
-from quantstudy import lmeval  # noqa: E402
-from quantstudy import quantize as Q  # noqa: E402
-from quantstudy.params import StudyParams  # noqa: E402
+from quantstudy.steps import evaluate as E  # noqa: E402
+from quantstudy.steps import lmeval  # noqa: E402
+from quantstudy.steps import quantize as Q  # noqa: E402
+from quantstudy.config.params import StudyParams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "demo-support-lm"

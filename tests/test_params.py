@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from quantstudy import cli
-from quantstudy.params import STEP_SECTIONS, load_params, step_parameters, to_yaml
+from quantstudy.config.params import STEP_SECTIONS, load_params, step_parameters, to_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_PARAMS = sorted((REPO / "params").glob("*.yaml"))
@@ -196,8 +196,8 @@ def test_console_script_exit_code_and_stderr(write_params, project):
 
 
 def test_targets_come_from_params(write_params, capsys):
-    from quantstudy import bench
-    from quantstudy.params import TargetsSection
+    from quantstudy.steps import benchmark as bench
+    from quantstudy.config.params import TargetsSection
 
     assert load_params(write_params(**{"targets.awq_search_s_max": 120.0})).targets.awq_search_s_max == 120.0
     refused_by_validate(write_params(**{"targets.evaluation_wall_s": 0}), capsys, "targets.evaluation_wall_s")

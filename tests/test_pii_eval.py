@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quantstudy import calibration as C
-from quantstudy import pii_eval as E
+from quantstudy.steps import calibration as C
+from quantstudy.steps import pii_eval as E
 
 PII_DIR = Path(__file__).resolve().parent / "fixtures" / "pii"
 DEV, HOLDOUT = PII_DIR / "pii_testset.jsonl", PII_DIR / "pii_holdout.jsonl"

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from quantstudy import quantize as Q
+from quantstudy.steps import quantize as Q
 from quantstudy.awqformat import CheckpointError
 
 

@@ -46,7 +46,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 def _record_candidate_rule(run: Path) -> dict:
     """Step 05's candidate as the current rollout code records it (rule, runner-up), from step 03."""
-    from quantstudy import rollout
+    from quantstudy.steps import rollout
 
     path = run / "05_rollout_analysis" / "metrics.json"
     m5 = json.loads(path.read_text())

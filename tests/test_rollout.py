@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import contracts, rollout
-from quantstudy.params import RolloutSection
-from quantstudy.rollout import RolloutError
+from quantstudy import contracts
+from quantstudy.steps import rollout
+from quantstudy.config.params import RolloutSection
+from quantstudy.steps.rollout import RolloutError
 
 
 def _logs(n: int = 6) -> pd.DataFrame:
@@ -338,7 +339,7 @@ def test_guardrail_params_are_typed_and_validated() -> None:
 def test_unknown_guardrail_key_reads_plainly() -> None:
     from pydantic import ValidationError
 
-    from quantstudy.params import StudyParams, _format_validation_error
+    from quantstudy.config.params import StudyParams, _format_validation_error
 
     with pytest.raises(ValidationError) as err:
         StudyParams.model_validate({"rollout": {"guardrails": [{"column": "escalated", "margn": 0.02,
@@ -376,7 +377,7 @@ def test_power_plan_matches_statsmodels_and_splits_beta_over_metrics() -> None:
 
 
 def test_default_schedule_power_plan() -> None:
-    from quantstudy.params import load_params, rollout_margin
+    from quantstudy.config.params import load_params, rollout_margin
 
     P = load_params(Path(__file__).parents[1] / "params" / "default.yaml", check_files=False)
     rp = P.rollout.model_copy(update={"margin": rollout_margin(P)})
@@ -567,7 +568,7 @@ def test_latency_ratio_from_step_04(tmp_path: Path) -> None:
 def test_run_step_and_metrics_record_every_scenario(tmp_path: Path) -> None:
     import json
 
-    from quantstudy.params import StudyParams
+    from quantstudy.config.params import StudyParams
 
     folder = _eval_dir(tmp_path, {"awq-w4-g128-generic-d0": ("generic", 0, True, 1.0, 0.0)})
     P = StudyParams(rollout=RolloutSection(margin=0.02))
@@ -653,14 +654,14 @@ def test_report_rollout_section_shows_guardrails_srm_and_power_plan(tmp_path: Pa
 
 
 def _study_params(rp: RolloutSection):
-    from quantstudy.params import StudyParams
+    from quantstudy.config.params import StudyParams
 
     return StudyParams(rollout=rp)
 
 
 def test_missing_guardrail_column_is_caught_by_validation(write_params, project) -> None:
     """Before any step runs: real logs without a configured guardrail's column fail `validate`."""
-    from quantstudy.params import ParamsError, load_params
+    from quantstudy.config.params import ParamsError, load_params
 
     logs = project / "logs.csv"
     pd.read_csv(FIXTURE_LOGS).drop(columns=["escalated"]).to_csv(logs, index=False)

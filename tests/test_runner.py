@@ -15,9 +15,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from quantstudy import cli, runner
-from quantstudy.params import STEP_SECTIONS
-from quantstudy.runner import Pipeline, Step
+from quantstudy import cli
+from quantstudy.pipeline import runner
+from quantstudy.config.params import STEP_SECTIONS
+from quantstudy.pipeline.manifest import budget_changed_after_results
+from quantstudy.pipeline.runner import Pipeline, Step
 
 from conftest import conversation_lines
 
@@ -87,7 +89,7 @@ def test_step_names_resolve():
 
 
 def test_external_inputs_per_step(write_params, project):
-    from quantstudy.params import load_params
+    from quantstudy.config.params import load_params
 
     p = load_params(write_params())
     model, conv, tasks = project / "models/tiny", project / "data/conversations.jsonl", project / "data/task_items.jsonl"
@@ -352,7 +354,7 @@ def test_budget_history_survives_a_change_after_results(write_params, project, c
     assert cli.main(["run", str(params)], pipeline=pipe) == 0
     history = manifest(project)["budget_history"]
     assert len(history) == 1 and history[0]["after_results"] is False and history[0]["step"] == "c_check"
-    assert not runner.budget_changed_after_results(manifest(project))
+    assert not budget_changed_after_results(manifest(project))
 
     loose = [{"metric": "retention_acc", "max_drop": 10.0, "unit": "points"},
              {"metric": "satisfaction", "max_drop": 2.0, "unit": "points"}]
@@ -362,7 +364,7 @@ def test_budget_history_survives_a_change_after_results(write_params, project, c
     m = manifest(project)
     assert len(m["budget_history"]) == 2 and m["budget_history"][1]["after_results"] is True
     assert m["budget_history"][1]["budget"][0]["max_drop"] == 10.0
-    assert runner.budget_changed_after_results(m)
+    assert budget_changed_after_results(m)
     capsys.readouterr()
 
 
@@ -402,7 +404,7 @@ def test_manifest_follows_the_umask(write_params, project, run):
 
 
 def test_a_label_change_reruns_nothing_and_step_keys_skip_unread_fields(write_params, project, run):
-    from quantstudy.params import load_params
+    from quantstudy.config.params import load_params
 
     params = write_params()
     assert run(str(params))[0] == 0
@@ -476,7 +478,7 @@ def test_report_refuses_stale_runs_unless_asked(tmp_path):
 def test_git_info_outside_a_repository_takes_the_commit_from_the_environment(tmp_path, monkeypatch):
     """A copy of the tree made elsewhere (a lent GPU machine) stamps the commit it came from,
     even where it carries a stale .git."""
-    from quantstudy import runner
+    from quantstudy.pipeline import runner
 
     monkeypatch.delenv("QUANTSTUDY_GIT_COMMIT", raising=False)
     assert runner.git_info(tmp_path)["commit"] is None

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from quantstudy import bench
-from quantstudy import evaluate as E
-from quantstudy import quantize as Q
+from quantstudy.steps import benchmark as bench
+from quantstudy.steps import evaluate as E
+from quantstudy.steps import quantize as Q
 from quantstudy import serving
 
 TEXTS = ["User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from quantstudy import cli
-from quantstudy.runner import Pipeline
+from quantstudy.pipeline.runner import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "demo-support-lm" / "config.json"

@@ -12,10 +12,10 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from quantstudy import bench, decode  # noqa: E402
+from quantstudy.steps import benchmark as bench, decode  # noqa: E402
 from quantstudy.awqformat import PackingError, rtn_quantize_linear  # noqa: E402
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm, shape_problem, tinygemm_dequantize  # noqa: E402
-from quantstudy.params import BenchmarkSection, load_params  # noqa: E402
+from quantstudy.config.params import BenchmarkSection, load_params  # noqa: E402
 
 TINY = dict(prod_hidden_size=128, prod_intermediate_size=256, prod_num_layers=2, prod_num_heads=4,
             prod_num_kv_heads=2, prod_vocab_size=256, prod_bench_layers=2, batch_sizes=[1, 2],

@@ -10,7 +10,7 @@ Each page (``FOLDER/README.md``) is hand-written prose around one generated bloc
     <!-- END GENERATED -->
 
 Only the block is rewritten. Every number in it comes from the ``metrics.json`` files that
-:func:`quantstudy.bench.write_metrics` wrote; what those files do not record (a model's MLP
+:func:`quantstudy.steps.benchmark.write_metrics` wrote; what those files do not record (a model's MLP
 width, KV heads and vocabulary, the params file a run used) comes from the small explicit
 :data:`PAGES` mapping below, which a test checks against the params files it names.
 Rendering reads JSON only: no torch, no model loading.
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 END = "<!-- END GENERATED -->"
 _BEGIN_PREFIX = "<!-- BEGIN GENERATED: quantstudy bench-doc "
 PATH_ORDER = ("baseline", "naive4", "fast4")
-# bytes per weight of the baseline model (quantstudy.bench: float32 on a CPU, float16 on a GPU)
+# bytes per weight of the baseline model (quantstudy.steps.benchmark: float32 on a CPU, float16 on a GPU)
 BASELINE_BYTES_PER_PARAM = {"cpu": 4, "cuda": 2}
 _Metrics = list  # [(Run, path of its metrics.json, the parsed file)], in the page's run order
 

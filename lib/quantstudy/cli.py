@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from quantstudy.params import ParamsError, load_params
+from quantstudy.config.params import ParamsError, load_params
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -90,7 +90,7 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
-    from quantstudy import runner
+    from quantstudy.pipeline import manifest, runner
 
     try:
         result = runner.run_study(
@@ -118,11 +118,11 @@ def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
             return EXIT_FAILED
         print(message)
     elif not result.complete:
-        stale = (runner.read_manifest(result.run_dir).get("stale_steps") or [])
+        stale = (manifest.read_manifest(result.run_dir).get("stale_steps") or [])
         if stale:
             print(f"stale steps (their inputs changed since they ran): {', '.join(stale)}; "
                   f"no report built (quantstudy run {args.params} re-runs them)")
-        runner.mark_report_out_of_date(result.run_dir, "the run is incomplete or has stale steps"
+        manifest.mark_report_out_of_date(result.run_dir, "the run is incomplete or has stale steps"
                                        + (f" ({', '.join(stale)})" if stale else ""))
     return EXIT_OK
 
@@ -155,7 +155,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_notebooks(args: argparse.Namespace) -> int:
-    from quantstudy.notebook_params import sync_notebooks
+    from quantstudy.config.notebooks import sync_notebooks
 
     changed = sync_notebooks(params_path=args.params)
     print("parameters cells rewritten:", ", ".join(changed) if changed else "none (already in sync)")
@@ -163,7 +163,7 @@ def cmd_sync_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from quantstudy import bench
+    from quantstudy.steps import benchmark as bench
 
     params = load_params(args.params)
     if args.lm_head:

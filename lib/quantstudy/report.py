@@ -41,7 +41,8 @@ from typing import Any, Mapping, Sequence
 from quantstudy import contracts
 from quantstudy.metrics.registry import METRICS as METRIC_REGISTRY
 from quantstudy.metrics.registry import label as metric_label
-from quantstudy.runner import DONE_STATUSES, MANIFEST, STEPS
+from quantstudy.pipeline.manifest import DONE_STATUSES, MANIFEST
+from quantstudy.pipeline.steps import STEPS
 
 REPORT_FILE = "report.html"
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
@@ -257,7 +258,7 @@ def _checklist(M: Mapping[str, Any], run_dir: Path) -> list[tuple[bool, str, str
             "evaluate", {}).get("budget")
     except Exception:  # noqa: BLE001 - params.yaml is optional evidence
         yaml_budget = None
-    from quantstudy.runner import budget_changed_after_results
+    from quantstudy.pipeline.manifest import budget_changed_after_results
 
     changed = budget_changed_after_results(man)
     budget_ok = (declared is not None and declared == params_budget and (yaml_budget is None or yaml_budget == declared)
@@ -460,7 +461,7 @@ def _answer_rollout(M: Mapping[str, Any]) -> tuple[str, str]:
 
 def trust_problems(M: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(section id, sentence) for everything that makes the run untrustworthy."""
-    from quantstudy.runner import budget_changed_after_results
+    from quantstudy.pipeline.manifest import budget_changed_after_results
 
     man = M["manifest"]
     out = []
@@ -637,7 +638,7 @@ def fig_search_settings(M: Mapping[str, Any]):
     q = M["02_quantize"]
     if not any(r.get("variant") for r in q.get("checkpoints") or []):
         return None
-    from quantstudy.quantize import plot_search_settings
+    from quantstudy.steps.quantize import plot_search_settings
 
     return plot_search_settings(q["checkpoints"], q.get("sanity") or [])
 
@@ -646,7 +647,7 @@ def fig_budget(M: Mapping[str, Any]):
     rows = M["03_evaluate"].get("budget") or []
     if not rows:
         return None
-    from quantstudy.evaluate import plot_budget
+    from quantstudy.steps.evaluate import plot_budget
 
     fig = plot_budget(rows)
     for ax in fig.axes:  # keep the legend off the bottom row of points
@@ -697,7 +698,7 @@ def fig_matrix(M: Mapping[str, Any]):
     frame = matrix_frame(M)
     if frame is None or frame.empty:
         return None
-    from quantstudy.evaluate import plot_matrix
+    from quantstudy.steps.evaluate import plot_matrix
 
     fig = plot_matrix(frame.astype(float))
     fig.set_size_inches(10, 4.4)
@@ -747,7 +748,7 @@ def fig_speedups(M: Mapping[str, Any]):
         results[name] = {"speedups": sp}
     if not results:
         return None
-    from quantstudy.bench import plot_speedups
+    from quantstudy.steps.benchmark import plot_speedups
 
     _, main = _main_bench(M)
     return plot_speedups(results, (main.get("env") or {}).get("hardware_label") or "this hardware")
@@ -802,7 +803,7 @@ def fig_rollout(M: Mapping[str, Any], scenario: str = "rollout"):
     summary = M["05_rollout_analysis"].get(scenario)
     if not summary or not summary.get("looks"):
         return None
-    from quantstudy.rollout import plot_sequential
+    from quantstudy.steps.rollout import plot_sequential
 
     looks = looks_frame(summary)
     fig = plot_sequential(looks, float(summary.get("margin") or 0.0), bool(summary.get("simulated")))
@@ -819,7 +820,7 @@ def fig_guardrails(M: Mapping[str, Any], scenario: str = "rollout"):
     summary = M["05_rollout_analysis"].get(scenario)
     if not summary or not summary.get("looks") or not summary.get("guardrails"):
         return None
-    from quantstudy.rollout import plot_guardrails
+    from quantstudy.steps.rollout import plot_guardrails
 
     fig = plot_guardrails(looks_frame(summary), bool(summary.get("simulated")))
     which = ("SRM check, 'broken_assignment' scenario" if scenario == "broken_assignment_scenario"
@@ -843,7 +844,7 @@ def fig_power_plan(M: Mapping[str, Any]):
     plan = M["05_rollout_analysis"].get("power_plan")
     if not plan or not plan.get("curve"):
         return None
-    from quantstudy.rollout import plot_power
+    from quantstudy.steps.rollout import plot_power
 
     return plot_power(power_plan_frame(plan))
 
@@ -1418,7 +1419,7 @@ def _verdict_cells(M: Mapping[str, Any]) -> list[tuple[str, str]]:
                "continue": "the rollout has not reached its last planned look"}.get(decision)
     lines = ['<div id="verdict">', "", "### Rollout verdict (step 05)", ""]
     history = (M["manifest"].get("budget_history") or [])
-    from quantstudy.runner import budget_changed_after_results
+    from quantstudy.pipeline.manifest import budget_changed_after_results
 
     if budget_changed_after_results(M["manifest"]):
         def _b(entry: Mapping[str, Any]) -> str:
@@ -1808,7 +1809,7 @@ def build_report(run_dir: str | Path, allow_stale: bool = False) -> Path:
     _write_atomic(out, export_html(nb))
     stale = stale_steps(manifest)
     if stale:
-        from quantstudy.runner import mark_report_out_of_date
+        from quantstudy.pipeline.manifest import mark_report_out_of_date
 
         mark_report_out_of_date(run_dir, "rendered with stale steps: " + "; ".join(f"{k}: {v}" for k, v in stale.items()))
     print(write_pdf(out))

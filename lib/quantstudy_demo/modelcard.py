@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantstudy import evaluate as E
-from quantstudy import quantize as Q
+from quantstudy.steps import evaluate as E
+from quantstudy.steps import quantize as Q
 from quantstudy.paths import resolve
 
 TASK_LABELS = {"policy_closed_book": "closed-book policy", "policy_grounded": "grounded policy",
@@ -25,7 +25,7 @@ TASK_LABELS = {"policy_closed_book": "closed-book policy", "policy_grounded": "g
 
 
 def _calib_samples(tokenizer, texts: list[str], n_blocks: int, seq_len: int, seed: int) -> list[list[int]]:
-    from quantstudy.calibration import draw_set
+    from quantstudy.steps.calibration import draw_set
 
     return draw_set(texts, tokenizer, n_blocks, seq_len, seed, "card")["samples"]
 

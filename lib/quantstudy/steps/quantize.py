@@ -119,7 +119,7 @@ def archive_baseline(model: Any, dst: str | Path) -> dict[str, str]:
     Returns {file: sha256}.
     """
     from quantstudy import modelsource
-    from quantstudy.params import ModelSection
+    from quantstudy.config.params import ModelSection
 
     if isinstance(model, (str, Path)):
         model = ModelSection(source="embedded", path=str(model))
@@ -276,7 +276,7 @@ def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq
     too_long = [len(s) for s in samples if len(s) > max_seq_len]
     if too_long:
         raise QuantizeError(f"{len(too_long)} calibration samples exceed max_seq_len={max_seq_len}; "
-                            "AutoAWQ would silently discard them: split them first (quantstudy.calibration)")
+                            "AutoAWQ would silently discard them: split them first (quantstudy.steps.calibration)")
     simulated = req.bits < 4
     t0 = time.time()
     with PeakRSS() as mem:
@@ -433,7 +433,7 @@ def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir
     written as soon as it exists (records.jsonl), so a later failure loses nothing."""
     from transformers import AutoTokenizer
 
-    from quantstudy.calibration import load_set
+    from quantstudy.steps.calibration import load_set
 
     tokenizer = AutoTokenizer.from_pretrained(str(baseline_dir))
     out = Path(output_dir) / "checkpoints"
@@ -472,7 +472,7 @@ def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: 
     checkpoint worse than RTN (same bits) on its own calibration domain."""
     from tqdm.auto import tqdm
 
-    from quantstudy import evaluate as E
+    from quantstudy.steps import evaluate as E
 
     max_tokens = max_tokens or P.quantize.sanity_tokens
     dtype = _dtype(P.model.eval_dtype)

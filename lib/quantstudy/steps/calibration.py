@@ -32,7 +32,7 @@ class CalibrationError(ValueError):
 # Project recognizers for what generic PII libraries do not know: this company's
 # identifiers, card fragments in prose, street addresses, and names introduced in dialogue.
 # They were first written for the demo generator's formats and then widened against an
-# independent hand-written test set (tests/fixtures/pii, scored by quantstudy.pii_eval):
+# independent hand-written test set (tests/fixtures/pii, scored by quantstudy.steps.pii_eval):
 # international and national phone numbers, other order/account shapes, addresses of
 # several countries, non-English and lowercase names.
 
@@ -550,7 +550,7 @@ def set_statistics(records: list[dict], pools: dict, tokenizer) -> dict:
 def load_tokenizer(model):
     """The model's tokenizer; ``model`` is the params' model section (or a local folder path)."""
     from quantstudy import modelsource
-    from quantstudy.params import ModelSection
+    from quantstudy.config.params import ModelSection
 
     if isinstance(model, (str, Path)):
         model = ModelSection(source="embedded", path=str(model))
@@ -561,7 +561,7 @@ def independent_pii_check(scrubber) -> dict:
     """The scrubber on hand-labelled sentences this project's generator did not write
     (tests/fixtures/pii): the development set the patterns were widened on, and a holdout set
     written afterwards and never tuned on (the honest estimate for unseen formats)."""
-    from quantstudy.pii_eval import default_testset, evaluate_scrubber, load_testset
+    from quantstudy.steps.pii_eval import default_testset, evaluate_scrubber, load_testset
 
     return {name: evaluate_scrubber(scrubber, load_testset(default_testset(holdout=name == "holdout")))
             for name in ("development", "holdout")}

@@ -255,7 +255,7 @@ def run(P, quantize_dir: str | Path, items: dict[str, list[dict]], result: dict 
     """
     from tqdm.auto import tqdm
 
-    from quantstudy import evaluate as E
+    from quantstudy.steps import evaluate as E
     from quantstudy import awqformat
     from quantstudy.paths import resolve
 

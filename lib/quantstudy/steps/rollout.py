@@ -13,7 +13,7 @@ Pieces
   continue / cut over / roll back / hold / stop (SRM).
 * :func:`plot_daily`, :func:`plot_sequential`, :func:`plot_guardrails` and :func:`plot_power`
   draw the figures of the step.
-* :func:`analyse` strings it all together from a :class:`~quantstudy.params.RolloutSection`.
+* :func:`analyse` strings it all together from a :class:`~quantstudy.config.params.RolloutSection`.
 
 Log schema
 ----------
@@ -124,7 +124,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from quantstudy import contracts
-from quantstudy.params import RolloutSection
+from quantstudy.config.params import RolloutSection
 from quantstudy.paths import resolve
 
 ARMS = ("baseline", "quantized")
@@ -318,7 +318,7 @@ def metric_specs(rollout_params: RolloutSection) -> list[dict[str, Any]]:
     ``scale`` turns a difference into its display unit (x100 = points for shares)."""
     if rollout_params.margin is None:
         raise RolloutError("rollout.margin is not set: take it from the quality budget with "
-                           "quantstudy.params.rollout_margin(params) (rollout.run_step does)")
+                           "quantstudy.config.params.rollout_margin(params) (rollout.run_step does)")
     specs = [{"metric": PRIMARY, "label": "primary metric", "margin": float(rollout_params.margin),
               "higher_is_better": True, "binary": True, "unit": "points", "scale": 100.0,
               "params_field": "rollout.margin (default: the budget's satisfaction line)"}]
@@ -1169,7 +1169,7 @@ def run_step(P, evaluate_dir: str | Path, benchmark_dir: str | Path | None = Non
     budget, latency ratio from step 04's ``benchmark_dir``). With the simulator, also the 'worse'
     scenario (the rollback trigger must fire) and the 'broken_assignment' scenario (the SRM check
     must stop it). Every analysis carries the same pre-launch power plan."""
-    from quantstudy.params import rollout_margin
+    from quantstudy.config.params import rollout_margin
 
     cand = candidate_from_evaluation(evaluate_dir, P.rollout.candidate_rule)
     rp = P.rollout.model_copy(update={"margin": rollout_margin(P)})

@@ -386,7 +386,7 @@ def load_eval_data(P, tokenizer=None) -> dict:
     tokenizer's chat template when it has one. Reference tasks (``evaluate.reference_tasks``)
     are kept apart: the baseline alone scores them, against chance."""
     from quantstudy import data, modelsource
-    from quantstudy.calibration import domain_lexicon_for
+    from quantstudy.steps.calibration import domain_lexicon_for
 
     tokenizer = tokenizer if tokenizer is not None else modelsource.load_tokenizer(P.model)
     items = data.read_task_items(P.data.task_items)
@@ -906,7 +906,7 @@ def effects_table(effects: list[dict]):
 
 
 def run_lm_eval(P, quantize_dir: str | Path, result: dict | None = None) -> dict | None:
-    """lm-eval-harness next to the study's own scorer (:mod:`quantstudy.lmeval`): the study's
+    """lm-eval-harness next to the study's own scorer (:mod:`quantstudy.steps.lmeval`): the study's
     task items as local lm-eval tasks (``quantstudy_<task>``) plus ``evaluate.lm_eval_tasks``,
     on the baseline and every checkpoint. Given step 03's ``result``, each task also carries the
     study's accuracy on the same items and the items both scorers judge alike.
@@ -916,7 +916,7 @@ def run_lm_eval(P, quantize_dir: str | Path, result: dict | None = None) -> dict
     Returns {model: {task: {acc, acc_stderr, study_acc, agree_items, n_items, max_abs_ll_diff}}},
     or None when no tasks are listed.
     """
-    from quantstudy import lmeval
+    from quantstudy.steps import lmeval
 
     if not P.evaluate.lm_eval_tasks:
         return None

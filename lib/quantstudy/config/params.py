@@ -232,7 +232,7 @@ class RolloutSection(_Section):
     margin: float | None = Field(None, gt=0.0, lt=1.0, description="null: the budget's satisfaction line sets the non-inferiority margin")
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     candidate_rule: Literal["best_worst_case", "best_point"] = Field(
-        "best_worst_case", description="how step 05 picks the checkpoint to ship (quantstudy.rollout.CANDIDATE_RULES)")
+        "best_worst_case", description="how step 05 picks the checkpoint to ship (quantstudy.steps.rollout.CANDIDATE_RULES)")
     guardrails: list[Guardrail] = Field(default_factory=lambda: [
         RolloutSection.Guardrail(column="escalated", margin=0.02, higher_is_better=False),
         RolloutSection.Guardrail(column="resolved", margin=0.02, higher_is_better=True),
@@ -448,7 +448,7 @@ def check_model_source(p: StudyParams, source: str, check_group_size: bool = Tru
         return
     where, cfg = found
     mtype = cfg.get("model_type")
-    from quantstudy.quantize import supported_model_types
+    from quantstudy.steps.quantize import supported_model_types
 
     supported = supported_model_types()
     if p.model.source == "gguf":
@@ -509,7 +509,7 @@ def check_input_contents(p: StudyParams, source: str) -> None:
         checks.append(("data.domain_lexicon", lambda: data.read_lexicon(p.data.domain_lexicon)))
     if p.rollout.logs is not None:
         def logs():
-            from quantstudy.rollout import read_logs, require_columns
+            from quantstudy.steps.rollout import read_logs, require_columns
 
             frame = read_logs(p.rollout.logs)
             require_columns(frame, p.rollout)  # every configured guardrail needs its column

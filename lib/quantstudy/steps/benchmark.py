@@ -35,7 +35,7 @@ Non-quantized modules (embeddings, norms, ``lm_head``) stay in the baseline dtyp
 path (bfloat16 for ``torchint4``), so speed differences come from the quantized linears alone.
 
 Modes (``benchmark.modes``): ``eager`` is Hugging Face's forward with its dynamic cache (below);
-``graphed`` is :mod:`quantstudy.decode`: a static KV cache, eager prefill, and each decode step
+``graphed`` is :mod:`quantstudy.steps.decode`: a static KV cache, eager prefill, and each decode step
 replayed from a CUDA graph (on a CPU the same loop runs without a graph). Each (path, mode) is
 compared with the baseline in the same mode; ``harness`` compares the two modes of the baseline.
 
@@ -74,8 +74,8 @@ from quantstudy.awqformat.packing import _pack_columns  # noqa: F401
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm
 from quantstudy import contracts, serving
 from quantstudy.awqformat.autoawq import quiet_awq
-from quantstudy.params import BenchmarkSection
-from quantstudy.quantize import PeakRSS
+from quantstudy.config.params import BenchmarkSection
+from quantstudy.steps.quantize import PeakRSS
 
 PATHS = ("baseline", "naive4", "fast4", "torchint4")
 QUANTIZED_PATHS = ("naive4", "fast4", "torchint4")
@@ -774,7 +774,7 @@ def _graph_check(dec, steps) -> float:
 def time_graphed(model: nn.Module, path: str, batch_sizes: Iterable[int], context_lengths: Iterable[int],
                  decode_tokens: int, warmup: int = 2, repeats: int = 5, device: str = "cpu",
                  seed: int = 0, progress: Any = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Like :func:`time_model` in mode ``graphed`` (:mod:`quantstudy.decode`): a static cache of
+    """Like :func:`time_model` in mode ``graphed`` (:mod:`quantstudy.steps.decode`): a static cache of
     context + decode_tokens positions, eager prefill, decode steps replayed from one CUDA graph
     per shape (captured before the warm-up rounds; on a CPU the same loop runs eagerly).
 
@@ -783,7 +783,7 @@ def time_graphed(model: nn.Module, path: str, batch_sizes: Iterable[int], contex
     that fails (capture, memory) is noted there and skipped; without one it raises. Each row's
     ``graph_check_rel_diff`` compares the last replayed step with the same step run eagerly.
     """
-    from quantstudy.decode import Decoder, GraphedDecoder
+    from quantstudy.steps.decode import Decoder, GraphedDecoder
 
     device = _resolve_device(device)
     n_layers = len(_decoder_layers(model))
@@ -1083,7 +1083,7 @@ def _bench_path(path: str, folder: Path, baseline, p: BenchmarkSection, device: 
         "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                   if device == "cuda" else None),
     }
-    loader = getattr(model, "quantstudy_loader", "quantstudy.bench.convert_model")
+    loader = getattr(model, "quantstudy_loader", "quantstudy.steps.benchmark.convert_model")
     del model
     _memory_now(device)
     return {"timings": timings, "memory": memory, "logits": logits, "loader": loader, "notes": notes}
@@ -1147,7 +1147,7 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
             paths.append(path)
     n_shapes = len(p.batch_sizes) * len(p.context_lengths) * len(p.modes)
     if "graphed" in p.modes and device == "cpu":
-        notes.append("graphed mode on cpu: the static-cache loop of quantstudy.decode runs without CUDA graphs "
+        notes.append("graphed mode on cpu: the static-cache loop of quantstudy.steps.decode runs without CUDA graphs "
                      "(a CPU has none), so it measures the loop, not graph replay")
     prev_threads = torch.get_num_threads()
     if threads is not None:
