@@ -140,3 +140,116 @@ def test_steps_are_listed_once():
                        ("runner.py", LIB / "quantstudy" / "pipeline" / "runner.py")):
         text = path.read_text()
         assert '"01_calibration.ipynb"' not in text and '"01_calibration": (' not in text, f"{name} lists steps again"
+
+
+# Layers, lowest first. A module may import its own layer or a lower one (lazy imports count).
+LAYERS: dict[str, int] = {
+    "quantstudy": 0, "quantstudy.paths": 0, "quantstudy.pipeline.steps": 0, "quantstudy.metrics.registry": 0,
+    "quantstudy.serving": 0, "quantstudy.awqformat.autoawq": 0,
+    "quantstudy.data": 1, "quantstudy.modelsource": 1, "quantstudy.rollout_logs": 1,
+    "quantstudy.config": 2,
+    "quantstudy.awqformat": 3, "quantstudy.contracts": 3,
+    "quantstudy.metrics": 4,
+    "quantstudy.steps": 5,
+    "quantstudy.pipeline": 6, "quantstudy.report": 6,
+    "quantstudy.cli": 7,
+}
+LAYER_NAMES = ("leaves", "data", "config", "format", "metrics", "steps", "pipeline and report", "cli")
+# Within the steps layer a step may import an earlier step, never a later one.
+STEP_ORDER = ("calibration", "quantize", "evaluate", "benchmark", "rollout")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(LIB).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    best = max((k for k in LAYERS if module == k or module.startswith(k + ".")), key=len)
+    return LAYERS[best]
+
+
+def _names_imported(path: Path) -> set[str]:
+    """Like _modules_imported, plus ``pkg.name`` for every ``from pkg import name`` (name may be a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _study_graph() -> dict[str, set[str]]:
+    """quantstudy module -> the quantstudy names it imports (full names, lazy imports included)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((LIB / "quantstudy").rglob("*.py")):
+        graph[_module_name(path)] = {m for m in _names_imported(path) if m.split(".")[0] == "quantstudy"}
+    return graph
+
+
+def test_imports_point_one_way():
+    """config -> data -> format -> metrics -> steps -> pipeline/report -> cli, never back."""
+    upward = []
+    for module, imported in _study_graph().items():
+        for name in imported:
+            if _layer(name) > _layer(module):
+                upward.append(f"{module} ({LAYER_NAMES[_layer(module)]}) imports {name} "
+                              f"({LAYER_NAMES[_layer(name)]})")
+    assert not upward, "imports pointing up the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_a_step_imports_only_earlier_steps():
+    backward = []
+    for module, imported in _study_graph().items():
+        if not module.startswith("quantstudy.steps."):
+            continue
+        mine = STEP_ORDER.index(module.split(".")[2]) if module.split(".")[2] in STEP_ORDER else None
+        for name in imported:
+            if name.startswith("quantstudy.steps.") and mine is not None:
+                theirs = name.split(".")[2]
+                if theirs in STEP_ORDER and STEP_ORDER.index(theirs) > mine:
+                    backward.append(f"{module} imports {name}")
+    assert not backward, "a step importing a later step:\n" + "\n".join(backward)
+
+
+def test_every_study_module_has_a_layer_and_no_import_cycles():
+    graph = _study_graph()
+    for module in graph:
+        assert _layer(module) is not None, module
+    # A cycle is a path back to where it started; modules (not packages) only, lazy imports included.
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph or nxt == node:
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_runs_over_60_lines_without_a_reason():
+    """A longer function says why on a ``# long: <reason>`` comment line right above it."""
+    offenders = []
+    for path in sorted(LIB.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            reason = lines[first - 2].strip() if first >= 2 else ""
+            if length > MAX_FUNCTION_LINES and not reason.startswith("# long:"):
+                offenders.append(f"{path.relative_to(LIB)}:{node.lineno} {node.name} ({length} lines)")
+    assert not offenders, "functions over 60 lines with no '# long:' reason above them:\n" + "\n".join(offenders)

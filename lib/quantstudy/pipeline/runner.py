@@ -18,6 +18,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -263,6 +264,24 @@ def key_parameters(p: StudyParams, step: str, sections: Sequence[str]) -> dict[s
     return {k: v for k, v in flatten(p, tuple(sections)).items() if k not in ignored}
 
 
+@dataclass
+class _Run:
+    """What every step of one run shares: the run folder, its manifest and the skip key's parts."""
+    run_dir: Path
+    manifest: dict[str, Any]
+    records: dict[str, Any]
+    p: StudyParams
+    pipeline: Pipeline
+    code_hash: str
+    git_now: dict[str, Any]
+    say: Callable[[str], None]
+    log_cells: bool
+
+    def save(self) -> None:
+        self.manifest["updated"] = _now()
+        write_manifest(self.run_dir, self.manifest)
+
+
 def run_study(
     params_file: str | Path,
     *,
@@ -280,8 +299,6 @@ def run_study(
     Raises ParamsError (bad params) or StepSelectionError (bad selection) before any
     notebook starts. A failing step does not raise: see ``RunResult.failed``.
     """
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
     from tqdm import tqdm
 
     pipeline = pipeline or Pipeline()
@@ -292,205 +309,216 @@ def run_study(
     if not run_id or "/" in run_id or run_id in (".", ".."):
         raise StepSelectionError(f"invalid run id {run_id!r}")
     run_dir = (pipeline.outputs() / run_id).resolve()
-    nb_dir = pipeline.notebooks()
     lock = acquire_lock(run_dir)  # one run per folder at a time
     try:
         manifest = read_manifest(run_dir)
         records: dict[str, Any] = dict(manifest.get("steps") or {})
-
-        # Every step must exist, and every needed step must run now or have completed before.
-        chosen = {s.name for s in selected}
-        for s in selected:
-            src = nb_dir / s.notebook
-            if not src.is_file():
-                raise StepSelectionError(f"step {s.name}: notebook {src} not found")
-            for need in s.needs:
-                if need in chosen:
-                    continue
-                rec = records.get(need) or {}
-                if rec.get("status") not in DONE_STATUSES or not (run_dir / need).is_dir():
-                    raise StepSelectionError(
-                        f"step {s.name} needs {need}, which has not completed in {run_dir}; "
-                        f"run it too (e.g. --from {need})")
-
-        say = on_message or (lambda msg: tqdm.write(msg, file=sys.stderr))
-        code_hash = code_sha256()
-        git_now = git_info()
-        (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-        (run_dir / "params.yaml").write_text(to_yaml(p), encoding="utf-8")
-        manifest.update({
-            "run_id": run_id,
-            "params_file": _rel(params_path, project_root()),
-            "params": p.model_dump(mode="json"),
-            "git": git_now,
-            "python": sys.version.split()[0],
-            "python_full": sys.version,
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "packages": package_versions(),
-            "updated": _now(),
-            "steps": records,
-        })
-        manifest.setdefault("created", manifest["updated"])
-        manifest["step_order"] = [s.name for s in pipeline.steps]
-        write_manifest(run_dir, manifest)
-
-        handler: logging.Handler | None = None
-        pm_logger = logging.getLogger("papermill")
-        old_level = pm_logger.level
-        if log_cells:
-            handler = _TqdmHandler()
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            pm_logger.addHandler(handler)
-            pm_logger.setLevel(logging.INFO)
-
+        _check_selection(selected, records, pipeline.notebooks(), run_dir)
+        run = _Run(run_dir, manifest, records, p, pipeline, code_sha256(), git_info(),
+                   on_message or (lambda msg: tqdm.write(msg, file=sys.stderr)), log_cells)
+        _open_manifest(run, run_id, params_path)
         outcomes: list[StepOutcome] = []
         rerun: set[str] = set()
         bar = tqdm(selected, desc="steps", unit="step", disable=not progress, file=sys.stderr)
-        try:
-            for step in bar:
-                bar.set_description(step.name)
-                src = nb_dir / step.notebook
-                executed = run_dir / "notebooks" / f"{step.name}.ipynb"
-                out_dir = run_dir / step.name
-                flat = flatten(p, tuple(pipeline.sections[step.name]))
-                nb_hash = notebook_source_sha256(src)
-                p_hash = params_sha256(key_parameters(p, step.name, pipeline.sections[step.name]))
-                inputs = input_hashes(p, step, run_dir)
-                prev = records.get(step.name)
-
-                reason = "forced" if force else None
-                if reason is None and any(n in rerun for n in step.needs):
-                    reason = "a needed step re-ran"
-                if reason is None:
-                    reason = _skip_reason(prev, nb_hash, p_hash, inputs, run_dir, code_hash)
-                if reason is None:
-                    rec = dict(prev or {})
-                    rec["status"] = "skipped"
-                    rec["reason"] = "unchanged"
-                    rec.pop("failed_attempt", None)  # the kept result matches the inputs again
-                    rec["checked"] = _now()
-                    records[step.name] = rec
-                    manifest["updated"] = _now()
-                    write_manifest(run_dir, manifest)
-                    outcomes.append(StepOutcome(step.name, "skipped", executed, 0.0))
-                    say(f"skip {step.name} (unchanged)")
-                    continue
-
-                # Fresh output folder: stale files from an older run must not become outputs. A
-                # good earlier result is moved aside, not deleted, until this run succeeds.
-                backup = run_dir / f".{step.name}.previous"
-                shutil.rmtree(backup, ignore_errors=True)
-                had_good = bool(prev and prev.get("status") in DONE_STATUSES and out_dir.is_dir())
-                if out_dir.exists():
-                    if had_good:
-                        out_dir.rename(backup)
-                        if executed.is_file():
-                            shutil.copy2(executed, backup / ".executed.ipynb")
-                    else:
-                        shutil.rmtree(out_dir)
-                out_dir.mkdir(parents=True)
-                parameters = dict(flat)
-                parameters.update({
-                    "run_dir": str(run_dir),
-                    "output_dir": str(out_dir),
-                    "input_dirs": {n: str(run_dir / n) for n in step.needs},
-                })
-                rec: dict[str, Any] = {
-                    "status": "running",
-                    "source_notebook": _rel(src, project_root()),
-                    "notebook": _rel(executed, run_dir),
-                    "notebook_sha256": nb_hash,
-                    "params_sha256": p_hash,
-                    "code_sha256": code_hash,
-                    "git_commit": git_now.get("commit"),
-                    "git_dirty": git_now.get("dirty"),
-                    "inputs": inputs,
-                    "outputs": {},
-                    "start": _now(),
-                    "end": None,
-                    "duration_s": None,
-                    "reason": reason,
-                    "error": None,
-                }
-                records[step.name] = rec
-                if "evaluate" in pipeline.sections[step.name] and step.name == next(
-                        (s.name for s in pipeline.steps if "evaluate" in pipeline.sections[s.name]), None):
-                    record_budget(manifest, p, step.name, results_existed=bool(prev and prev.get("outputs")))
-                write_manifest(run_dir, manifest)
-                t0 = time.perf_counter()
-                error: dict[str, Any] | None = None
-                interrupted: BaseException | None = None
-                try:
-                    pm.execute_notebook(
-                        str(src), str(executed),
-                        parameters=parameters,
-                        cwd=str(project_root()),
-                        kernel_name=_kernel_name(src),
-                        log_output=log_cells,
-                        progress_bar=False,
-                        request_save_on_cell_execute=True,
-                    )
-                except PapermillExecutionError as exc:
-                    error = {"ename": exc.ename, "evalue": exc.evalue, "cell_index": exc.cell_index,
-                             "exec_count": exc.exec_count}
-                except Exception as exc:  # kernel died, missing kernel, unreadable notebook...
-                    error = {"ename": type(exc).__name__, "evalue": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
-                             "cell_index": None, "exec_count": None}
-                except BaseException as exc:  # KeyboardInterrupt: record it, then stop
-                    error = {"ename": type(exc).__name__, "evalue": "interrupted", "cell_index": None, "exec_count": None}
-                    interrupted = exc
-                duration = time.perf_counter() - t0
-                rec.update({
-                    "status": "failed" if error else "completed",
-                    "end": _now(),
-                    "duration_s": round(duration, 3),
-                    "outputs": hash_tree(out_dir, base=run_dir),
-                    "error": error,
-                })
-                if error and had_good and backup.is_dir():
-                    # Keep the failed attempt for diagnosis, bring the good result back.
-                    failed_dir = run_dir / f".{step.name}.failed"
-                    shutil.rmtree(failed_dir, ignore_errors=True)
-                    out_dir.rename(failed_dir)
-                    failed_nb = run_dir / "notebooks" / f"{step.name}.failed.ipynb"
-                    if executed.is_file():
-                        executed.replace(failed_nb)
-                    if (backup / ".executed.ipynb").is_file():
-                        (backup / ".executed.ipynb").replace(executed)
-                    backup.rename(out_dir)
-                    attempt = {k: rec[k] for k in ("start", "end", "duration_s", "reason", "error")}
-                    attempt.update(status="failed", notebook=_rel(failed_nb, run_dir), outputs_kept_in=_rel(failed_dir, run_dir))
-                    records[step.name] = {**prev, "failed_attempt": attempt}
-                    executed = failed_nb
-                    mark_report_out_of_date(run_dir, f"step {step.name} failed on re-run ({error.get('ename')}: "
-                                                     f"{error.get('evalue')}); the results shown are the previous ones")
-                else:
-                    shutil.rmtree(backup, ignore_errors=True)
-                manifest["updated"] = _now()
-                write_manifest(run_dir, manifest)
-                rerun.add(step.name)
-                outcome = StepOutcome(step.name, "failed" if error else rec["status"], executed, duration, error)
-                outcomes.append(outcome)
-                if interrupted is not None:
-                    raise interrupted
-                if error:
-                    break
-        finally:
-            bar.close()
-            if handler is not None:
-                pm_logger.removeHandler(handler)
-                pm_logger.setLevel(old_level)
-
-        stale = mark_stale(records, pipeline, p, code_hash)
-        complete = not stale and all((records.get(s.name) or {}).get("status") in DONE_STATUSES
-                                     and "failed_attempt" not in (records.get(s.name) or {}) for s in pipeline.steps)
-        manifest["complete"] = complete
-        manifest["stale_steps"] = stale
-        write_manifest(run_dir, manifest)
-        return RunResult(run_id, run_dir, run_dir / MANIFEST, outcomes, complete)
+        with _papermill_log(log_cells):
+            try:
+                for step in bar:
+                    bar.set_description(step.name)
+                    outcome = _run_or_skip(run, step, force, rerun)
+                    outcomes.append(outcome)
+                    if outcome.status == "failed":
+                        break
+            finally:
+                bar.close()
+        return _close_manifest(run, run_id, outcomes)
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _check_selection(selected: Sequence[Step], records: Mapping[str, Any], nb_dir: Path, run_dir: Path) -> None:
+    """Every step must exist, and every needed step must run now or have completed before."""
+    chosen = {s.name for s in selected}
+    for s in selected:
+        src = nb_dir / s.notebook
+        if not src.is_file():
+            raise StepSelectionError(f"step {s.name}: notebook {src} not found")
+        for need in s.needs:
+            if need in chosen:
+                continue
+            rec = records.get(need) or {}
+            if rec.get("status") not in DONE_STATUSES or not (run_dir / need).is_dir():
+                raise StepSelectionError(
+                    f"step {s.name} needs {need}, which has not completed in {run_dir}; "
+                    f"run it too (e.g. --from {need})")
+
+
+def _open_manifest(run: _Run, run_id: str, params_path: Path) -> None:
+    """Write the resolved params and the run's provenance before any step starts."""
+    (run.run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "params.yaml").write_text(to_yaml(run.p), encoding="utf-8")
+    run.manifest.update({
+        "run_id": run_id,
+        "params_file": _rel(params_path, project_root()),
+        "params": run.p.model_dump(mode="json"),
+        "git": run.git_now,
+        "python": sys.version.split()[0],
+        "python_full": sys.version,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": package_versions(),
+        "updated": _now(),
+        "steps": run.records,
+    })
+    run.manifest.setdefault("created", run.manifest["updated"])
+    run.manifest["step_order"] = [s.name for s in run.pipeline.steps]
+    write_manifest(run.run_dir, run.manifest)
+
+
+@contextmanager
+def _papermill_log(log_cells: bool):
+    """Papermill's log (cell outputs) printed above the progress bar while the steps run."""
+    if not log_cells:
+        yield
+        return
+    pm_logger = logging.getLogger("papermill")
+    old_level = pm_logger.level
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    pm_logger.addHandler(handler)
+    pm_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        pm_logger.removeHandler(handler)
+        pm_logger.setLevel(old_level)
+
+
+def _run_or_skip(run: _Run, step: Step, force: bool, rerun: set[str]) -> StepOutcome:
+    """Skip the step when its skip key is unchanged, else run it. Re-raises an interrupt."""
+    src = run.pipeline.notebooks() / step.notebook
+    executed = run.run_dir / "notebooks" / f"{step.name}.ipynb"
+    nb_hash = notebook_source_sha256(src)
+    p_hash = params_sha256(key_parameters(run.p, step.name, run.pipeline.sections[step.name]))
+    inputs = input_hashes(run.p, step, run.run_dir)
+    prev = run.records.get(step.name)
+    reason = "forced" if force else None
+    if reason is None and any(n in rerun for n in step.needs):
+        reason = "a needed step re-ran"
+    if reason is None:
+        reason = _skip_reason(prev, nb_hash, p_hash, inputs, run.run_dir, run.code_hash)
+    if reason is None:
+        rec = dict(prev or {})
+        rec.update(status="skipped", reason="unchanged", checked=_now())
+        rec.pop("failed_attempt", None)  # the kept result matches the inputs again
+        run.records[step.name] = rec
+        run.save()
+        run.say(f"skip {step.name} (unchanged)")
+        return StepOutcome(step.name, "skipped", executed, 0.0)
+    rerun.add(step.name)
+    key = {"notebook_sha256": nb_hash, "params_sha256": p_hash, "inputs": inputs, "reason": reason}
+    return _run_step(run, step, src, executed, prev, key)
+
+
+def _run_step(run: _Run, step: Step, src: Path, executed: Path, prev: Mapping[str, Any] | None,
+              key: Mapping[str, Any]) -> StepOutcome:
+    """Execute one notebook into a fresh output folder; on failure keep an earlier good result."""
+    out_dir = run.run_dir / step.name
+    # Fresh output folder: stale files from an older run must not become outputs. A good
+    # earlier result is moved aside, not deleted, until this run succeeds.
+    backup = run.run_dir / f".{step.name}.previous"
+    shutil.rmtree(backup, ignore_errors=True)
+    had_good = bool(prev and prev.get("status") in DONE_STATUSES and out_dir.is_dir())
+    if out_dir.exists():
+        if had_good:
+            out_dir.rename(backup)
+            if executed.is_file():
+                shutil.copy2(executed, backup / ".executed.ipynb")
+        else:
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    rec: dict[str, Any] = {
+        "status": "running", "source_notebook": _rel(src, project_root()), "notebook": _rel(executed, run.run_dir),
+        "notebook_sha256": key["notebook_sha256"], "params_sha256": key["params_sha256"], "code_sha256": run.code_hash,
+        "git_commit": run.git_now.get("commit"), "git_dirty": run.git_now.get("dirty"), "inputs": key["inputs"],
+        "outputs": {}, "start": _now(), "end": None, "duration_s": None, "reason": key["reason"], "error": None,
+    }
+    run.records[step.name] = rec
+    sections = run.pipeline.sections
+    if "evaluate" in sections[step.name] and step.name == next(
+            (s.name for s in run.pipeline.steps if "evaluate" in sections[s.name]), None):
+        record_budget(run.manifest, run.p, step.name, results_existed=bool(prev and prev.get("outputs")))
+    write_manifest(run.run_dir, run.manifest)
+    parameters = {**flatten(run.p, tuple(sections[step.name])), "run_dir": str(run.run_dir),
+                  "output_dir": str(out_dir), "input_dirs": {n: str(run.run_dir / n) for n in step.needs}}
+    t0 = time.perf_counter()
+    error, interrupted = _execute(src, executed, parameters, run.log_cells)
+    duration = time.perf_counter() - t0
+    rec.update({"status": "failed" if error else "completed", "end": _now(), "duration_s": round(duration, 3),
+                "outputs": hash_tree(out_dir, base=run.run_dir), "error": error})
+    if error and had_good and backup.is_dir():
+        executed = _restore_previous(run, step, rec, prev, backup, executed)
+    else:
+        shutil.rmtree(backup, ignore_errors=True)
+    run.save()
+    if interrupted is not None:
+        raise interrupted
+    return StepOutcome(step.name, "failed" if error else rec["status"], executed, duration, error)
+
+
+def _execute(src: Path, executed: Path, parameters: Mapping[str, Any],
+             log_cells: bool) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run one notebook with papermill: (error record or None, an interrupt to re-raise or None)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        pm.execute_notebook(str(src), str(executed), parameters=dict(parameters), cwd=str(project_root()),
+                            kernel_name=_kernel_name(src), log_output=log_cells, progress_bar=False,
+                            request_save_on_cell_execute=True)
+    except PapermillExecutionError as exc:
+        return {"ename": exc.ename, "evalue": exc.evalue, "cell_index": exc.cell_index,
+                "exec_count": exc.exec_count}, None
+    except Exception as exc:  # kernel died, missing kernel, unreadable notebook...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"ename": type(exc).__name__, "evalue": first, "cell_index": None, "exec_count": None}, None
+    except BaseException as exc:  # KeyboardInterrupt: record it, then stop
+        return {"ename": type(exc).__name__, "evalue": "interrupted", "cell_index": None, "exec_count": None}, exc
+    return None, None
+
+
+def _restore_previous(run: _Run, step: Step, rec: Mapping[str, Any], prev: Mapping[str, Any],
+                      backup: Path, executed: Path) -> Path:
+    """A re-run failed: keep the failed attempt for diagnosis, bring the good result back.
+    Returns where the failed attempt's notebook now is."""
+    out_dir = run.run_dir / step.name
+    failed_dir = run.run_dir / f".{step.name}.failed"
+    shutil.rmtree(failed_dir, ignore_errors=True)
+    out_dir.rename(failed_dir)
+    failed_nb = run.run_dir / "notebooks" / f"{step.name}.failed.ipynb"
+    if executed.is_file():
+        executed.replace(failed_nb)
+    if (backup / ".executed.ipynb").is_file():
+        (backup / ".executed.ipynb").replace(executed)
+    backup.rename(out_dir)
+    attempt = {k: rec[k] for k in ("start", "end", "duration_s", "reason", "error")}
+    attempt.update(status="failed", notebook=_rel(failed_nb, run.run_dir), outputs_kept_in=_rel(failed_dir, run.run_dir))
+    run.records[step.name] = {**prev, "failed_attempt": attempt}
+    error = rec["error"] or {}
+    mark_report_out_of_date(run.run_dir, f"step {step.name} failed on re-run ({error.get('ename')}: "
+                                         f"{error.get('evalue')}); the results shown are the previous ones")
+    return failed_nb
+
+
+def _close_manifest(run: _Run, run_id: str, outcomes: list[StepOutcome]) -> RunResult:
+    """Flag stale steps, record whether the run is complete, and say how it went."""
+    stale = mark_stale(run.records, run.pipeline, run.p, run.code_hash)
+    complete = not stale and all((run.records.get(s.name) or {}).get("status") in DONE_STATUSES
+                                 and "failed_attempt" not in (run.records.get(s.name) or {})
+                                 for s in run.pipeline.steps)
+    run.manifest["complete"] = complete
+    run.manifest["stale_steps"] = stale
+    write_manifest(run.run_dir, run.manifest)
+    return RunResult(run_id, run.run_dir, run.run_dir / MANIFEST, outcomes, complete)
 
 
 def build_report_if_available(run_dir: Path) -> tuple[bool, str]:
