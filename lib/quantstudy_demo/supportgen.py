@@ -192,7 +192,7 @@ def _userize(text: str, style: str, rng: Random) -> str:
     return out
 
 
-class _Conv:
+class ConversationBuilder:
     """Builds one conversation, recording offsets of tagged slots."""
 
     def __init__(self, rng: Random, style: str) -> None:
@@ -265,28 +265,29 @@ def question(fact: Fact, rng: Random) -> str:
 # =========================================================================== conversations
 @dataclass
 class _Ex:
-    user: Callable[[_Conv], tuple[str, dict[str, Any]]]
-    bot: Callable[[_Conv], tuple[str, dict[str, Any]]]
+    user: Callable[[ConversationBuilder], tuple[str, dict[str, Any]]]
+    bot: Callable[[ConversationBuilder], tuple[str, dict[str, Any]]]
     ask: str = ""
 
 
-def _esc(text: str) -> str:
+def escape_template(text: str) -> str:
+    """Text made literal for :meth:`ConversationBuilder.say`: no slots, no alternations."""
     return text.replace("{", "{{").replace("}", "}}").replace("[", "(").replace("]", ")")
 
 
 def _fact_ex(fact: Fact, rng: Random, style: str) -> _Ex:
-    def user(c: _Conv) -> tuple[str, dict[str, Any]]:
+    def user(c: ConversationBuilder) -> tuple[str, dict[str, Any]]:
         lead = expand(_pick(_DIALOGUE["fact_follow"], style, rng), rng)
         q = question(fact, rng)
         if lead and not lead.endswith(": ") and q[:2] not in ("I ", "I'") and q[1:2].islower():
             q = q[0].lower() + q[1:]
         hedge = rng.choice(_DIALOGUE["hedges"][style]) if rng.random() < 0.3 else ""
-        return lead + _esc(q) + hedge, {}
+        return lead + escape_template(q) + hedge, {}
 
-    def bot(c: _Conv) -> tuple[str, dict[str, Any]]:
+    def bot(c: ConversationBuilder) -> tuple[str, dict[str, Any]]:
         prefix, suffix = statement(fact, rng)
         elab = " " + rng.choice(_FACT_PHRASES["elaborations"][fact.attribute]) if rng.random() < 0.4 else ""
-        return (rng.choice(ANSWER_OPENERS) + _esc(prefix) + " {v}" + _esc(suffix) + elab,
+        return (rng.choice(ANSWER_OPENERS) + escape_template(prefix) + " {v}" + escape_template(suffix) + elab,
                 {"v": Tag(fact.value, fact=fact.fact_id)})
     return _Ex(user, bot)
 
@@ -352,10 +353,10 @@ def _conversation_slots(per: dict[str, Any], product: dict, plan: dict, plan_fro
 
 def _opening_ex(intent: str, style: str, rng: Random) -> _Ex:
     """The customer's request and the agent's greeting and acknowledgement."""
-    def user(c: _Conv) -> tuple[str, dict]:
+    def user(c: ConversationBuilder) -> tuple[str, dict]:
         return rng.choice(_DIALOGUE["openers"][style]) + _pick(_DIALOGUE["requests"][intent], style, rng), {}
 
-    def bot(c: _Conv) -> tuple[str, dict]:
+    def bot(c: ConversationBuilder) -> tuple[str, dict]:
         greet = rng.choice(_DIALOGUE["greet_bot"]) if rng.random() < 0.8 else ""
         complaint = intent in ("refund", "return_rma", "warranty_claim", "billing_question", "shipping_status",
                                "tech_troubleshooting")
@@ -372,11 +373,14 @@ def _detail_exs(intent: str, style: str, rng: Random) -> list[_Ex]:
         extra.append(_simple_ex(_DIALOGUE["trouble_user"], _DIALOGUE["trouble_bot"], rng, style))
         if rng.random() < 0.5:
             extra.append(_simple_ex(_DIALOGUE["trouble_user"], _DIALOGUE["trouble_bot"], rng, style))
-    pii_pool = {"privacy_request": ["email"], "account_change": ["address", "phone", "email"], "shipping_status": ["address"],
-                "billing_question": ["card"], "refund": ["card", "email"], "warranty_claim": ["address", "phone"]}.get(intent, ["email", "phone"])
+    pii_pool = {"privacy_request": ["email"], "account_change": ["address", "phone", "email"],
+                "shipping_status": ["address"], "billing_question": ["card"], "refund": ["card", "email"],
+                "warranty_claim": ["address", "phone"]}.get(intent, ["email", "phone"])
     n_pii = 1 if intent in ("privacy_request", "account_change", "billing_question", "shipping_status") else rng.randint(0, 1)
-    for kind in rng.sample(pii_pool, k=min(n_pii + (intent == "account_change" and rng.random() < 0.5), len(pii_pool))):
-        extra.append(_simple_ex(_DIALOGUE[f"{kind}_user"], _DIALOGUE[f"{kind}_bot"], rng, style, _DIALOGUE["asks"][kind]))
+    n_pii += intent == "account_change" and rng.random() < 0.5  # sometimes a second detail
+    for kind in rng.sample(pii_pool, k=min(n_pii, len(pii_pool))):
+        extra.append(_simple_ex(_DIALOGUE[f"{kind}_user"], _DIALOGUE[f"{kind}_bot"], rng, style,
+                                _DIALOGUE["asks"][kind]))
     return extra
 
 
@@ -420,10 +424,10 @@ def _middle_exs(intent: str, style: str, kb: KnowledgeBase, product: dict, plan:
 
 def _closing_ex(style: str, rng: Random) -> _Ex:
     """The customer's thanks; the agent's goodbye, usually recalling a detail given 3+ turns earlier."""
-    def user(c: _Conv) -> tuple[str, dict]:
+    def user(c: ConversationBuilder) -> tuple[str, dict]:
         return _pick(_DIALOGUE["closings_user"], style, rng), {}
 
-    def bot(c: _Conv) -> tuple[str, dict]:
+    def bot(c: ConversationBuilder) -> tuple[str, dict]:
         t_now = len(c.turns)
         options = sorted(d for d, (t, _) in c.given.items() if t_now - t >= 3)
         parts = []
@@ -434,7 +438,7 @@ def _closing_ex(style: str, rng: Random) -> _Ex:
     return _Ex(user, bot)
 
 
-def _play(c: _Conv, exs: list[_Ex], rng: Random) -> None:
+def _play(c: ConversationBuilder, exs: list[_Ex], rng: Random) -> None:
     """Say every exchange; the agent's turn ends with the next exchange's question, if any."""
     for i, ex in enumerate(exs):
         ut, us = ex.user(c)
@@ -449,14 +453,16 @@ def _play(c: _Conv, exs: list[_Ex], rng: Random) -> None:
         c.say("user", rng.choice(_DIALOGUE["goodbyes"]))
 
 
-def _conversation(cid: str, split: str, rng: Random, kb: KnowledgeBase,
-                  coverage: Counter | None = None) -> dict[str, Any]:
+def support_conversation(cid: str, split: str, rng: Random, kb: KnowledgeBase,
+                         coverage: Counter | None = None) -> dict[str, Any]:
+    """One seeded support conversation with its metadata (intent, style, quoted facts, personal data
+    offsets, recall probe); ``coverage`` counts facts stated so far in the train split."""
     intent = rng.choice(INTENTS)
     style = rng.choice(STYLES)
     product = rng.choice(kb.products)
     plan = rng.choice(kb.plans)
     per = _persona(rng, kb)
-    c = _Conv(rng, style)
+    c = ConversationBuilder(rng, style)
     plan_from = rng.choice([p for p in kb.plans if p["key"] != plan["key"]])
     c.slots = _conversation_slots(per, product, plan, plan_from, rng.choice(_PEOPLE["agents"]))
     exs = [_opening_ex(intent, style, rng)]
@@ -488,12 +494,13 @@ def generate_conversations(kb: KnowledgeBase, counts: dict[str, int], seed: int 
     out = []
     coverage: Counter = Counter()
     for i, split in enumerate(tqdm(splits, desc="conversations", disable=not progress, leave=False)):
-        out.append(_conversation(f"conv-{i:05d}", split, Random(f"{seed}:{i}"), kb, coverage))
+        out.append(support_conversation(f"conv-{i:05d}", split, Random(f"{seed}:{i}"), kb, coverage))
     return out
 
 
 # =========================================================================== help articles
-def _fact_sentence(fact: Fact, rng: Random) -> str:
+def fact_sentence(fact: Fact, rng: Random) -> str:
+    """One phrasing of the fact with its value, e.g. "Our refund window is 30 days from delivery."."""
     prefix, suffix = statement(fact, rng)
     return f"{prefix} {fact.value}{suffix}"
 
@@ -522,7 +529,7 @@ def help_articles(kb: KnowledgeBase, rng: Random, n: int) -> list[dict[str, Any]
             title = obj
             facts = [kb.fact(f"policy.{a}") for a in _ARTICLES["policy_groups"][obj]]
         rng.shuffle(facts)
-        sentences = [_fact_sentence(f, rng) for f in facts]
+        sentences = [fact_sentence(f, rng) for f in facts]
         if group == "policy" and rng.random() < 0.6:
             sentences.insert(rng.randint(0, len(sentences)), rng.choice(kb.rules))
         text = f"{title}\n{rng.choice(_ARTICLES['leads'])}{' '.join(sentences)}"
@@ -541,16 +548,18 @@ def _choices(answer: str, pool: Iterable[str], rng: Random, context: str, k: int
 
 
 def _grounding_snippet(fact: Fact, kb: KnowledgeBase, rng: Random) -> str:
-    sentences = [_fact_sentence(fact, rng)]
+    sentences = [fact_sentence(fact, rng)]
+    related = related_policy_attributes(fact)
     same_subject = [f for f in kb.facts if f.subject == fact.subject and f.kind != fact.kind
-                    and f.fact_id != fact.fact_id and (f.group != "policy" or f.attribute in _related(fact))]
+                    and f.fact_id != fact.fact_id and (f.group != "policy" or f.attribute in related)]
     if same_subject and rng.random() < 0.6:
-        sentences.append(_fact_sentence(rng.choice(same_subject), rng))
+        sentences.append(fact_sentence(rng.choice(same_subject), rng))
         rng.shuffle(sentences)
     return " ".join(sentences)
 
 
-def _related(fact: Fact) -> list[str]:
+def related_policy_attributes(fact: Fact) -> list[str]:
+    """The policy attributes of the first help-article group holding the fact's attribute ([] if none)."""
     for attrs in _ARTICLES["policy_groups"].values():
         if fact.attribute in attrs:
             return attrs
