@@ -27,6 +27,8 @@ from pathlib import Path
 from random import Random
 from typing import Any, Callable, Iterable
 
+from tqdm.auto import tqdm
+
 from quantstudy.data import format_conversation
 from quantstudy.paths import resolve
 from quantstudy_demo import banks
@@ -486,8 +488,6 @@ def support_conversation(cid: str, split: str, rng: Random, kb: KnowledgeBase,
 def generate_conversations(kb: KnowledgeBase, counts: dict[str, int], seed: int = 0,
                            progress: bool = True) -> list[dict[str, Any]]:
     """Conversations for each split (``counts``: split -> number), ids unique across splits."""
-    from tqdm.auto import tqdm
-
     rng = Random(f"conversations:{seed}")
     splits = [s for s in SPLITS for _ in range(counts.get(s, 0))]
     rng.shuffle(splits)
