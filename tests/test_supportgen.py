@@ -162,3 +162,19 @@ def test_bad_settings(tmp_path, bad, msg):
         sg.write_demo_data(tmp_path, progress=False, **bad)
     with pytest.raises(ValueError, match="seed"):
         sg.write_demo_data(tmp_path, seed=-1, progress=False)
+
+
+def test_phrase_banks_ship_as_package_data():
+    """The generators read their catalogue and wording from quantstudy_demo/banks/*.json, shipped with the package."""
+    import tomllib
+
+    from quantstudy_demo import banks
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "banks/*.json" in pyproject["tool"]["setuptools"]["package-data"]["quantstudy_demo"]
+    names = sorted(p.stem for p in banks.BANKS_DIR.glob("*.json"))
+    assert names == ["articles", "catalogue", "dialogue", "facts", "lexicon", "people", "retention"]
+    assert all(banks.load(name) for name in names)
+    assert banks.load("catalogue")["company"] == sg.COMPANY
+    with pytest.raises(FileNotFoundError, match="no such phrase bank; known: articles"):
+        banks.load("nope")

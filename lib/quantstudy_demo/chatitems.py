@@ -12,6 +12,7 @@ model's own chat template (:func:`quantstudy.data.item_context`):
   two products, an address the customer corrects, an old and a new card, ...), digressions
   between the last mention and the question, and an answer prefix that ends where the
   recalled detail goes. Distractors include the confusable entities that are in the context.
+  Their phrasings, per scene, are in ``banks/retention.json`` (:mod:`quantstudy_demo.banks`).
 
 Every setting lives in a YAML file (``params/demo-data/task-items-chat.yaml``), validated
 here (unknown keys are rejected); the same settings give byte-identical items.
@@ -29,6 +30,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from quantstudy_demo import banks
 from quantstudy_demo import supportgen as sg
 from quantstudy.data import validate_task_item
 from quantstudy.paths import resolve
@@ -215,7 +217,7 @@ def _conversation_candidates(kb: sg.KnowledgeBase, seed: int, history: int, need
     i = 0
     while len(out) < needed and i < 20 * needed + 100:
         cid = f"chat-conv-{i:05d}"
-        conv = sg._conversation(cid, "task", Random(f"chat-conv:{seed}:{i}"), kb)
+        conv = sg.support_conversation(cid, "task", Random(f"chat-conv:{seed}:{i}"), kb)
         i += 1
         for sp in conv["metadata"]["fact_spans"]:
             fact = kb.fact(sp["fact_id"])
@@ -240,7 +242,7 @@ def _policy_excerpt(fact: sg.Fact, kb: sg.KnowledgeBase, rng: Random, n_facts: i
     same_kind = [f for f in others if f.kind == fact.kind and f.value != fact.value]
     related = [f for f in others if f not in same_kind and
                ((fact.subject and f.subject == fact.subject) or
-                (fact.group == "policy" and f.attribute in sg._related(fact)) or
+                (fact.group == "policy" and f.attribute in sg.related_policy_attributes(fact)) or
                 (fact.group == f.group and fact.group != "policy"))]
     rng.shuffle(same_kind)
     rng.shuffle(related)
@@ -249,7 +251,7 @@ def _policy_excerpt(fact: sg.Fact, kb: sg.KnowledgeBase, rng: Random, n_facts: i
     rng.shuffle(rest)
     picked = [fact] + (ordered + rest)[:n_facts - 1]
     rng.shuffle(picked)
-    return " ".join(sg._fact_sentence(f, rng) for f in picked), [f for f in picked if f is not fact]
+    return " ".join(sg.fact_sentence(f, rng) for f in picked), [f for f in picked if f is not fact]
 
 
 def _policy_items(kb: sg.KnowledgeBase, s: ChatItemSettings) -> list[dict[str, Any]]:
@@ -305,42 +307,11 @@ def _policy_items(kb: sg.KnowledgeBase, s: ChatItemSettings) -> list[dict[str, A
 
 
 # =========================================================================== retention
-# Phrase banks for the retention conversations ([a|b] alternations, {slot} values).
-_ISSUE = ["arrived with a cracked case", "won't power on", "is the wrong model", "keeps rebooting",
-          "has a dead port", "stopped working after two days", "arrived damaged"]
-_FINE = ["arrived fine", "works great", "is perfect, no problems there", "is working fine", "is all good"]
-_DEVICE_ISSUE = ["keeps dropping the connection", "keeps rebooting", "won't turn on anymore",
-                 "has a blinking red light", "won't show up in the app", "overheats"]
-_DEVICE_FINE = ["works fine", "is fine though", "has been great", "has no problems", "is working perfectly"]
-_ECHO_ACK = ["[Got it|Thanks|Noted|Okay]", "[Thanks for that|Perfect|Great]"]
-_ASK_MORE = ["[Anything else I should know?|Go on.|What else?|And the other one?|Okay, continue.]"]
-_FINAL_USER = ["[Okay, thanks.|Great, so what happens now?|Alright, what's next?|Perfect. Can you confirm everything?|"
-               "ok so where are we|Thanks. Can you sum up?|So is everything sorted now?|Okay, what happens next?]"]
-_SMALL_TALK = [  # (user, assistant)
-    ("[Sorry,|Oh,|Hold on,] my dog just knocked over my coffee.",
-     "[No worries,|Oh no,] take your time. [I hope the coffee survived!|]"),
-    ("[Haha|Lol|Ah], sorry, [I got distracted|the doorbell rang|my cat walked across the keyboard]. [Where were we?|Okay, I'm back.]",
-     "[No problem at all.|All good!|Happens to the best of us.] [Let's get back to it.|]"),
-    ("By the way, is your chat open on weekends?", "[Yes,|It is!] [our chat team is here seven days a week.|We're here every day.]"),
-    ("By the way, [I saw your ad on a podcast.|my neighbour has the same router and loves it.|I love the little light on the router.]",
-     "[Ha, glad to hear it!|Thanks for the kind words.] [I'll pass that on to the team.|]"),
-    ("[Sorry,|Oh,] [is it just me or has the weather been wild lately?|I'm also moving next month, so things are hectic.]",
-     "[Ha,|Oh,] [that sounds hectic!|I completely understand.] [Let's get back to your request.|Whenever you're ready, we can continue.]"),
-    ("[Sorry,|Random, but] my kids keep asking why the internet is slow during their games.",
-     "[Ha, I hear that a lot!|Gamers are tough critics!] [We can look at that another time.|]"),
-]
-_TROUBLE = [  # (user, assistant): a side question and its fix
-    ("[While I have you,|Also,|Oh, and|Unrelated, but] my Wi-Fi [drops every evening|is slow upstairs|keeps "
-     "disconnecting on my laptop|is patchy in the garden]. [Any tips?|What should I try?|Is that normal?]",
-     "[Try|Please try] [restarting the router|moving the router away from the microwave|updating the firmware "
-     "in the Nimbus app|switching that device to the 5 GHz band|adding a mesh node nearby]. [That usually "
-     "helps.|Let me know if it persists.|If it doesn't help, we can escalate.]"),
-    ("[By the way,|Also,] the app [keeps logging me out|is really slow to load|crashed twice today]. "
-     "[Is that a known issue?|Any idea why?|What can I do?]",
-     "[Sorry about that.|That's annoying, I know.] [Please update the app and sign in again.|Clearing the "
-     "app cache usually fixes it.|Reinstalling the app should sort it out.] [Tell me if it happens again.|"
-     "It's a known glitch we're fixing.|]"),
-]
+# Phrasings of the retention conversations ([a|b] alternations, {slot} values): banks/retention.json.
+_RETENTION = banks.load("retention")
+_PEOPLE = banks.load("people")
+_DIALOGUE = banks.load("dialogue")
+_COUNT_WORD = {2: "two", 3: "three"}
 
 
 def _order_id(rng: Random) -> str:
@@ -348,18 +319,18 @@ def _order_id(rng: Random) -> str:
 
 
 def _address(rng: Random) -> str:
-    city, state = rng.choice(sg._CITIES)
-    return (f"{rng.randint(3, 9899)} {rng.choice(sg._STREETS)} {rng.choice(sg._STREET_SUFFIX)}, "
+    city, state = rng.choice(_PEOPLE["cities"])
+    return (f"{rng.randint(3, 9899)} {rng.choice(_PEOPLE['streets'])} {rng.choice(_PEOPLE['street_suffixes'])}, "
             f"{city}, {state} {rng.randint(10000, 99950)}")
 
 
 def _email(rng: Random, first: str | None = None, last: str | None = None) -> str:
-    first = first or rng.choice(sg._FIRST)
-    last = last or rng.choice(sg._LAST)
+    first = first or rng.choice(_PEOPLE["first_names"])
+    last = last or rng.choice(_PEOPLE["last_names"])
     sep = rng.choice([".", "_", ""])
     local = rng.choice([f"{first}{sep}{last}", f"{first[0]}{last}", f"{first}{rng.randint(1, 99)}",
                         f"{last}{sep}{first[0]}{rng.randint(10, 999)}", f"{first}.{rng.choice(['home', 'work', 'mail'])}"])
-    return f"{local.lower().replace(chr(39), '')}@{rng.choice(sg._DOMAINS)}"
+    return f"{local.lower().replace(chr(39), '')}@{rng.choice(_PEOPLE['email_domains'])}"
 
 
 def _card(rng: Random) -> str:
@@ -367,7 +338,7 @@ def _card(rng: Random) -> str:
 
 
 def _name(rng: Random, last: str | None = None) -> str:
-    return f"{rng.choice(sg._FIRST)} {last or rng.choice(sg._LAST)}"
+    return f"{rng.choice(_PEOPLE['first_names'])} {last or rng.choice(_PEOPLE['last_names'])}"
 
 
 def _distinct(make, n: int, rng: Random, avoid: Iterable[str] = ()) -> list[str]:
@@ -398,243 +369,167 @@ class _Scene:
 
 
 def _echo(rng: Random, p: float, text: str) -> str:
-    return text if rng.random() < p else sg.expand(rng.choice(_ECHO_ACK), rng) + "."
+    return text if rng.random() < p else sg.expand(rng.choice(_RETENTION["echo_acks"]), rng) + "."
+
+
+def _fill(template: str, words: dict[str, str]) -> str:
+    """The template with fixed words (not slots: they are part of the customer's typed text) put in."""
+    for key, word in words.items():
+        template = template.replace("{" + key + "}", word)
+    return template
+
+
+def _mention_roles(sc: _Scene, scene: dict[str, Any], steps: list[str], slot: str, values: list[str],
+                   rng: Random, echo: float, words: dict[str, str] | None = None) -> dict[str, int]:
+    """One mention exchange per step (the customer gives ``values[i]`` in the role ``steps[i]``);
+    returns role -> index of its value."""
+    roles = {}
+    for i, step in enumerate(steps):
+        bank = scene["mentions"][step]
+        sc.mentions.append((_fill(rng.choice(bank["user"]), words or {}), _echo(rng, echo, bank["bot"]),
+                            {slot: values[i]}))
+        roles[step] = i
+    return roles
+
+
+def _probe_prefix(probes: dict[str, list[str]], cue: bool, rng: Random, words: dict[str, str] | None = None) -> str:
+    """The assistant's answer prefix (restating the customer's words for the wanted entity when ``cue``)."""
+    return sg.expand(_fill(rng.choice(probes["cued"] if cue else probes["plain"]), words or {}), rng)
 
 
 def _scene_order(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
-    sc = _Scene()
+    scene, sc = _RETENTION["scenes"]["order_id"], _Scene()
     prods = rng.sample(kb.products, n)
     orders = _distinct(_order_id, n + 12, rng)
     sc.values, sc.pool = orders[:n], orders[n:]
     t = rng.randrange(n)
-    word = {2: "two", 3: "three"}[n]
-    sc.opening = (f"[I have|I placed] {word} orders [with you|recently] and [one of them has a problem|I need help with one "
-                  f"of them]. [Let me give you both|Here are the details|I'll list them].", {})
-    if n == 3:
-        sc.opening = (sc.opening[0].replace("both", "all three"), {})
-    sc.opening_bot = "[Sure, go ahead.|Of course, send them over.|Okay, I'm listening.]"
+    sc.opening = (_fill(scene["opening"], {"count": _COUNT_WORD[n], "both": "all three" if n == 3 else "both"}), {})
+    sc.opening_bot = scene["opening_bot"]
     statuses = []
     for i in range(n):
-        status = rng.choice(_ISSUE) if i == t else rng.choice(_FINE)
+        status = rng.choice(_RETENTION["order_issues"]) if i == t else rng.choice(_RETENTION["order_fine"])
         statuses.append(status)
-        user = rng.choice(["[Order|The order] {o} [is|was] the {p}[, and it|. It] {s}.",
-                           "{o} is [for|for my] {p}[. It|, which] {s}.",
-                           "[The|My] {p} [is|was] [order|on order] {o}[ and it|. It] {s}."])
-        bot = _echo(rng, echo, "[Noted|Got it|Thanks]: order {o} for the {p}.")
+        user = rng.choice(scene["mention_user"])
+        bot = _echo(rng, echo, scene["mention_bot"])
         if i < n - 1:
-            bot += " " + sg.expand(rng.choice(_ASK_MORE), rng)
+            bot += " " + sg.expand(rng.choice(_RETENTION["ask_more"]), rng)
         sc.mentions.append((user, bot, {"o": orders[i], "p": prods[i]["name"], "s": status}))
     sc.answer, sc.role = t, "order_with_issue"
-    sc.prefix = sg.expand(rng.choice([
-        "[Okay|Alright|Thanks for waiting][.|!] I've [started|set up] a return for the {p} [on|under] order",
-        "[To recap|So], the {p} [is|was] [on|shipped under] order",
-        "[Sure|Of course]. The return label for the {p} is linked to order"] if not cue else [
-        "[I'm sorry the|Sorry that the] {p} {s}. [I've started a return for it under|The return for it is logged under] order"]),
-        rng).replace("{p}", prods[t]["name"]).replace("{s}", statuses[t])
+    sc.prefix = sg.expand(rng.choice(scene["probe_cued"] if cue else scene["probe"]), rng).replace(
+        "{p}", prods[t]["name"]).replace("{s}", statuses[t])
     sc.extra = {"products": [p["name"] for p in prods], "answer_product": prods[t]["name"]}
     return sc
 
 
 def _scene_product(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
-    sc = _Scene()
+    scene, sc = _RETENTION["scenes"]["product"], _Scene()
     prods = [p["name"] for p in rng.sample(kb.products, n)]
     t = rng.randrange(n)
     sc.values = prods
     sc.pool = [p["name"] for p in kb.products if p["name"] not in prods]
-    word = {2: "two", 3: "three"}[n]
-    sc.opening = (f"[I have|I've got|We have] {word} Nimbus devices [at home|in the house] and one of them [is acting "
-                  f"up|has a problem|is giving me trouble].", {})
-    sc.opening_bot = "[Sorry to hear that.|Let's sort that out.|I can help with that.] [Which devices do you have?|Tell me about them.|What's going on?]"
+    sc.opening = (_fill(scene["opening"], {"count": _COUNT_WORD[n]}), {})
+    sc.opening_bot = scene["opening_bot"]
     statuses = []
     for i in range(n):
-        status = rng.choice(_DEVICE_ISSUE) if i == t else rng.choice(_DEVICE_FINE)
+        status = rng.choice(_RETENTION["device_issues"]) if i == t else rng.choice(_RETENTION["device_fine"])
         statuses.append(status)
-        user = rng.choice(["[The|My] {p} {s}.", "[There's|There is] [the|a] {p}[, it|, which] {s}.",
-                           "[Then|Also] the {p}: it {s}."])
-        bot = _echo(rng, echo, "[Noted|Okay|Thanks], the {p}.")
+        user = rng.choice(scene["mention_user"])
+        bot = _echo(rng, echo, scene["mention_bot"])
         if i < n - 1:
-            bot += " " + sg.expand(rng.choice(["[And the other one?|What else do you have?|Go on.]"]), rng)
+            bot += " " + sg.expand(rng.choice(scene["ask_next"]), rng)
         sc.mentions.append((user, bot, {"p": prods[i], "s": status}))
     sc.answer, sc.role = t, "faulty_device"
-    sc.prefix = sg.expand(rng.choice([
-        "[Okay|Alright|Thanks]. I've [opened|started] a warranty claim for your",
-        "[To recap|So], we'll replace your",
-        "[Good news|Okay]: a technician will look at your"] if not cue else [
-        "[I'm sorry|Sorry] [it|that it] {s}. I've [opened|started] a warranty claim for your"]), rng).replace("{s}", statuses[t])
+    sc.prefix = sg.expand(rng.choice(scene["probe_cued"] if cue else scene["probe"]), rng).replace("{s}", statuses[t])
     return sc
 
 
+# Address mentions in order, per layout: a shipping address (maybe corrected by "fix") and a billing one.
+_ADDRESS_LAYOUTS = {2: {"correction": ["ship", "fix"], "ship_bill": ["ship", "bill"], "bill_ship": ["bill", "ship"]},
+                    3: {"ship_bill_fix": ["ship", "bill", "fix"], "bill_ship_fix": ["bill", "ship", "fix"],
+                        "ship_fix_bill": ["ship", "fix", "bill"]}}
+
+
 def _scene_address(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
-    sc = _Scene()
+    scene, sc = _RETENTION["scenes"]["address"], _Scene()
     addrs = _distinct(_address, n + 12, rng)
     sc.pool = addrs[n:]
     product = rng.choice(kb.products)["name"]
-    sc.opening = ("[My|The] {prod} [arrived damaged|is faulty|died] and [you're sending|I was promised] a replacement.",
-                  {"prod": product})
-    sc.opening_bot = "[I'm sorry about that.|Sorry for the trouble.] [Let's get the replacement out.|I'll arrange the replacement.] [Where should it go?|What address should we use?]"
-    # roles: ship (possibly corrected) and bill; entities in mention order
-    if n == 2:
-        layout = rng.choice(["correction", "ship_bill", "bill_ship"])
-    else:
-        layout = rng.choice(["ship_bill_fix", "bill_ship_fix", "ship_fix_bill"])
-    ship_first = ["[Ship it to|Please send it to|Send the replacement to] {a}.", "[It should go to|Use] {a}[, please|]."]
-    bill = ["[The invoice|Billing] [should stay on|goes to] my home address, {a}.",
-            "[Keep|Please keep] my home address, {a}, as the billing address[ for invoices|]."]
-    fix = ["[Oh wait|Sorry|Actually], [that's my old address|I gave you the wrong address]. [I moved last month|We just "
-           "moved]; [please use|the right one is] {a}.", "[Wait|Hold on], [scratch that|correction]: ship it to {a} "
-           "instead[, that's my new place|]."]
-    steps = {"correction": ["ship", "fix"], "ship_bill": ["ship", "bill"], "bill_ship": ["bill", "ship"],
-             "ship_bill_fix": ["ship", "bill", "fix"], "bill_ship_fix": ["bill", "ship", "fix"],
-             "ship_fix_bill": ["ship", "fix", "bill"]}[layout]
-    bank = {"ship": ship_first, "bill": bill, "fix": fix}
-    bot_bank = {"ship": "[Thanks|Got it], {a} [for the shipment|as the delivery address].",
-                "bill": "[Noted|Okay], invoices go to {a}.", "fix": "[Updated|No problem]: {a} [it is|is the new delivery address]."}
-    roles = {}
-    for i, step in enumerate(steps):
-        sc.mentions.append((rng.choice(bank[step]), _echo(rng, echo, bot_bank[step]), {"a": addrs[i]}))
-        roles[step] = i
-    ship = roles.get("fix", roles.get("ship"))
-    targets = ["ship"] + (["bill"] if "bill" in roles else [])
-    target = rng.choice(targets)
+    sc.opening = (scene["opening"], {"prod": product})
+    sc.opening_bot = scene["opening_bot"]
+    layout = rng.choice(list(_ADDRESS_LAYOUTS[n]))
+    roles = _mention_roles(sc, scene, _ADDRESS_LAYOUTS[n][layout], "a", addrs, rng, echo)
+    target = rng.choice(["ship"] + (["bill"] if "bill" in roles else []))
     sc.values = addrs[:n]
     if target == "ship":
-        sc.answer, sc.role = ship, "shipping_address"
+        sc.answer, sc.role = roles.get("fix", roles.get("ship")), "shipping_address"
         sc.corrected = "fix" in roles
-        bank = ["[Great|Perfect|All set]. Your replacement {p} will ship to",
-                "[Okay|Done]. The new {p} [goes|is going] out to",
-                "[To recap|So], we'll deliver the replacement to"]
-        if cue:
-            bank = (["[Got it|Noted], [you've moved|you just moved]. The replacement will ship to your new address,"]
-                    if sc.corrected else ["[Okay|Done]. As you asked, [we'll ship it to|we'll send the replacement to]"])
+        probes = scene["probes"]["ship"]
+        bank = (probes["cued_corrected"] if sc.corrected else probes["cued"]) if cue else probes["plain"]
         sc.prefix = sg.expand(rng.choice(bank), rng).replace("{p}", product)
     else:
         sc.answer, sc.role = roles["bill"], "billing_address"
-        sc.prefix = sg.expand(rng.choice(["[Great|Perfect|All set]. Invoices will [still |]go to",
-                                          "[To recap|So], the billing address stays",
-                                          "[Okay|Done]. We'll keep billing you at"] if not cue else [
-                                          "[Okay|Done]. Invoices stay on your home address,"]), rng)
+        sc.prefix = _probe_prefix(scene["probes"]["bill"], cue, rng)
     sc.extra = {"layout": layout}
     return sc
 
 
 def _scene_card(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
-    sc = _Scene()
+    scene, sc = _RETENTION["scenes"]["card"], _Scene()
     cards = _distinct(_card, n + 12, rng)
     sc.pool = cards[n:]
-    product = rng.choice(kb.products)["name"]
-    sc.opening = ("[I'm returning|I sent back] the {prod} and need [a refund|my money back]. [Also a billing change.|"
-                  "And I want to update my card.]", {"prod": product})
-    sc.opening_bot = "[I can help with both.|Sure, let's do both.|No problem.] [Which card did you pay with?|Tell me about the cards.]"
-    charged = ["[I paid with|I paid for it with] [my|the] card ending in {c}.",
-               "I paid [with|using] the card ending in {c}[, which has since expired|]."]
-    new = ["[From now on|Going forward], please bill my plan to my new card ending in {c}.",
-           "[Please switch|Switch] my subscription to my new card ending in {c}."]
-    declined = ["[I also tried|I first tried] [my debit card|another card] ending in {c} but it was declined.",
-                "[Ignore|Don't use] the card ending in {c}; [it's my partner's|it's cancelled]."]
-    bot_bank = {"charged": "[Thanks|Got it]: paid with the card ending in {c}.",
-                "new": "[Noted|Okay], future bills go to the card ending in {c}.",
-                "declined": "[Noted|Okay], not the card ending in {c}."}
+    sc.opening = (scene["opening"], {"prod": rng.choice(kb.products)["name"]})
+    sc.opening_bot = scene["opening_bot"]
     steps = rng.sample(["charged", "new"], 2)
     if n == 3:
         steps.insert(rng.randrange(3), "declined")
-    bank = {"charged": charged, "new": new, "declined": declined}
-    roles = {}
-    for i, step in enumerate(steps):
-        sc.mentions.append((rng.choice(bank[step]), _echo(rng, echo, bot_bank[step]), {"c": cards[i]}))
-        roles[step] = i
+    roles = _mention_roles(sc, scene, steps, "c", cards, rng, echo)
     sc.values = cards[:n]
-    if rng.random() < 0.5:
-        sc.answer, sc.role = roles["charged"], "refund_card"
-        sc.prefix = sg.expand(rng.choice(["[Done|All set]. The refund goes back to the original payment method, the card ending in",
-                                          "[Okay|Great]. You'll see the refund on the card ending in",
-                                          "[To recap|So], the refund is issued to the card ending in"] if not cue else [
-                                          "[Done|All set]. The refund goes back to the card you paid with, ending in"]), rng)
-    else:
-        sc.answer, sc.role = roles["new"], "billing_card"
-        sc.prefix = sg.expand(rng.choice(["[Done|All set]. From the next billing cycle, your plan is charged to the card ending in",
-                                          "[Okay|Great]. Your subscription now bills to the card ending in",
-                                          "[To recap|So], future invoices go to the card ending in"] if not cue else [
-                                          "[Done|All set]. Your plan now bills to your new card ending in"]), rng)
+    target = "charged" if rng.random() < 0.5 else "new"
+    sc.answer, sc.role = roles[target], {"charged": "refund_card", "new": "billing_card"}[target]
+    sc.prefix = _probe_prefix(scene["probes"][target], cue, rng)
     sc.extra = {"layout": "_".join(steps)}
     return sc
 
 
 def _scene_email(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
-    sc = _Scene()
-    first, last = rng.choice(sg._FIRST), rng.choice(sg._LAST)
+    scene, sc = _RETENTION["scenes"]["email"], _Scene()
+    first, last = rng.choice(_PEOPLE["first_names"]), rng.choice(_PEOPLE["last_names"])
     emails = _distinct(lambda r: _email(r, first if r.random() < 0.7 else None, last if r.random() < 0.7 else None),
                        n + 12, rng)
     sc.pool = emails[n:]
-    sc.opening = ("[I need to|I'd like to|Can you] [update|change] the email on my account[, please|]?", {})
-    sc.opening_bot = "[Sure, I can update that.|Of course.|No problem.] [What's the current email, and the new one?|Which addresses?]"
-    old = ["[The old one is|My old email is|The old address is] {e}[ but I don't use it anymore|].",
-           "[It's under|The account is under] my old email, {e}, [at the moment|for now]."]
-    new = ["[The new one is|My new email is|Please change it to my new one,] {e}.",
-           "[Use|Switch it to] my new email, {e}, from now on."]
-    work = ["[Oh, and|Also,] [invoices|receipts] should go to my work email, {e}.",
-            "[Keep|Please send] [invoices|receipts] to my work email, {e}[, please|]."]
-    bot_bank = {"old": "[Found it|Got it]: {e}.", "new": "[Noted|Okay], {e} [it is|will be the new email].",
-                "work": "[Sure|Noted], invoices to {e}."}
+    sc.opening = (scene["opening"], {})
+    sc.opening_bot = scene["opening_bot"]
     steps = ["old", "new"] if rng.random() < 0.6 else ["new", "old"]
     if n == 3:
         steps.insert(rng.randrange(3), "work")
-    bank = {"old": old, "new": new, "work": work}
-    roles = {}
-    for i, step in enumerate(steps):
-        sc.mentions.append((rng.choice(bank[step]), _echo(rng, echo, bot_bank[step]), {"e": emails[i]}))
-        roles[step] = i
+    roles = _mention_roles(sc, scene, steps, "e", emails, rng, echo)
     sc.values = emails[:n]
     target = rng.choice(["new", "old"] + (["work"] if n == 3 else []))
     sc.answer = roles[target]
     sc.role = {"new": "new_email", "old": "old_email", "work": "invoice_email"}[target]
     sc.corrected = target == "new"
-    cued = {"new": ["[Done|All set]. I've sent a confirmation code to your new email,"],
-            "old": ["[Done|All set]. For security, a notice about this change went to your old email,"],
-            "work": ["[Done|All set]. Invoices will keep going to your work email,"]}
-    sc.prefix = sg.expand(rng.choice(cued[target] if cue else {
-        "new": ["[Done|All set]. I've sent a confirmation code to", "[Okay|Great]. Your login email is now",
-                "[To recap|So], from now on we'll email you at"],
-        "old": ["[Done|All set]. For security, a notice about this change went to your previous address,",
-                "[Okay|Great]. We've retired the address", "[To recap|So], we removed"],
-        "work": ["[Done|All set]. Invoices will keep going to", "[Okay|Great]. Receipts will be sent to",
-                 "[To recap|So], billing emails go to"]}[target]), rng)
+    sc.prefix = _probe_prefix(scene["probes"][target], cue, rng)
     sc.extra = {"layout": "_".join(steps)}
     return sc
 
 
 def _scene_name(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
-    sc = _Scene()
+    scene, sc = _RETENTION["scenes"]["name"], _Scene()
     family = rng.random() < 0.6
-    last = rng.choice(sg._LAST)
+    last = rng.choice(_PEOPLE["last_names"])
     names = _distinct(lambda r: _name(r, last if family else None), n, rng)
     sc.pool = _distinct(lambda r: _name(r, last if family and r.random() < 0.5 else None), 12, rng, avoid=names)
-    rel = rng.choice(["parent", "partner", "grandparent", "spouse", "sibling"])
-    sc.opening = (f"[I'm calling|I'm writing] about my {rel}'s account[, I help with the tech stuff|; they asked me to "
-                  f"handle it].", {})
-    sc.opening_bot = "[Happy to help.|Sure.|Thanks for helping them out.] [Who is the account holder, and who am I speaking with?|Can I get the names?]"
-    holder = [f"The account holder is my {rel}, {{n}}.", f"[It's|The account is] in my {rel}'s name: {{n}}, the account holder."]
-    caller = ["[And I'm|I'm|My name is] {n}.", "[This is|You're talking to] {n}."]
-    tech = ["[My cousin|Another relative,|My nephew] {n}[,|] set it all up originally[, if that matters|]."]
-    bot_bank = {"holder": "[Thanks|Noted]: the account holder is {n}.", "caller": "[Nice to meet you|Hi], {n}.",
-                "tech": "[Okay|Noted], {n} did the setup."}
+    rel = rng.choice(_RETENTION["relations"])
+    sc.opening = (_fill(scene["opening"], {"rel": rel}), {})
+    sc.opening_bot = scene["opening_bot"]
     steps = rng.sample(["holder", "caller"], 2)
     if n == 3:
         steps.insert(rng.randrange(3), "tech")
-    bank = {"holder": holder, "caller": caller, "tech": tech}
-    roles = {}
-    for i, step in enumerate(steps):
-        sc.mentions.append((rng.choice(bank[step]), _echo(rng, echo, bot_bank[step]), {"n": names[i]}))
-        roles[step] = i
+    roles = _mention_roles(sc, scene, steps, "n", names, rng, echo, {"rel": rel})
     sc.values = names
     target = rng.choice(["holder", "caller"])
     sc.answer, sc.role = roles[target], {"holder": "account_holder", "caller": "caller"}[target]
-    cued = {"holder": [f"[Done|All set]. I've noted that the account holder, your {rel}, is"],
-            "caller": [f"[Thank you|Thanks] for writing in for your {rel},"]}
-    sc.prefix = sg.expand(rng.choice(cued[target] if cue else {
-        "holder": ["[Done|All set]. I've noted that the account holder is", "[To recap|So], the account stays in the name of",
-                   "[Okay|Great]. The confirmation letter is addressed to"],
-        "caller": ["[Done|All set]. I've added you as an authorized helper,", "[Thanks for your patience|Thank you so much],",
-                   "[Okay|Great]. I've noted that this request was made by"]}[target]), rng)
+    sc.prefix = _probe_prefix(scene["probes"][target], cue, rng, {"rel": rel})
     sc.extra = {"relation": rel, "shared_last_name": family}
     return sc
 
@@ -645,37 +540,30 @@ _MENTION_ORDINAL = ("first", "second", "third")
 
 
 def _digression(kind: str, rng: Random, kb: sg.KnowledgeBase) -> tuple[str, str, dict]:
-    if kind == "small_talk":
-        user, bot = rng.choice(_SMALL_TALK)
-        return user, bot, {}
-    if kind == "troubleshooting":
-        user, bot = rng.choice(_TROUBLE)
+    """(user turn, assistant turn, metadata) of a side exchange: small talk, a troubleshooting
+    question or a policy question answered with a fact."""
+    if kind in ("small_talk", "troubleshooting"):
+        user, bot = rng.choice(_RETENTION["digressions"][kind])
         return user, bot, {}
     facts = [f for f in kb.facts if f.group in ("policy", "plan")]
     fact = rng.choice(facts)
-    lead = sg.expand(rng.choice(["[Also,|One more thing:|Oh, and|Another question:] ", "", "By the way, "]), rng)
+    lead = sg.expand(rng.choice(_RETENTION["digressions"]["policy_question_leads"]), rng)
     q = sg.question(fact, rng)
     if lead and not lead.endswith(": ") and q[1:2].islower() and q[:2] not in ("I ", "I'"):
         q = q[0].lower() + q[1:]
-    return sg._esc(lead + q), sg._esc(rng.choice(sg.ANSWER_OPENERS) + sg._fact_sentence(fact, rng)), {"fact": fact.fact_id}
+    answer = rng.choice(sg.ANSWER_OPENERS) + sg.fact_sentence(fact, rng)
+    return sg.escape_template(lead + q), sg.escape_template(answer), {"fact": fact.fact_id}
 
 
-def _retention_item(i: int, kb: sg.KnowledgeBase, s: ChatItemSettings) -> dict[str, Any]:
-    r = s.retention
-    rng = Random(f"chat-rt:{s.seed}:{i}")
-    probe = _weighted(r.probe_mix, rng)
-    n_ent = rng.randint(*r.entities)
-    n_between = rng.randint(*r.digressions_between)
-    n_after = rng.randint(*r.digressions)
-    style = rng.choice(sg.STYLES)
-    cue = rng.random() < r.restate_cue
-    sc = _SCENES[probe](rng, n_ent, kb, r.assistant_echo, cue)
-
-    c = sg._Conv(rng, style)
-    c.slots = {"agent": rng.choice(sg._AGENTS)}
-    opener = rng.choice(sg.OPENERS[style])
+def _play_scene(sc: _Scene, style: str, n_between: int, n_after: int, mix: DigressionMix, kb: sg.KnowledgeBase,
+                rng: Random) -> tuple[sg.ConversationBuilder, list[int], list[dict[str, Any]]]:
+    """(conversation, turn of each mention, digressions): the opening, the mentions with digressions
+    between them, then ``n_after`` digressions; the customer's final line is not said yet."""
+    c = sg.ConversationBuilder(rng, style)
+    c.slots = {"agent": rng.choice(_PEOPLE["agents"])}
+    opener = rng.choice(_DIALOGUE["openers"][style])
     c.say("user", opener + sc.opening[0], **sc.opening[1])
-    greet = rng.choice(sg.GREET_BOT) + " " if rng.random() < 0.5 else ""
+    greet = rng.choice(_DIALOGUE["greet_bot"]) + " " if rng.random() < 0.5 else ""
     c.say("assistant", greet + sc.opening_bot)
     # digressions between mentions go after a random mention other than the last
     between_at = sorted(rng.randrange(len(sc.mentions) - 1) for _ in range(n_between))
@@ -683,7 +571,7 @@ def _retention_item(i: int, kb: sg.KnowledgeBase, s: ChatItemSettings) -> dict[s
     digs: list[dict[str, Any]] = []
 
     def digress() -> None:
-        kind = _weighted(r.digression_mix, rng)
+        kind = _weighted(mix, rng)
         u, b, meta = _digression(kind, rng, kb)
         c.say("user", u)
         c.say("assistant", b)
@@ -697,8 +585,22 @@ def _retention_item(i: int, kb: sg.KnowledgeBase, s: ChatItemSettings) -> dict[s
             digress()
     for _ in range(n_after):
         digress()
+    return c, mention_turn, digs
+
+
+def _retention_item(i: int, kb: sg.KnowledgeBase, s: ChatItemSettings) -> dict[str, Any]:
+    r = s.retention
+    rng = Random(f"chat-rt:{s.seed}:{i}")
+    probe = _weighted(r.probe_mix, rng)
+    n_ent = rng.randint(*r.entities)
+    n_between = rng.randint(*r.digressions_between)
+    n_after = rng.randint(*r.digressions)
+    style = rng.choice(sg.STYLES)
+    cue = rng.random() < r.restate_cue
+    sc = _SCENES[probe](rng, n_ent, kb, r.assistant_echo, cue)
+    c, mention_turn, digs = _play_scene(sc, style, n_between, n_after, r.digression_mix, kb, rng)
     last_mention_turns = {v: max(t for t, turn in enumerate(c.turns) if v in turn["text"]) for v in sc.values}
-    c.say("user", rng.choice(_FINAL_USER))
+    c.say("user", rng.choice(_RETENTION["final_user"]))
     turns = [{"role": "system", "text": s.system_prompt}] + c.turns
     prefix = sc.prefix.rstrip()
     answer_value = sc.values[sc.answer]
@@ -709,12 +611,11 @@ def _retention_item(i: int, kb: sg.KnowledgeBase, s: ChatItemSettings) -> dict[s
         raise RuntimeError(f"retention item {i}: not enough distractors")
     choices, answer = picked
     probe_turn = len(c.turns)  # the open assistant turn (without the system turn)
-    ans_last = last_mention_turns[answer_value]
     latest = max(sc.values, key=lambda v: (last_mention_turns[v], sc.values.index(v)))
     meta = {"probe_type": probe, "role": sc.role, "style": style, "n_entities": n_ent, "restated_cue": cue,
             "answer_mention": _MENTION_ORDINAL[sc.answer], "answer_is_latest_mention": latest == answer_value,
             "answer_is_correction": sc.corrected, "n_digressions": n_after, "n_digressions_between": n_between,
-            "digressions": [d["type"] for d in digs], "gap_turns": probe_turn - ans_last,
+            "digressions": [d["type"] for d in digs], "gap_turns": probe_turn - last_mention_turns[answer_value],
             "source_turn": mention_turn[sc.answer], "recall_turn": probe_turn, "n_turns": len(c.turns) + 1,
             "answer_echoed": any(answer_value in t["text"] for t in c.turns if t["role"] == "assistant"),
             "confusables_in_context": [v for v in confusables if v in context], **sc.extra}

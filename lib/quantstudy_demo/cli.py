@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Each command imports its module on use: `model` and `card` pull in torch and transformers.
     if args.command == "data":
         from quantstudy_demo.supportgen import write_demo_data
 

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantstudy import data
+from quantstudy.paths import resolve
 from quantstudy.steps import evaluate as E
 from quantstudy.steps import quantize as Q
-from quantstudy.paths import resolve
+from quantstudy.steps.calibration import draw_set
 
 TASK_LABELS = {"policy_closed_book": "closed-book policy", "policy_grounded": "grounded policy",
                "retention": "multi-turn retention"}
 
 
 def _calib_samples(tokenizer, texts: list[str], n_blocks: int, seq_len: int, seed: int) -> list[list[int]]:
-    from quantstudy.steps.calibration import draw_set
-
     return draw_set(texts, tokenizer, n_blocks, seq_len, seed, "card")["samples"]
 
 
@@ -43,15 +43,9 @@ def _compare(base: dict, cand: dict, streams: dict, n: int, seed: int) -> dict:
     return out
 
 
-def measure(model_dir: str | Path = "models/demo-support-lm", data_dir: str | Path = "data/demo",
-            eval_tokens: int = 40000, calib_blocks: int = 64, seq_len: int = 256, bootstrap: int = 1000,
-            seed: int = 0) -> dict:
-    """Every number of the card, measured now."""
-    from quantstudy import data
-
-    model_dir, data_dir = resolve(model_dir), resolve(data_dir)
-    t0 = time.time()
-    base_model, tok, _ = Q.load_checkpoint(model_dir)
+def _card_data(data_dir: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list], dict]:
+    """(eval texts, calibration texts, task items by task, domain lexicon); texts per domain
+    (``generic``: Wikipedia, ``in_domain``: support conversations)."""
     convs = data.read_conversations(data_dir / "conversations.jsonl")
     lexicon = json.loads((data_dir / "domain_lexicon.json").read_text())
     wiki = data.load_wiki()
@@ -62,12 +56,13 @@ def measure(model_dir: str | Path = "models/demo-support-lm", data_dir: str | Pa
     items: dict[str, list] = {}
     for it in data.read_task_items(data_dir / "task_items.jsonl"):
         items.setdefault(it["task"], []).append(it)
-    streams = {d: E.build_stream(tok, texts[d], 256, 128, eval_tokens, lexicon) for d in texts}
-    base = E.evaluate_model(base_model, tok, streams, items, name="fp16", keep_logprobs=False)
-    outliers = Q.activation_outliers(base_model, [torch.tensor(s[:seq_len])[None] for s in
-                                                  _calib_samples(tok, calib["in_domain"], 16, seq_len, seed)])
-    del base_model
+    return texts, calib, items, lexicon
 
+
+def _evaluate_quantized(model_dir: Path, tok, calib: dict[str, list[str]], streams: dict, items: dict[str, list],
+                        calib_blocks: int, seq_len: int, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(variants: name -> quantization record and path, results: name -> evaluation) for RTN at 4
+    and 3 bits and AWQ 4-bit calibrated on in-domain and on generic text (checkpoints in a temp folder)."""
     variants: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="card-"))
     try:
@@ -86,18 +81,36 @@ def measure(model_dir: str | Path = "models/demo-support-lm", data_dir: str | Pa
             del m
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return variants, results
 
-    def summary(r):
-        s = {f"ppl_{d}": E.perplexity(r["streams"][d]["nll"]) for d in r["streams"]}
-        s.update({f"{t}_acc": float(r["items"][t]["acc"].mean()) for t in r["items"]})
-        return s
 
+def _summary(r: dict) -> dict:
+    """Perplexity per domain and accuracy per task of one evaluation."""
+    s = {f"ppl_{d}": E.perplexity(r["streams"][d]["nll"]) for d in r["streams"]}
+    s.update({f"{t}_acc": float(r["items"][t]["acc"].mean()) for t in r["items"]})
+    return s
+
+
+def measure(model_dir: str | Path = "models/demo-support-lm", data_dir: str | Path = "data/demo",
+            eval_tokens: int = 40000, calib_blocks: int = 64, seq_len: int = 256, bootstrap: int = 1000,
+            seed: int = 0) -> dict:
+    """Every number of the card, measured now."""
+    model_dir, data_dir = resolve(model_dir), resolve(data_dir)
+    t0 = time.time()
+    base_model, tok, _ = Q.load_checkpoint(model_dir)
+    texts, calib, items, lexicon = _card_data(data_dir)
+    streams = {d: E.build_stream(tok, texts[d], 256, 128, eval_tokens, lexicon) for d in texts}
+    base = E.evaluate_model(base_model, tok, streams, items, name="fp16", keep_logprobs=False)
+    outliers = Q.activation_outliers(base_model, [torch.tensor(s[:seq_len])[None] for s in
+                                                  _calib_samples(tok, calib["in_domain"], 16, seq_len, seed)])
+    del base_model
+    variants, results = _evaluate_quantized(model_dir, tok, calib, streams, items, calib_blocks, seq_len, seed)
     card = {
-        "baseline": summary(base),
+        "baseline": _summary(base),
         "chance": {t: float(np.mean([1 / len(i["choices"]) for i in v])) for t, v in items.items()},
         "n_items": {t: len(v) for t, v in items.items()},
         "eval_tokens": {d: s.n_tokens for d, s in streams.items()},
-        "variants": {name: {"summary": summary(r), "vs_baseline": _compare(base, r, streams, bootstrap, seed),
+        "variants": {name: {"summary": _summary(r), "vs_baseline": _compare(base, r, streams, bootstrap, seed),
                             "search_wall_s": variants[name]["record"].get("search_wall_s")}
                      for name, r in results.items()},
         "category_damage_rtn4": E.category_damage(base["streams"]["in_domain"]["nll"],
@@ -116,10 +129,9 @@ def _fmt_ci(ci: dict, digits: int = 2) -> str:
     return f"{ci['point']:+.{digits}f} [{ci['lo']:+.{digits}f}, {ci['hi']:+.{digits}f}]"
 
 
-def render(card: dict, record: dict, attempts: list[dict]) -> str:
-    """Markdown model card from measured numbers only."""
+def _render_training(record: dict) -> list[str]:
+    """Front matter, what the model is, its architecture, training and training curve."""
     cfg = record["config"]
-    b = card["baseline"]
     lines = [
         "---", "license: cc-by-sa-4.0", "library_name: transformers", "pipeline_tag: text-generation", "---", "",
         "# demo-support-lm", "",
@@ -145,9 +157,14 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
     ]
     for c in record["curve"]:
         lines.append(f"| {c['step']} | {c['tokens']:,} | {c['train_loss']:.3f} | {c['generic_eval_ppl']:.1f} | {c['indomain_eval_ppl']:.3f} |")
-    lines += ["", "![training curve](training_curve.png)", "",
-              "## Full-precision quality (held-out)", "",
-              "| metric | value | chance |", "|---|---:|---:|"]
+    return lines + ["", "![training curve](training_curve.png)", ""]
+
+
+def _render_quality(card: dict) -> list[str]:
+    """Full-precision accuracy and perplexity, then every variant's change against it."""
+    b = card["baseline"]
+    lines = ["## Full-precision quality (held-out)", "",
+             "| metric | value | chance |", "|---|---:|---:|"]
     for t, label in TASK_LABELS.items():
         if f"{t}_acc" in b:
             lines.append(f"| {label} accuracy ({card['n_items'][t]} items) | {100 * b[f'{t}_acc']:.1f}% | {100 * card['chance'][t]:.0f}% |")
@@ -164,7 +181,12 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
         c = v["vs_baseline"]
         lines.append(f"| {name} | {_fmt_ci(c['policy_closed_book_pts'], 1)} | {_fmt_ci(c['policy_grounded_pts'], 1)} | "
                      f"{_fmt_ci(c['retention_pts'], 1)} | {_fmt_ci(c['ppl_in_domain_pct'])} | {_fmt_ci(c['ppl_generic_pct'])} |")
-    lines += ["", "### Acceptance criteria", ""]
+    return lines
+
+
+def _render_criteria(card: dict) -> list[str]:
+    """The two acceptance criteria (4-bit RTN hurts; in-domain AWQ recovers part of it) and the verdict."""
+    lines = ["", "### Acceptance criteria", ""]
     rtn = card["variants"]["RTN 4-bit"]["vs_baseline"]
     hurt = rtn["ppl_in_domain_pct"]["lo"] > 0
     lines.append(f"- **4-bit RTN measurably hurts in-domain quality:** in-domain perplexity {_fmt_ci(rtn['ppl_in_domain_pct'])}% "
@@ -181,6 +203,10 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
                      f"closed-book accuracy {_fmt_ci(comp['policy_closed_book_pts'], 1)} pts; log-prob margin of the "
                      f"right answer: closed-book {_fmt_ci(comp['policy_closed_book_margin'], 3)}, "
                      f"retention {_fmt_ci(comp['retention_margin'], 3)}.")
+    return lines + _render_verdict(card, rtn, hurt, any(recovered))
+
+
+def _render_verdict(card: dict, rtn: dict, hurt: bool, recovered: bool) -> list[str]:
     rtn_ppl = rtn["ppl_in_domain_pct"]["point"]
     awq_in = next((v["vs_baseline"]["ppl_in_domain_pct"]["point"] for n, v in card["variants"].items()
                    if n.startswith("AWQ") and "in-domain" in n), None)
@@ -194,19 +220,23 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
     outlier_note = (f"activation outliers are mild (median layer max/median {median_ratio:.1f}), so AWQ has little to protect"
                     if median_ratio < 3 else
                     f"activation outlier channels reach {ratios[-1]:.0f}x the median (median layer {median_ratio:.1f}x)")
-    lines += ["", f"**Verdict.** Criterion 1 is {'met' if hurt else 'not met'}"
-              f"{' (+' + format(rtn_ppl, '.2f') + '% in-domain perplexity; ' + acc_note + ')' if hurt else ''}. "
-              f"Criterion 2 is {'met' if any(recovered) else 'not met at the 95% level'}: in-domain AWQ removes "
-              f"{100 * share:.0f}% of RTN's in-domain perplexity increase (point estimate). "
-              f"On this model {outlier_note}; see the table below and what was tried. The effects are small next to "
-              "a real LLM's, because the model is tiny and its in-domain text is easy to predict.", ""]
+    return ["", f"**Verdict.** Criterion 1 is {'met' if hurt else 'not met'}"
+            f"{' (+' + format(rtn_ppl, '.2f') + '% in-domain perplexity; ' + acc_note + ')' if hurt else ''}. "
+            f"Criterion 2 is {'met' if recovered else 'not met at the 95% level'}: in-domain AWQ removes "
+            f"{100 * share:.0f}% of RTN's in-domain perplexity increase (point estimate). "
+            f"On this model {outlier_note}; see the table below and what was tried. The effects are small next to "
+            "a real LLM's, because the model is tiny and its in-domain text is easy to predict.", ""]
+
+
+def _render_outliers_and_attempts(card: dict, attempts: list[dict]) -> list[str]:
+    """Where 4-bit RTN hurts, the per-layer activation outliers, what was tried and how to load the model."""
     dmg = card["category_damage_rtn4"]
-    lines += ["", "Where 4-bit RTN hurts (mean NLL change per in-domain token category, millinats): " +
-              ", ".join(f"{k} {1000 * v['delta_nll']:+.2f} ({v['tokens']} tokens)" for k, v in dmg.items()), "",
-              "## Activation outliers", "",
-              "Per linear layer: largest / median of the per-input-channel mean |activation| on in-domain text. "
-              "Real LLMs show a few channels tens to hundreds of times the median; those are the channels AWQ protects.", "",
-              "| layer | max / median | top channel |", "|---|---:|---:|"]
+    lines = ["", "Where 4-bit RTN hurts (mean NLL change per in-domain token category, millinats): " +
+             ", ".join(f"{k} {1000 * v['delta_nll']:+.2f} ({v['tokens']} tokens)" for k, v in dmg.items()), "",
+             "## Activation outliers", "",
+             "Per linear layer: largest / median of the per-input-channel mean |activation| on in-domain text. "
+             "Real LLMs show a few channels tens to hundreds of times the median; those are the channels AWQ protects.", "",
+             "| layer | max / median | top channel |", "|---|---:|---:|"]
     for o in card["outliers"]:
         lines.append(f"| {o['layer']} | {o['max_over_median']:.1f} | {o['top_channel']} |")
     lines += ["", "## What was tried", "",
@@ -217,11 +247,17 @@ def render(card: dict, record: dict, attempts: list[dict]) -> str:
               "model = AutoModelForCausalLM.from_pretrained(\"models/demo-support-lm\")",
               "tokenizer = AutoTokenizer.from_pretrained(\"models/demo-support-lm\")", "```", "",
               f"Card measured by `quantstudy-demo card` in {card['wall_s']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def render(card: dict, record: dict, attempts: list[dict]) -> str:
+    """Markdown model card from measured numbers only."""
+    return "\n".join(_render_training(record) + _render_quality(card) + _render_criteria(card)
+                     + _render_outliers_and_attempts(card, attempts))
 
 
 def plot_curve(record: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only the card needs plotting
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -25,6 +25,7 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from quantstudy import data
 from quantstudy.paths import resolve
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -74,8 +75,6 @@ CONFIGS: dict[str, DemoConfig] = {
 def training_texts(max_wiki: int | None = None, max_conversations: int | None = None,
                    data_dir: str | Path = "data/demo") -> tuple[list[str], list[str], list[str], list[str]]:
     """(generic_train, indomain_train, generic_eval, indomain_eval) texts."""
-    from quantstudy import data
-
     wiki = data.load_wiki()
     generic_train = [t for t, s in zip(wiki["text"], wiki["split"]) if s == "pretrain"]
     generic_eval = [t for t, s in zip(wiki["text"], wiki["split"]) if s == "eval"]
@@ -96,6 +95,7 @@ def training_texts(max_wiki: int | None = None, max_conversations: int | None = 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """Byte-level BPE (no unknown tokens), saved as a Hugging Face fast tokenizer with BOS added."""
+    # lazy: importing transformers takes seconds, and only training needs it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -137,7 +137,8 @@ def _encode(tokenizer, texts: list[str], desc: str) -> list[list[int]]:
 
 
 def build_model(cfg: DemoConfig, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """An untrained Llama of the config's shape for the tokenizer's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # lazy, as in train_tokenizer
 
     for width in (cfg.hidden_size, cfg.intermediate_size):
         if width % 128:
@@ -174,6 +175,64 @@ def _eval_loss(model, windows: torch.Tensor, batch: int) -> float:
     return total / count
 
 
+def _lr_at(cfg: DemoConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay from ``cfg.lr`` to ``cfg.min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+
+
+def _training_windows(cfg: DemoConfig, tokenizer, g_train: list[str], d_train: list[str], g_eval: list[str],
+                      d_eval: list[str]) -> dict[str, torch.Tensor]:
+    """BOS-led token windows: ``generic`` and ``in_domain`` (documents shuffled) to train on,
+    ``generic_eval`` and ``in_domain_eval`` (at most ``cfg.eval_windows`` each) to evaluate on."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    rng = random.Random(cfg.seed)
+    g_docs, d_docs = _encode(tokenizer, g_train, "generic"), _encode(tokenizer, d_train, "in-domain")
+    rng.shuffle(g_docs)
+    rng.shuffle(d_docs)
+    return {"generic": _windows(g_docs, cfg.seq_len, bos, eos), "in_domain": _windows(d_docs, cfg.seq_len, bos, eos),
+            "generic_eval": _windows(_encode(tokenizer, g_eval, "generic eval"), cfg.seq_len, bos, eos)[: cfg.eval_windows],
+            "in_domain_eval": _windows(_encode(tokenizer, d_eval, "in-domain eval"), cfg.seq_len, bos,
+                                       eos)[: cfg.eval_windows]}
+
+
+def _train_steps(model, opt, cfg: DemoConfig, win: dict[str, torch.Tensor]) -> tuple[list[dict], int, float]:
+    """Run ``cfg.steps`` optimizer steps on mixed generic/in-domain batches, evaluating every
+    ``cfg.eval_every``; returns (curve, tokens seen, start time of training)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_generic = round(cfg.batch_size * cfg.generic_share)
+    curve: list[dict] = []
+    tokens_seen = 0
+    t_train = time.time()
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="train demo model")
+    for step in bar:
+        gi = torch.randint(len(win["generic"]), (n_generic,), generator=gen)
+        di = torch.randint(len(win["in_domain"]), (cfg.batch_size - n_generic,), generator=gen)
+        x = torch.cat([win["generic"][gi], win["in_domain"][di]])
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens_seen += x.numel()
+        elapsed = time.time() - t_train
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            gl = _eval_loss(model, win["generic_eval"], cfg.batch_size)
+            dl = _eval_loss(model, win["in_domain_eval"], cfg.batch_size)
+            curve.append({"step": step + 1, "tokens": tokens_seen, "train_loss": round(loss.item(), 4),
+                          "generic_eval_ppl": round(math.exp(gl), 3), "indomain_eval_ppl": round(math.exp(dl), 3),
+                          "minutes": round(elapsed / 60, 2)})
+            tqdm.write(f"step {step + 1}: train loss {loss.item():.3f}  eval ppl generic {math.exp(gl):.2f}"
+                       f"  in-domain {math.exp(dl):.3f}")
+    return curve, tokens_seen, t_train
+
+
 def train_demo_model(config_name: str = "demo", out_dir: str | Path = "models/demo-support-lm",
                      data_dir: str | Path = "data/demo", overrides: dict | None = None,
                      max_wiki: int | None = None, max_conversations: int | None = None) -> dict:
@@ -192,53 +251,12 @@ def train_demo_model(config_name: str = "demo", out_dir: str | Path = "models/de
     t0 = time.time()
     g_train, d_train, g_eval, d_eval = training_texts(max_wiki, max_conversations, data_dir)
     tokenizer = train_tokenizer(g_train + d_train, cfg.vocab_size)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    rng = random.Random(cfg.seed)
-    g_docs, d_docs = _encode(tokenizer, g_train, "generic"), _encode(tokenizer, d_train, "in-domain")
-    rng.shuffle(g_docs)
-    rng.shuffle(d_docs)
-    g_win, d_win = _windows(g_docs, cfg.seq_len, bos, eos), _windows(d_docs, cfg.seq_len, bos, eos)
-    ge_win = _windows(_encode(tokenizer, g_eval, "generic eval"), cfg.seq_len, bos, eos)[: cfg.eval_windows]
-    de_win = _windows(_encode(tokenizer, d_eval, "in-domain eval"), cfg.seq_len, bos, eos)[: cfg.eval_windows]
+    win = _training_windows(cfg, tokenizer, g_train, d_train, g_eval, d_eval)
 
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n_generic = round(cfg.batch_size * cfg.generic_share)
-    curve: list[dict] = []
-    tokens_seen = 0
-    t_train = time.time()
-    model.train()
-    bar = tqdm(range(cfg.steps), desc="train demo model")
-    for step in bar:
-        gi = torch.randint(len(g_win), (n_generic,), generator=gen)
-        di = torch.randint(len(d_win), (cfg.batch_size - n_generic,), generator=gen)
-        x = torch.cat([g_win[gi], d_win[di]])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens_seen += x.numel()
-        elapsed = time.time() - t_train
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            gl, dl = _eval_loss(model, ge_win, cfg.batch_size), _eval_loss(model, de_win, cfg.batch_size)
-            curve.append({"step": step + 1, "tokens": tokens_seen, "train_loss": round(loss.item(), 4),
-                          "generic_eval_ppl": round(math.exp(gl), 3), "indomain_eval_ppl": round(math.exp(dl), 3),
-                          "minutes": round(elapsed / 60, 2)})
-            tqdm.write(f"step {step + 1}: train loss {loss.item():.3f}  eval ppl generic {math.exp(gl):.2f}"
-                       f"  in-domain {math.exp(dl):.3f}")
+    curve, tokens_seen, t_train = _train_steps(model, opt, cfg, win)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.torch_dtype = "float16"
@@ -246,7 +264,7 @@ def train_demo_model(config_name: str = "demo", out_dir: str | Path = "models/de
     tokenizer.save_pretrained(out_dir)
     record = {
         "config_name": config_name, "config": asdict(cfg), "parameters": n_params,
-        "tokens_seen": tokens_seen, "train_windows": {"generic": len(g_win), "in_domain": len(d_win)},
+        "tokens_seen": tokens_seen, "train_windows": {"generic": len(win["generic"]), "in_domain": len(win["in_domain"])},
         "train_wall_s": round(time.time() - t_train, 1), "total_wall_s": round(time.time() - t0, 1),
         "tokens_per_s": round(tokens_seen / (time.time() - t_train), 1), "curve": curve,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
