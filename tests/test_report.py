@@ -30,7 +30,6 @@ def report() -> ModuleType:
     had_attr = hasattr(quantstudy, "report")
     had_modules = {name for name in sys.modules if name == "quantstudy.report" or name.startswith("quantstudy.report.")}
     module = importlib.import_module("quantstudy.report")
-    importlib.import_module("quantstudy.report.figures")
     yield module
     if not had_attr and getattr(quantstudy, "report", None) is module:
         delattr(quantstudy, "report")
