@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantstudy import benchdoc
+from quantstudy.report import benchdoc
 from quantstudy.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,17 +23,20 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    """quantstudy.report, imported here rather than at collection, and forgotten afterwards:
-    test_runner swaps a fake quantstudy.report into sys.modules, which only works while the
-    real module is not already bound as an attribute of the quantstudy package."""
+    """The quantstudy.report package, imported here rather than at collection, and forgotten
+    afterwards (with the submodules it brought in): test_runner swaps a fake quantstudy.report
+    into sys.modules, which only works while the real package is not already bound as an
+    attribute of the quantstudy package."""
     had_attr = hasattr(quantstudy, "report")
-    had_module = "quantstudy.report" in sys.modules
+    had_modules = {name for name in sys.modules if name == "quantstudy.report" or name.startswith("quantstudy.report.")}
     module = importlib.import_module("quantstudy.report")
     yield module
     if not had_attr and getattr(quantstudy, "report", None) is module:
         delattr(quantstudy, "report")
-    if not had_module and sys.modules.get("quantstudy.report") is module:
-        del sys.modules["quantstudy.report"]
+    if "quantstudy.report" not in had_modules and sys.modules.get("quantstudy.report") is module:
+        for name in [n for n in sys.modules if n == "quantstudy.report" or n.startswith("quantstudy.report.")]:
+            if name not in had_modules:
+                del sys.modules[name]
 
 
 @pytest.fixture
@@ -184,7 +187,7 @@ def test_report_numbers_come_from_metrics(built: Path, report: ModuleType) -> No
         assert json.dumps(line["max_drop"]) in text
     # Lessons: the in-domain vs generic sentence carries the measured point and CI.
     eff = next(e for e in m3["calibration_effects"] if e["a"] == "in_domain" and e["b"] == "generic")
-    sentence = report._effect_sentence(eff, "95% CI")
+    sentence = report.sections.effect_sentence(eff, "95% CI")
     assert f"{eff['point']:+,.2f}" in sentence and f"{eff['lo']:+,.2f}" in sentence
     assert ("within noise" in sentence) == eff["within_noise"]
     assert html.escape(sentence, quote=False) in text
@@ -217,7 +220,7 @@ def test_checklist_ticks(built: Path, run_dir: Path, report: ModuleType) -> None
     M = report.load_metrics(run_dir)
     M["manifest"]["params"]["evaluate"]["budget"][0]["max_drop"] = 99.0
     (run_dir / "02_quantize" / "baseline" / "SHA256SUMS").unlink()
-    ticks = {item: ok for ok, item, _ in report._checklist(M, run_dir)}
+    ticks = {item: ok for ok, item, _ in report.sections.checklist(M, run_dir)}
     assert ticks == {"Calibration built": True, "Baseline archived and verified": True,
                      "Budget declared before evaluation": False, "Trap checked": True, "Rollback path present": False}
 
@@ -250,14 +253,14 @@ def test_answer_box_leads_the_report(built: Path) -> None:
 
 def test_answer_lines(run_dir: Path, report: ModuleType) -> None:
     M = report.load_metrics(run_dir)
-    assert [a for a, _ in report.trust_problems(M)] == ["flagged-rtn"]
+    assert [a for a, _ in report.answer.trust_problems(M)] == ["flagged-rtn"]
     # Budget changed after results, a stale step, a step at an older commit: all named.
     man = M["manifest"]
     man["budget_history"] = [{"budget": []}, {"budget": [], "after_results": True}]
     man["steps"]["03_evaluate"]["stale"] = True
     man["steps"]["03_evaluate"]["stale_reason"] = "params changed"
     man["steps"]["04_benchmark"]["git_commit"] = "f" * 40
-    anchors = [a for a, _ in report.trust_problems(M)]
+    anchors = [a for a, _ in report.answer.trust_problems(M)]
     assert anchors == ["verdict", "steps", "flagged-rtn", "steps"]
     box = report.answer_html(M, base="other/report.html", box_id="answer-1")
     assert 'id="answer-1"' in box and "4 warning(s)" in box and "03_evaluate (params changed)" in box
@@ -269,20 +272,20 @@ def test_answer_lines(run_dir: Path, report: ModuleType) -> None:
         if r["checkpoint"] == cand:
             r.update(worst_case=r["limit"] - 0.5 if r["metric"] == "retention_acc" else 0.0, verdict="pass")
     assert "GO</span> for 4-bit" in report.answer_html(M)
-    assert report.deciding_line(M, cand)["metric"] == "retention_acc"
+    assert report.answer.deciding_line(M, cand)["metric"] == "retention_acc"
     # Within noise in plain words.
     e = {"metric": "indomain_ppl", "unit": "% perplexity", "a": "in_domain", "b": "generic", "point": -0.4,
          "lo": -1.0, "hi": 0.2, "draws": [3, 3], "within_noise": True}
-    assert report.effect_clause(e, "95% CI") == ("in-domain perplexity: no measurable difference (-0.40%, 95% CI "
+    assert report.answer.effect_clause(e, "95% CI") == ("in-domain perplexity: no measurable difference (-0.40%, 95% CI "
                                                  "[-1.00, +0.20]: the interval includes 0)")
 
 
 def test_candidate_rule_not_recorded_in_older_runs(run_dir: Path, report: ModuleType) -> None:
     M = report.load_metrics(run_dir)
-    assert "not recorded" in report._candidate_md(M)
+    assert "not recorded" in report.outcome.candidate_md(M)
     cand = _record_candidate_rule(run_dir)
     M = report.load_metrics(run_dir)
-    md = report._candidate_md(M)
+    md = report.outcome.candidate_md(M)
     assert cand["rule_text"] in md and "runner-up" in md and "FAILS the offline budget" in md
 
 
@@ -290,7 +293,7 @@ def test_pdf_skipped_without_chromium(tmp_path: Path, report: ModuleType, monkey
     page = tmp_path / "report.html"
     page.write_text("<html><body>x</body></html>")
     (tmp_path / "report.pdf").write_bytes(b"%PDF old")
-    monkeypatch.setattr(report, "find_chromium", lambda: None)
+    monkeypatch.setattr(report.pdf, "find_chromium", lambda: None)
     line = report.write_pdf(page)
     assert line.startswith("PDF skipped") and "\n" not in line
     assert not (tmp_path / "report.pdf").exists()  # no PDF of an older report left behind
@@ -312,7 +315,7 @@ def _second_run(run: Path, tmp_path: Path, **changes) -> Path:
 
 def test_compare_refuses_different_budgets(run_dir: Path, tmp_path: Path) -> None:
     from quantstudy import cli
-    from quantstudy.report_compare import CompareError, compare_runs, params_diff
+    from quantstudy.report.compare import CompareError, compare_runs, params_diff
 
     budget = json.loads((run_dir / "manifest.json").read_text())["params"]["evaluate"]["budget"]
     looser = [dict(b, max_drop=5.0) if b["metric"] == "indomain_ppl" else b for b in budget]
@@ -360,7 +363,7 @@ def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from quantstudy.report_compare import compare_runs
+    from quantstudy.report.compare import compare_runs
 
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -425,6 +428,6 @@ def test_effect_sentence_direction_comes_from_the_metric_registry(report: Module
     """Fewer flips and higher accuracy are better; a lower perplexity is better."""
     base = {"a": "in_domain", "b": "generic", "lo": -3.0, "hi": -1.0, "point": -2.0, "draws": [3, 3],
             "within_noise": False}
-    assert ": better," in report._effect_sentence({**base, "metric": "retention_flip_rate", "unit": "points"}, "CI")
-    assert ": worse," in report._effect_sentence({**base, "metric": "retention_acc", "unit": "points"}, "CI")
-    assert ": better," in report._effect_sentence({**base, "metric": "indomain_ppl", "unit": "%"}, "CI")
+    assert ": better," in report.sections.effect_sentence({**base, "metric": "retention_flip_rate", "unit": "points"}, "CI")
+    assert ": worse," in report.sections.effect_sentence({**base, "metric": "retention_acc", "unit": "points"}, "CI")
+    assert ": better," in report.sections.effect_sentence({**base, "metric": "indomain_ppl", "unit": "%"}, "CI")

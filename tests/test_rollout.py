@@ -624,33 +624,33 @@ def test_real_logs_mid_rollout_continue_rather_than_hold(tmp_path: Path) -> None
 def test_report_rollout_section_shows_guardrails_srm_and_power_plan(tmp_path: Path) -> None:
     import json
 
-    from quantstudy import report
+    from quantstudy.report import answer, figures, outcome
 
     folder = _eval_dir(tmp_path, {"awq-w4-g128-generic-d0": ("generic", 0, True, 1.0, 0.0)})
     P = _study_params(RolloutSection(margin=0.02, daily_conversations=1000, days_per_stage=1))
     step = rollout.run_step(P, folder, None)
     rollout.write_metrics(tmp_path / "05", step, 1.0)
     M = {"05_rollout_analysis": json.loads((tmp_path / "05" / "metrics.json").read_text()), "manifest": {}}
-    text, cls = report._answer_rollout(M)
+    text, cls = answer.answer_rollout(M)
     main = M["05_rollout_analysis"]["rollout"]
     assert main["decision"].upper() in text and "UNDERPOWERED" in text and "power plan" in text
     assert ("HOLD" in text) == (main["decision"] == "hold")
-    cells = report._verdict_cells(M)
+    cells = outcome.verdict_cells(M)
     md = cells[0][1]
     assert "Power plan before launch" in md and "UNDERPOWERED" in md
     assert "Sample-ratio check per look" in md and "latency_s" in md and "escalated" in md
     assert "broken_assignment" in md
     sources = " ".join(src for _, src in cells[1:])
     for name in ("guardrails", "power_plan", "broken_assignment_scenario"):
-        assert f'CAPTIONS["{name}"]' in sources and report.CAPTIONS[name].startswith("Look ")
-    for fig in (report.fig_guardrails(M), report.fig_power_plan(M), report.fig_guardrails(M, "broken_assignment_scenario")):
+        assert f'CAPTIONS["{name}"]' in sources and figures.CAPTIONS[name].startswith("Look ")
+    for fig in (figures.fig_guardrails(M), figures.fig_power_plan(M), figures.fig_guardrails(M, "broken_assignment_scenario")):
         assert fig is not None and fig.axes[0].get_legend() is not None
         fig.savefig(io.BytesIO(), format="png")
     # A run recorded before guardrails still renders its rollout section.
     old = {"05_rollout_analysis": {"rollout": {k: v for k, v in main.items()
                                                if k not in ("guardrails", "srm", "power_plan")}}, "manifest": {}}
-    assert report.fig_guardrails(old) is None and report.fig_power_plan(old) is None
-    assert "not recorded" in report._verdict_cells(old)[0][1]
+    assert figures.fig_guardrails(old) is None and figures.fig_power_plan(old) is None
+    assert "not recorded" in outcome.verdict_cells(old)[0][1]
 
 
 def _study_params(rp: RolloutSection):

@@ -194,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_doc(args: argparse.Namespace) -> int:
-    from quantstudy import benchdoc
+    from quantstudy.report import benchdoc
 
     readme = _show(Path(args.folder) / "README.md")
     try:
@@ -214,7 +214,7 @@ def cmd_bench_doc(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from quantstudy.report_compare import CompareError, compare_runs
+    from quantstudy.report.compare import CompareError, compare_runs
 
     try:
         _, message = compare_runs(args.run_dirs, args.out, force=args.force)

@@ -261,18 +261,9 @@ def render_lm_head(page: Page, metrics: _Metrics) -> str:
 
 
 # =========================================================================== the GPU page
-def render_gpu(page: Page, metrics: _Metrics) -> str:
-    """Speed, agreement, memory and fleet tables of a `quantstudy bench --checkpoint` run."""
-    ((run, src, data),) = metrics
-    models = {name: _Model(src, name, data.get(name)) for name in ("production", "demo") if name in data}
-    if "production" not in models:
-        raise BenchDocError(f"{src}: no 'production' section; rerun `{run.command}` without --no-production")
-    prod = models["production"]
-    label = {"production": f"{run.shape.name} ({prod.layers()} layers, vocab {run.shape.vocab_size:,})"}
-    if "demo" in models:
-        label["demo"] = f"demo ({models['demo'].million_params()})"
-    speed_rows = []
-    with_modes = any(_modes(m) != [None] for m in models.values())
+def _gpu_speed_rows(models: dict[str, _Model], label: dict[str, str], with_modes: bool) -> list[list[Any]]:
+    """Decode and prefill speed per model, path, timing mode and shape, against the baseline."""
+    rows = []
     for name in ("production", "demo"):
         if name not in models:
             continue
@@ -285,7 +276,7 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
                     key = dict(path=path, batch=batch, context=context, scope=scope,
                                **({"mode": mode} if mode else {}))
                     sp, t = m.record("speedups", **key), m.record("timings", **key)
-                    speed_rows.append([
+                    rows.append([
                         label[name], path, *([mode] if with_modes else []), batch, context,
                         _range(m.value(t, "decode_tok_s_median", "timings"), t["decode_tok_s_min"],
                                t["decode_tok_s_max"], 1),
@@ -293,31 +284,70 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
                                sp["decode_speedup_high"], 2),
                         _f(m.value(t, "prefill_tok_s_median", "timings"), 0),
                         _f(m.value(sp, "prefill_speedup", "speedups"), 2)])
-    order = [n for n in data if n in models]  # metrics.json's order (demo first)
-    agree_rows, tokens = [], set()
+    return rows
+
+
+def _gpu_agreement_rows(models: dict[str, _Model], order: list[str]) -> tuple[list[list[Any]], set[Any]]:
+    """Each path's logits against the baseline's, per model; and the prompt lengths used."""
+    rows, tokens = [], set()
     for name in order:
         m = models[name]
         for path in m.paths("agreement"):
             a = m.record("agreement", path=path)
             tokens.add(a.get("tokens"))
-            agree_rows.append([name, path, f"{m.value(a, 'rel_rms_diff', 'agreement'):.4f}",
-                               f"{m.value(a, 'top1_agreement', 'agreement'):.3f}", a.get("loader", "")])
-    mem_rows = []
+            rows.append([name, path, f"{m.value(a, 'rel_rms_diff', 'agreement'):.4f}",
+                         f"{m.value(a, 'top1_agreement', 'agreement'):.3f}", a.get("loader", "")])
+    return rows, tokens
+
+
+def _gpu_memory_rows(models: dict[str, _Model], order: list[str]) -> list[list[Any]]:
+    """Weight MB and CUDA peak per model and path."""
+    rows = []
     for name in order:
         m = models[name]
         for path in m.paths("memory"):
             r = m.record("memory", path=path)
             cuda = r.get("cuda_max_allocated_mb")
-            mem_rows.append([name, path, _f(m.value(r, "weight_bytes_full_model", "memory") / 1e6, 1),
-                             "n/a" if cuda is None else _f(cuda, 1)])
-    fleet_rows, fleet_ctx = [], set()
+            rows.append([name, path, _f(m.value(r, "weight_bytes_full_model", "memory") / 1e6, 1),
+                         "n/a" if cuda is None else _f(cuda, 1)])
+    return rows
+
+
+def _gpu_fleet_rows(prod: _Model) -> tuple[list[list[Any]], set[Any]]:
+    """The production model's fleet per path and batch; and the contexts the estimates assume."""
+    rows, contexts = [], set()
     for path in prod.paths("fleet"):
         for f in sorted(prod.records("fleet", path=path), key=lambda r: r.get("batch_size", 0)):
-            fleet_ctx.add(f.get("context"))
-            fleet_rows.append([path, prod.value(f, "batch_size", "fleet"),
-                               _f(prod.value(f, "decode_tokens_per_s_per_device", "fleet"), 1),
-                               f"{prod.value(f, 'devices_at_peak', 'fleet'):,}",
-                               f"${prod.value(f, 'cost_per_1000_conversations', 'fleet'):,.2f}"])
+            contexts.add(f.get("context"))
+            rows.append([path, prod.value(f, "batch_size", "fleet"),
+                         _f(prod.value(f, "decode_tokens_per_s_per_device", "fleet"), 1),
+                         f"{prod.value(f, 'devices_at_peak', 'fleet'):,}",
+                         f"${prod.value(f, 'cost_per_1000_conversations', 'fleet'):,.2f}"])
+    return rows, contexts
+
+
+def _gpu_models(run: Run, src: Path, data: dict[str, Any]) -> tuple[dict[str, _Model], dict[str, str]]:
+    """The page's model sections (production required) and their labels."""
+    models = {name: _Model(src, name, data.get(name)) for name in ("production", "demo") if name in data}
+    if "production" not in models:
+        raise BenchDocError(f"{src}: no 'production' section; rerun `{run.command}` without --no-production")
+    prod = models["production"]
+    label = {"production": f"{run.shape.name} ({prod.layers()} layers, vocab {run.shape.vocab_size:,})"}
+    if "demo" in models:
+        label["demo"] = f"demo ({models['demo'].million_params()})"
+    return models, label
+
+
+def render_gpu(page: Page, metrics: _Metrics) -> str:
+    """Speed, agreement, memory and fleet tables of a `quantstudy bench --checkpoint` run."""
+    ((run, src, data),) = metrics
+    models, label = _gpu_models(run, src, data)
+    with_modes = any(_modes(m) != [None] for m in models.values())
+    speed_rows = _gpu_speed_rows(models, label, with_modes)
+    order = [n for n in data if n in models]  # metrics.json's order (demo first)
+    agree_rows, tokens = _gpu_agreement_rows(models, order)
+    mem_rows = _gpu_memory_rows(models, order)
+    fleet_rows, fleet_ctx = _gpu_fleet_rows(models["production"])
     every = list(models.values())
     lines = [
         f"## Speed (median [min, max] of {_one_value(m.setting('repeats') for m in every)} repeats; "
@@ -435,7 +465,7 @@ def page_for(folder: str | Path) -> Page:
     if name not in PAGES:
         known = ", ".join(p.folder for p in PAGES.values())
         raise BenchDocError(f"{folder}: no bench-doc page for a folder named {name!r}; known pages: {known} "
-                            "(add one to quantstudy.benchdoc.PAGES)")
+                            "(add one to quantstudy.report.benchdoc.PAGES)")
     return PAGES[name]
 
 

@@ -10,13 +10,15 @@ their pass/fail verdicts answer different questions.
 """
 from __future__ import annotations
 
-import html
 import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from quantstudy import report as R
+from quantstudy.report.answer import answer_html, deciding_line, line_text
+from quantstudy.report.build import REPORT_FILE, ReportError, check_complete, load_metrics, read_template
+from quantstudy.report.formatting import escape_html, fmt, size
+from quantstudy.report.lookups import calibration_effects, ci_level, label, main_bench, speed_rows
 
 
 class CompareError(ValueError):
@@ -69,9 +71,9 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         if not d.is_dir():
             raise CompareError(f"{d}: not a run folder")
         try:
-            R.check_complete(d, allow_stale=True)
-            runs.append(R.load_metrics(d))
-        except R.ReportError as exc:
+            check_complete(d, allow_stale=True)
+            runs.append(load_metrics(d))
+        except ReportError as exc:
             raise CompareError(str(exc)) from None
     return runs
 
@@ -83,10 +85,6 @@ def labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- page sections
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """An HTML table of already escaped cells."""
     head = "".join(f"<th>{h}</th>" for h in header)
@@ -96,23 +94,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _value(v: Any) -> str:
     text = v if isinstance(v, str) else json.dumps(v, default=str)
-    return _e(text if len(text) <= 160 else text[:157] + "...")
+    return escape_html(text if len(text) <= 160 else text[:157] + "...")
 
 
 def _diff_section(names: Sequence[str], diff: Mapping[str, list]) -> str:
     if not diff:
         return '<section id="params"><h2>Params</h2><p>Identical in every run.</p></section>'
-    rows = [[f"<code>{_e(k)}</code>", *(_value(v) for v in vals)] for k, vals in diff.items()]
+    rows = [[f"<code>{escape_html(k)}</code>", *(_value(v) for v in vals)] for k, vals in diff.items()]
     return ('<section id="params"><h2>Params that differ</h2>'
-            + _table(["field", *map(_e, names)], rows) + "</section>")
+            + _table(["field", *map(escape_html, names)], rows) + "</section>")
 
 
 def _answers(runs: Sequence[Mapping[str, Any]], names: Sequence[str], out_dir: Path) -> str:
     cols = []
     for i, (M, name) in enumerate(zip(runs, names)):
-        report = Path(os.path.relpath(Path(M["run_dir"]) / R.REPORT_FILE, out_dir)).as_posix()
-        cols.append(f'<div class="run"><h3>{_e(name)}</h3><p><small><code>{_e(M["run_dir"])}</code> &middot; '
-                    f'<a href="{_e(report)}">report</a></small></p>{R.answer_html(M, _e(report), f"answer-{i}")}</div>')
+        report = Path(os.path.relpath(Path(M["run_dir"]) / REPORT_FILE, out_dir)).as_posix()
+        cols.append(f'<div class="run"><h3>{escape_html(name)}</h3><p><small><code>{escape_html(M["run_dir"])}</code> &middot; '
+                    f'<a href="{escape_html(report)}">report</a></small></p>{answer_html(M, escape_html(report), f"answer-{i}")}</div>')
     return f'<section id="answers"><h2>Answers</h2><div class="runs">{"".join(cols)}</div></section>'
 
 
@@ -122,17 +120,17 @@ def _effect_cell(e: Mapping[str, Any] | None, ci: str) -> str:
     unit = str(e.get("unit", ""))
     u = "%" if unit.startswith("%") else f" {unit}"
     reading = "within noise" if e.get("within_noise") else "CI excludes 0"
-    return (f"{R.fmt(e['point'], 2, True)}{u} [{R.fmt(e['lo'], 2, True)}, {R.fmt(e['hi'], 2, True)}] "
-            f"<small>({_e(ci)}, draws {_e(' vs '.join(map(str, e.get('draws') or [])))}; {reading})</small>")
+    return (f"{fmt(e['point'], 2, True)}{u} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}] "
+            f"<small>({escape_html(ci)}, draws {escape_html(' vs '.join(map(str, e.get('draws') or [])))}; {reading})</small>")
 
 
 def _effects_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    per_run = [{e["metric"]: e for e in R._effects(M)} for M in runs]
+    per_run = [{e["metric"]: e for e in calibration_effects(M)} for M in runs]
     metrics = list(dict.fromkeys(m for p in per_run for m in p))
-    rows = [[_e(R._label(m)), *(_effect_cell(p.get(m), R._ci_level(M)) for p, M in zip(per_run, runs))]
+    rows = [[escape_html(label(m)), *(_effect_cell(p.get(m), ci_level(M)) for p, M in zip(per_run, runs))]
             for m in metrics]
     return ('<section id="effects"><h2>Calibration effects: in-domain minus generic</h2>'
-            + (_table(["metric", *map(_e, names)], rows) if rows else "<p>No run compared the two sources.</p>")
+            + (_table(["metric", *map(escape_html, names)], rows) if rows else "<p>No run compared the two sources.</p>")
             + "</section>")
 
 
@@ -141,63 +139,56 @@ def _verdict_cell(M: Mapping[str, Any]) -> str:
     cand = M["05_rollout_analysis"].get("candidate") or {}
     name = cand.get("checkpoint", "n/a")
     go = verdicts.get(name) == "pass"
-    rule = f"; rule <code>{_e(cand['rule'])}</code>" if cand.get("rule") else ""
+    rule = f"; rule <code>{escape_html(cand['rule'])}</code>" if cand.get("rule") else ""
     return (f'<span class="{"go" if go else "nogo"}">{"GO" if go else "NO-GO"}</span> '
-            f"{sum(v == 'pass' for v in verdicts.values())} of {len(verdicts)} pass; candidate <code>{_e(name)}</code>"
-            f"{rule}; decided by {_e(R.line_text(R.deciding_line(M, name)))}")
+            f"{sum(v == 'pass' for v in verdicts.values())} of {len(verdicts)} pass; candidate <code>{escape_html(name)}</code>"
+            f"{rule}; decided by {escape_html(line_text(deciding_line(M, name)))}")
 
 
 def _budget_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    budgets = [_e(_budget_text(budget_of(M))) for M in runs]
+    budgets = [escape_html(_budget_text(budget_of(M))) for M in runs]
     rollout = []
     for M in runs:
         main = M["05_rollout_analysis"].get("rollout") or {}
-        rollout.append(("SIMULATED " if main.get("simulated") else "") + _e(str(main.get("decision", "n/a")).upper()))
+        rollout.append(("SIMULATED " if main.get("simulated") else "") + escape_html(str(main.get("decision", "n/a")).upper()))
     rows = [["declared budget", *budgets], ["offline verdict", *map(_verdict_cell, runs)], ["rollout", *rollout]]
-    return '<section id="budget"><h2>Budgets and verdicts</h2>' + _table(["", *map(_e, names)], rows) + "</section>"
+    return '<section id="budget"><h2>Budgets and verdicts</h2>' + _table(["", *map(escape_html, names)], rows) + "</section>"
 
 
 def _speed_cell(M: Mapping[str, Any]) -> str:
-    name, r = R._main_bench(M)
+    name, r = main_bench(M)
     hw = (r.get("env") or {}).get("hardware_label") or "n/a"
-    parts = [f"{_e(s['path'])}: decode {R.fmt(s.get('decode_speedup'))}x, prefill {R.fmt(s.get('prefill_speedup'))}x "
-             f"(batch {s.get('batch')}, context {s.get('context')})" for s in R._speed_rows(r)]
-    mem = [f"{_e(m['path'])} {R._size(m.get('weight_bytes_full_model'))}" for m in r.get("memory") or []]
+    parts = [f"{escape_html(s['path'])}: decode {fmt(s.get('decode_speedup'))}x, prefill {fmt(s.get('prefill_speedup'))}x "
+             f"(batch {s.get('batch')}, context {s.get('context')})" for s in speed_rows(r)]
+    mem = [f"{escape_html(m['path'])} {size(m.get('weight_bytes_full_model'))}" for m in r.get("memory") or []]
     traps = len(M["04_benchmark"].get("traps") or [])
-    return (f"<strong>{_e(name)}</strong> on {_e(hw)}<br>{'<br>'.join(parts) or 'no speed rows'}<br>weights: "
+    return (f"<strong>{escape_html(name)}</strong> on {escape_html(hw)}<br>{'<br>'.join(parts) or 'no speed rows'}<br>weights: "
             f"{', '.join(mem) or 'n/a'}<br>{'<span class=nogo>TRAP</span> ' if traps else ''}{traps} trap flag(s)")
 
 
 def _speed_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
     return ('<section id="speed"><h2>Speed and memory (step 04)</h2>'
-            + _table(list(map(_e, names)), [[_speed_cell(M) for M in runs]]) + "</section>")
+            + _table(list(map(escape_html, names)), [[_speed_cell(M) for M in runs]]) + "</section>")
 
 
-COMPARE_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 16px auto; max-width: 1400px;
-       padding: 0 16px; color: #222; }
-.runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 12px; }
-.scroll { max-width: 100%; overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-.warn { background: #fde8e8; border-left: 8px solid #c81e1e; padding: 8px 14px; border-radius: 4px; }
-"""
+PAGE_WIDTH_RULE = "main { max-width: 1200px; margin: 0 auto; }"  # page.css's; the comparison is wider
 
 
 def render(runs: Sequence[Mapping[str, Any]], out: Path, forced_budgets: bool) -> str:
+    """The comparison page (styles from ``templates/``: page.css less its width rule, report.css, compare.css)."""
     names = labels(runs)
     diff = params_diff([M["manifest"] for M in runs])
     warn = ('<p class="warn"><strong>The runs have different quality budgets</strong> (compared with --force): '
             "their pass/fail verdicts answer different questions.</p>" if forced_budgets else "")
     body = "".join([
-        f"<h1>Run comparison: {_e(', '.join(names))}</h1>", warn,
+        f"<h1>Run comparison: {escape_html(', '.join(names))}</h1>", warn,
         f'<p>{len(runs)} runs, side by side; {len(diff)} params field(s) differ (<a href="#params">which</a>).</p>',
         _answers(runs, names, out.parent), _effects_section(runs, names), _budget_section(runs, names),
         _speed_section(runs, names), _diff_section(names, diff)])
-    css = R.CSS.replace("main { max-width: 1200px; margin: 0 auto; }", "") + COMPARE_CSS
+    css = (read_template("page.css").replace(PAGE_WIDTH_RULE, "") + read_template("report.css")
+           + read_template("compare.css"))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Run comparison: '
-            f"{_e(', '.join(names))}</title><style>{css}</style></head><body><main>{body}</main></body></html>")
+            f"{escape_html(', '.join(names))}</title><style>{css}</style></head><body><main>{body}</main></body></html>")
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False) -> tuple[Path, str]:
