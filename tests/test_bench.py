@@ -13,7 +13,10 @@ from torch import nn
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+from quantstudy.awqformat import pack_awq_gemm, rtn_quantize_linear  # noqa: E402
 from quantstudy.steps import benchmark as bench  # noqa: E402
+from quantstudy.steps.benchmark import (convert, devices, fleet, goals, linears, memory, probe,  # noqa: E402
+                                        production, run, timing, traps)
 from quantstudy.config.params import BenchmarkSection  # noqa: E402
 
 GROUP = 128
@@ -54,17 +57,17 @@ def test_fast4_int4_kernel_matches_dense_matmul(out_f):
     if out_f % 32 == 0:
         _, _, _, awq = _awq_linear(256, out_f)
     else:  # from_linear mis-sizes qzeros unless out % 32 == 0; 40 exercises the kernel's N % 16 padding
-        awq = _Packed(*bench.rtn_quantize_linear(torch.randn(out_f, 256) * 0.02, GROUP))
+        awq = _Packed(*rtn_quantize_linear(torch.randn(out_f, 256) * 0.02, GROUP))
     w = _dense_weight(awq)
     x = torch.randn(5, 3, 256)
     ref = x @ w
-    exact = bench.Int4CPULinear.from_awq(awq.qweight, awq.qzeros, awq.scales, None, GROUP,
+    exact = linears.Int4CPULinear.from_awq(awq.qweight, awq.qzeros, awq.scales, None, GROUP,
                                          compute_dtype=torch.float32)
     out = exact(x)
     assert out.shape == (5, 3, out_f) and out.dtype == torch.float32
     # float32 scales/zeros: zero_f = (8 - z) * s reproduces AWQ's (q - z) * s exactly
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    fast = bench.Int4CPULinear.from_awq(awq.qweight, awq.qzeros, awq.scales, None, GROUP)
+    fast = linears.Int4CPULinear.from_awq(awq.qweight, awq.qzeros, awq.scales, None, GROUP)
     assert fast.compute_dtype == torch.bfloat16
     out = fast(x)
     assert out.dtype == torch.float32
@@ -75,7 +78,7 @@ def test_fast4_int4_kernel_matches_dense_matmul(out_f):
 def test_naive4_equals_dense_path():
     _, _, _, awq = _awq_linear()
     bias = torch.randn(96)
-    naive = bench.NaiveAWQLinear(awq.qweight, awq.qzeros, awq.scales, bias, GROUP)
+    naive = linears.NaiveAWQLinear(awq.qweight, awq.qzeros, awq.scales, bias, GROUP)
     x = torch.randn(2, 7, 256)
     torch.testing.assert_close(naive(x), x @ _dense_weight(awq) + bias, rtol=1e-6, atol=1e-6)
     assert naive.qweight.dtype == torch.int32 and naive.scales.dtype == torch.float16  # stays packed
@@ -83,9 +86,9 @@ def test_naive4_equals_dense_path():
 
 def test_vectorized_packer_equals_from_linear():
     lin, scales, zeros, awq = _awq_linear(384, 64, seed=3)
-    qw, qz, sc = bench.pack_awq_gemm(lin.weight.data, scales, zeros, GROUP)
+    qw, qz, sc = pack_awq_gemm(lin.weight.data, scales, zeros, GROUP)
     assert torch.equal(qw, awq.qweight) and torch.equal(qz, awq.qzeros) and torch.equal(sc, awq.scales)
-    qw2, qz2, sc2 = bench.rtn_quantize_linear(lin.original.float(), GROUP)  # whole RTN from the raw weight
+    qw2, qz2, sc2 = rtn_quantize_linear(lin.original.float(), GROUP)  # whole RTN from the raw weight
     assert torch.equal(qw2, awq.qweight) and torch.equal(qz2, awq.qzeros) and torch.equal(sc2, awq.scales)
 
 
@@ -112,7 +115,7 @@ def test_vectorized_from_linear_patch_builds_the_same_module():
 
 def test_available_paths_cpu():
     avail = bench.available_paths("cpu")
-    assert set(avail) == set(bench.PATHS)
+    assert set(avail) == set(devices.PATHS)
     assert avail["baseline"] is None and avail["naive4"] is None
     with pytest.raises(ValueError, match="device"):
         bench.available_paths("tpu")
@@ -121,27 +124,27 @@ def test_available_paths_cpu():
 # --------------------------------------------------------------------------- memory
 def test_tensor_bytes_known_sizes():
     t = torch.zeros(1000, 3, dtype=torch.float32)
-    assert bench.tensor_bytes(t) == 12000
+    assert memory.tensor_bytes(t) == 12000
     m = nn.Linear(10, 20)  # 200 + 20 float32
     m.register_buffer("q", torch.zeros(7, dtype=torch.int32))
-    assert bench.tensor_bytes(m) == 220 * 4 + 7 * 4
+    assert memory.tensor_bytes(m) == 220 * 4 + 7 * 4
     tied = nn.ModuleDict({"a": nn.Embedding(10, 4), "b": nn.Linear(4, 10, bias=False)})
     tied["b"].weight = tied["a"].weight
-    assert bench.tensor_bytes(tied) == 160  # tied weight counted once
-    assert bench.tensor_bytes({"x": torch.zeros(4, dtype=torch.float16), "y": torch.zeros(2, dtype=torch.int64)}) == 24
+    assert memory.tensor_bytes(tied) == 160  # tied weight counted once
+    assert memory.tensor_bytes({"x": torch.zeros(4, dtype=torch.float16), "y": torch.zeros(2, dtype=torch.int64)}) == 24
 
 
 def test_quantized_linear_bytes_ratio():
     _, _, _, awq = _awq_linear(1024, 256)
-    naive = bench.NaiveAWQLinear(awq.qweight, awq.qzeros, awq.scales, None, GROUP)
-    info = bench.quantized_linear_bytes(nn.ModuleDict({"l": naive}))
+    naive = linears.NaiveAWQLinear(awq.qweight, awq.qzeros, awq.scales, None, GROUP)
+    info = memory.quantized_linear_bytes(nn.ModuleDict({"l": naive}))
     # 4 bits + 16/128 (scales) + 4/128 (zeros) per weight
     assert info["quantized_bytes"] == 1024 * 256 // 2 + 8 * 256 * 2 + 8 * 256 // 2
     assert info["fp16_bytes"] == 1024 * 256 * 2
     assert info["ratio_vs_fp16"] == pytest.approx(16 / (4 + 20 / 128), abs=1e-3)
-    assert info["ratio_vs_fp16"] >= bench.TARGET_BYTES_RATIO
+    assert info["ratio_vs_fp16"] >= goals.TARGET_BYTES_RATIO
     state = {"l.qweight": awq.qweight, "l.qzeros": awq.qzeros, "l.scales": awq.scales}
-    assert bench.quantized_linear_bytes(state) == info
+    assert memory.quantized_linear_bytes(state) == info
 
 
 # --------------------------------------------------------------------------- trap detector
@@ -159,13 +162,13 @@ def _timings(path_speeds: dict[str, tuple[float, float, float]]) -> pd.DataFrame
 def test_speedup_table_and_traps():
     df = _timings({"baseline": (9.8, 10.0, 10.2), "slow": (4.0, 5.0, 5.5), "fast": (24.0, 25.0, 26.0),
                    "same": (9.7, 10.0, 10.3), "hair": (9.5, 9.9, 10.4)})
-    table = bench.speedup_table(df).set_index("path")
+    table = traps.speedup_table(df).set_index("path")
     assert table.loc["slow", "decode_speedup"] == pytest.approx(0.5)
     assert table.loc["fast", "decode_speedup"] == pytest.approx(2.5)
     assert table.loc["fast", "decode_speedup_low"] == pytest.approx(24.0 / 10.2)
     assert table.loc["fast", "decode_speedup_high"] == pytest.approx(26.0 / 9.8)
     assert table.loc["slow", "prefill_speedup"] == pytest.approx(0.5)
-    flags = bench.flag_traps(bench.speedup_table(df))
+    flags = traps.flag_traps(traps.speedup_table(df))
     flagged = {(f["path"], f["phase"]): f for f in flags}
     assert ("slow", "decode") in flagged and ("slow", "prefill") in flagged
     assert flagged[("slow", "decode")]["clear"] is True
@@ -177,17 +180,17 @@ def test_speedup_table_and_traps():
 
 def test_speedup_table_needs_baseline():
     with pytest.raises(ValueError, match="baseline"):
-        bench.speedup_table(_timings({"fast": (1, 2, 3)}))
+        traps.speedup_table(_timings({"fast": (1, 2, 3)}))
 
 
 def test_targets():
-    t = bench.targets(2.6, 3.85)
+    t = goals.targets(2.6, 3.85)
     assert t["cpu_fast_decode_speedup_1b_b1"]["met"] and t["quantized_linear_bytes_vs_fp16"]["met"]
-    t = bench.targets(1.2, 3.7)
+    t = goals.targets(1.2, 3.7)
     assert not t["cpu_fast_decode_speedup_1b_b1"]["met"] and not t["quantized_linear_bytes_vs_fp16"]["met"]
-    table = bench.speedup_table(_timings({"baseline": (9.8, 10.0, 10.2), "fast4": (29, 30, 31)}))
-    assert bench.targets(table, 3.85)["cpu_fast_decode_speedup_1b_b1"]["measured"] == pytest.approx(3.0)
-    gpu = bench.targets(0.6, 3.85, device="cuda")["cpu_fast_decode_speedup_1b_b1"]
+    table = traps.speedup_table(_timings({"baseline": (9.8, 10.0, 10.2), "fast4": (29, 30, 31)}))
+    assert goals.targets(table, 3.85)["cpu_fast_decode_speedup_1b_b1"]["measured"] == pytest.approx(3.0)
+    gpu = goals.targets(0.6, 3.85, device="cuda")["cpu_fast_decode_speedup_1b_b1"]
     assert gpu["measured"] == 0.6 and gpu["met"] is None and "CPU path" in gpu["where"]
 
 
@@ -203,7 +206,7 @@ def test_fleet_cost_hand_computed():
     # R = 10 * 1000 = 10,000 tok/s; D_t = 10,000 / 2,000 = 5; KV/conv = 0.1 GB;
     # capacity = floor((80 - 16) / 0.1) = 640; C = 5 * 8 = 40; D_m = 40/640; devices = 5;
     # cost/1000 conv = 5 * 2 / (10 * 3600) * 1000 = 0.2777...
-    out = bench.fleet_cost(16e9, 2000.0, _cost_params(), "fast4", batch_size=8)
+    out = fleet.fleet_cost(16e9, 2000.0, _cost_params(), "fast4", batch_size=8)
     assert out["required_tokens_per_s"] == 10_000
     assert out["devices_throughput_bound"] == pytest.approx(5.0)
     assert out["conversations_per_device_by_memory"] == 640
@@ -212,7 +215,7 @@ def test_fleet_cost_hand_computed():
     assert out["cost_per_1000_conversations"] == pytest.approx(5 * 2 / 36000 * 1000)
     assert out["hardware"] == "test box" and out["label"] == "fast4"
     # memory-bound: 79.5 GB of weights leave room for 5 conversations, batch 64 in flight
-    out = bench.fleet_cost(79.5e9, 2000.0, _cost_params(), "baseline", batch_size=64)
+    out = fleet.fleet_cost(79.5e9, 2000.0, _cost_params(), "baseline", batch_size=64)
     assert out["conversations_per_device_by_memory"] == 5
     assert out["devices_memory_bound"] == pytest.approx(5 * 64 / 5)
     assert out["devices_at_peak"] == 64 and out["bound_by"] == "memory"
@@ -235,7 +238,7 @@ def test_fleet_cost_rejects_bad_inputs(kwargs, name):
         params = BenchmarkSection.model_construct(**{**params.model_dump(), **kwargs.pop("params")})
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
-        bench.fleet_cost(args["weight_bytes"], args["decode_tokens_per_s"], params, "x", batch_size=args["batch_size"])
+        fleet.fleet_cost(args["weight_bytes"], args["decode_tokens_per_s"], params, "x", batch_size=args["batch_size"])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -246,7 +249,7 @@ TINY = dict(prod_hidden_size=128, prod_intermediate_size=256, prod_num_layers=4,
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    dense, folder = bench.production_model(BenchmarkSection(**TINY), out_dir=tmp_path_factory.mktemp("tiny-awq"))
+    dense, folder = production.production_model(BenchmarkSection(**TINY), out_dir=tmp_path_factory.mktemp("tiny-awq"))
     return dense, folder
 
 
@@ -259,17 +262,17 @@ def test_production_model_folder_and_paths_agree(tiny_checkpoint):
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     logits = {}
     with torch.inference_mode():
-        for path in bench.PATHS:
+        for path in devices.PATHS:
             if bench.available_paths("cpu")[path]:
                 continue
-            logits[path] = bench.convert_model(folder, path)(input_ids=ids).logits
+            logits[path] = convert.convert_model(folder, path)(input_ids=ids).logits
     torch.testing.assert_close(logits["naive4"], logits["baseline"], rtol=1e-5, atol=1e-5)
     if "fast4" in logits:
         assert ((logits["fast4"] - logits["baseline"]).abs().max() / logits["baseline"].abs().max()) < 5e-2
     with pytest.raises(ValueError, match="unknown path"):
-        bench.convert_model(folder, "turbo")
+        convert.convert_model(folder, "turbo")
     with pytest.raises(ValueError, match="AWQ checkpoint"):
-        bench.convert_model(dense, "naive4")
+        convert.convert_model(dense, "naive4")
 
 
 def test_production_benchmark_times_production_paths_only(tmp_path):
@@ -285,9 +288,9 @@ def test_run_benchmark_tiny(tiny_checkpoint):
     _, folder = tiny_checkpoint
     res = bench.run_benchmark(folder, BenchmarkSection(**TINY), progress=False, full_num_layers=4)
     t = res["timings"]
-    ran = [p for p in bench.PATHS if not bench.available_paths("cpu")[p]]
+    ran = [p for p in devices.PATHS if not bench.available_paths("cpu")[p]]
     assert set(t["path"]) == set(ran)
-    assert len(t) == len(ran) * len(bench.SCOPES)  # one row per path x batch x context x scope
+    assert len(t) == len(ran) * len(timing.SCOPES)  # one row per path x batch x context x scope
     assert (t["decode_tok_s_median"] > 0).all() and (t["prefill_tok_s_median"] > 0).all()
     assert all(len(r) == 2 for r in t["decode_tok_s_raw"])
     assert (t["decode_tok_s_min"] <= t["decode_tok_s_median"]).all()
@@ -312,6 +315,7 @@ def test_run_benchmark_tiny(tiny_checkpoint):
     assert math.isclose(sp[(sp["path"] == "baseline")]["decode_speedup"].iloc[0], 1.0)
     agree = res["agreement"].set_index("path")
     assert list(agree.index) == ran  # baseline first, every built path scored
+    assert set(agree["loader"]) == {"quantstudy.steps.benchmark.convert.convert_model"}  # names the real function
     assert agree.loc["baseline", "rel_rms_diff"] == 0.0
     assert agree.loc["naive4", "rel_rms_diff"] < 1e-5  # same dequantized weights
     if "fast4" in ran:
@@ -322,27 +326,27 @@ def test_run_benchmark_tiny(tiny_checkpoint):
 
 def test_agreement_flags_a_wrong_kernel():
     base = torch.randn(16, 50, generator=torch.Generator().manual_seed(0))
-    good = bench.agreement("fast4", base * 1.001, base)
-    bad = bench.agreement("fast4", torch.randn(16, 50, generator=torch.Generator().manual_seed(1)), base)
+    good = probe.agreement("fast4", base * 1.001, base)
+    bad = probe.agreement("fast4", torch.randn(16, 50, generator=torch.Generator().manual_seed(1)), base)
     assert good["rel_rms_diff"] == pytest.approx(1e-3, rel=1e-3) and good["top1_agreement"] == 1.0
     assert bad["rel_rms_diff"] > 1.0 and bad["top1_agreement"] < 0.5
 
 
 def test_run_benchmark_skips_a_path_that_breaks(tiny_checkpoint, monkeypatch):
     _, folder = tiny_checkpoint
-    real = bench.convert_model
+    real = convert.convert_model
 
     def broken(src, path, *args, **kwargs):
         if path == "naive4":
             raise RuntimeError("kernel has no implementation for this shape")
         return real(src, path, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "convert_model", broken)
+    monkeypatch.setattr(run, "convert_model", broken)
     params = BenchmarkSection(**{**TINY, "paths": ["naive4", "baseline"], "repeats": 1, "warmup": 0})
     res = bench.run_benchmark(folder, params, progress=False)
     assert set(res["timings"]["path"]) == {"baseline"}
     assert any(n.startswith("naive4 failed on cpu and was skipped: RuntimeError: kernel has no") for n in res["notes"])
-    monkeypatch.setattr(bench, "convert_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no baseline")))
+    monkeypatch.setattr(run, "convert_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no baseline")))
     with pytest.raises(RuntimeError, match="no baseline"):
         bench.run_benchmark(folder, params, progress=False)
 
@@ -350,14 +354,14 @@ def test_run_benchmark_skips_a_path_that_breaks(tiny_checkpoint, monkeypatch):
 def test_run_benchmark_skips_unavailable_and_requires_baseline(tiny_checkpoint, monkeypatch):
     _, folder = tiny_checkpoint
     real = bench.available_paths
-    monkeypatch.setattr(bench, "available_paths",
+    monkeypatch.setattr(run, "available_paths",
                         lambda device="cpu": {**real(device), "fast4": "no int4 kernel in this test"})
     params = BenchmarkSection(**{**TINY, "paths": ["baseline", "fast4"], "repeats": 1, "warmup": 0})
     res = bench.run_benchmark(folder, params, progress=False, threads=1)
     assert set(res["timings"]["path"]) == {"baseline"}
     assert res["env"]["threads"] == 1
     assert any("fast4 skipped" in n for n in res["notes"])
-    monkeypatch.setattr(bench, "available_paths",
+    monkeypatch.setattr(run, "available_paths",
                         lambda device="cpu": {**real(device), "baseline": "broken in this test"})
     with pytest.raises(ValueError, match="available paths: naive4"):
         bench.run_benchmark(folder, params, progress=False)

@@ -1,4 +1,4 @@
-"""quantstudy.steps.decode: the static-KV-cache decode loop (the logic the CUDA graph captures) against
+"""quantstudy.steps.benchmark.decode: the static-KV-cache decode loop (the logic the CUDA graph captures) against
 Hugging Face's own forward and generate, on tiny random Llamas, the demo model and the int4 paths."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from quantstudy.steps import benchmark as bench, decode  # noqa: E402
+from quantstudy.steps import benchmark as bench  # noqa: E402
+from quantstudy.steps.benchmark import convert, decode, production  # noqa: E402
 from quantstudy.config.params import BenchmarkSection  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_demo_model_generate_equals_hf():
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    _, folder = bench.production_model(BenchmarkSection(**TINY), out_dir=tmp_path_factory.mktemp("dec-awq"))
+    _, folder = production.production_model(BenchmarkSection(**TINY), out_dir=tmp_path_factory.mktemp("dec-awq"))
     return folder
 
 
@@ -133,7 +134,7 @@ def test_decoder_runs_the_int4_paths_modules(tiny_folder, path):
     on the same converted model (the same kernels in both; only attention code differs)."""
     if bench.available_paths("cpu")[path]:
         pytest.skip(bench.available_paths("cpu")[path])
-    model = bench.convert_model(tiny_folder, path)
+    model = convert.convert_model(tiny_folder, path)
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"naive4": "NaiveAWQLinear", "fast4": "Int4CPULinear"}[path] in kinds
     ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(5))

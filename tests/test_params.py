@@ -196,14 +196,14 @@ def test_console_script_exit_code_and_stderr(write_params, project):
 
 
 def test_targets_come_from_params(write_params, capsys):
-    from quantstudy.steps import benchmark as bench
+    from quantstudy.steps.benchmark import goals
     from quantstudy.config.params import TargetsSection
 
     assert load_params(write_params(**{"targets.awq_search_s_max": 120.0})).targets.awq_search_s_max == 120.0
     refused_by_validate(write_params(**{"targets.evaluation_wall_s": 0}), capsys, "targets.evaluation_wall_s")
-    default = bench.targets(2.0, 4.0, "cpu")
+    default = goals.targets(2.0, 4.0, "cpu")
     assert default["cpu_fast_decode_speedup_1b_b1"]["target"] == 2.5 and not default["cpu_fast_decode_speedup_1b_b1"]["met"]
-    looser = bench.targets(2.0, 4.0, "cpu", goals=TargetsSection(fast_decode_speedup=1.5, quantized_bytes_ratio=5.0))
+    looser = goals.targets(2.0, 4.0, "cpu", goals=TargetsSection(fast_decode_speedup=1.5, quantized_bytes_ratio=5.0))
     assert looser["cpu_fast_decode_speedup_1b_b1"] == {**looser["cpu_fast_decode_speedup_1b_b1"], "target": 1.5, "met": True}
     assert looser["quantized_linear_bytes_vs_fp16"]["target"] == 5.0 and not looser["quantized_linear_bytes_vs_fp16"]["met"]
 

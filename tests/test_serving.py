@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantstudy.steps import benchmark as bench
+from quantstudy.steps.benchmark import convert, probe
 from quantstudy.steps import evaluate as E
 from quantstudy.steps import quantize as Q
 from quantstudy import serving
@@ -114,11 +114,11 @@ def test_fast4_serves_the_configured_head(tiny_model_dir, tmp_path):
     tok = Q.load_checkpoint(tiny_model_dir)[1]
     folder = tmp_path / "rtn"
     Q.quantize_rtn(Q.QuantRequest(str(tiny_model_dir), folder), tok)
-    fast = bench.convert_model(folder, "fast4", "cpu", lm_head="int8")
+    fast = convert.convert_model(folder, "fast4", "cpu", lm_head="int8")
     assert isinstance(fast.lm_head, serving.Int8Head) and fast.quantstudy_lm_head == "int8"
-    base = bench.convert_model(folder, "baseline", "cpu", lm_head="int8")
+    base = convert.convert_model(folder, "baseline", "cpu", lm_head="int8")
     assert isinstance(base.lm_head, nn.Linear)
-    ref = bench.convert_model(folder, "fast4", "cpu")
+    ref = convert.convert_model(folder, "fast4", "cpu")
     assert isinstance(ref.lm_head, nn.Linear)
-    a, b = bench.probe_logits(fast, "cpu"), bench.probe_logits(ref, "cpu")
+    a, b = probe.probe_logits(fast, "cpu"), probe.probe_logits(ref, "cpu")
     assert torch.isfinite(a).all() and _rel_rms(a, b) < 0.05

@@ -12,7 +12,9 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from quantstudy.steps import benchmark as bench, decode  # noqa: E402
+from quantstudy.steps import benchmark as bench  # noqa: E402
+from quantstudy.steps.benchmark import (convert, decode, devices, goals, linears, memory, probe,  # noqa: E402
+                                        production, timing, traps)
 from quantstudy.awqformat import PackingError, rtn_quantize_linear  # noqa: E402
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm, shape_problem, tinygemm_dequantize  # noqa: E402
 from quantstudy.config.params import BenchmarkSection, load_params  # noqa: E402
@@ -64,11 +66,11 @@ def test_kernel_shape_rules(in_f, out_f, group, tiles, match):
 def test_from_awq_shape_errors_are_bench_errors():
     qw, qz, sc = rtn_quantize_linear(torch.randn(64, 192) * 0.05, 64)
     with pytest.raises(bench.BenchError, match="torchint4: .*multiple of 16 x inner_k_tiles = 128"):
-        bench.Int4CUDALinear.from_awq(qw, qz, sc, None, 64, inner_k_tiles=8, device="cpu")
+        linears.Int4CUDALinear.from_awq(qw, qz, sc, None, 64, inner_k_tiles=8, device="cpu")
     with pytest.raises(bench.BenchError, match="torchint4: .*group_size 16"):
-        bench.Int4CUDALinear.from_awq(*rtn_quantize_linear(torch.randn(64, 192), 16), None, 16, device="cpu")
+        linears.Int4CUDALinear.from_awq(*rtn_quantize_linear(torch.randn(64, 192), 16), None, 16, device="cpu")
     with pytest.raises(bench.BenchError, match="4-bit"):
-        bench.Int4CUDALinear.from_awq(qw, qz, sc, None, 64, bits=3, device="cpu")
+        linears.Int4CUDALinear.from_awq(qw, qz, sc, None, 64, bits=3, device="cpu")
     with pytest.raises(PackingError, match="scales"):
         awq_to_tinygemm(qw, qz, sc[:, :32], 64, inner_k_tiles=4)
 
@@ -87,23 +89,23 @@ def _emulated_ops():
 
 @pytest.fixture
 def emulated(monkeypatch):
-    monkeypatch.setattr(bench, "_int4_cuda_ops", _emulated_ops)
-    monkeypatch.setattr(bench, "_int4_cuda_reason", lambda device: None)
+    monkeypatch.setattr(linears, "_int4_cuda_ops", _emulated_ops)
+    monkeypatch.setattr(devices, "_int4_cuda_reason", lambda device: None)
 
 
 def test_inner_k_tiles_follow_in_features(emulated, monkeypatch):
     """SmolLM2's 576 / 1536 with group 64 take 4 inner k-tiles; 2048 takes 8."""
     seen = []
-    monkeypatch.setattr(bench, "_int4_cuda_ops", lambda: (lambda w, t: seen.append(t) or w, None))
+    monkeypatch.setattr(linears, "_int4_cuda_ops", lambda: (lambda w, t: seen.append(t) or w, None))
     for in_f, tiles in ((576, 4), (1536, 8), (192, 4), (96, 2)):
-        bench.Int4CUDALinear.from_awq(*rtn_quantize_linear(torch.randn(64, in_f), 32), None, 32, device="cpu")
+        linears.Int4CUDALinear.from_awq(*rtn_quantize_linear(torch.randn(64, in_f), 32), None, 32, device="cpu")
         assert seen[-1] == tiles, in_f
 
 
 def test_int4_cuda_linear_module(emulated):
     qw, qz, sc = rtn_quantize_linear(torch.randn(96, 256) * 0.05, 128)
     bias = torch.randn(96).half()
-    mod = bench.Int4CUDALinear.from_awq(qw, qz, sc, bias, 128, device="cpu")
+    mod = linears.Int4CUDALinear.from_awq(qw, qz, sc, bias, 128, device="cpu")
     assert mod.scales_and_zeros.dtype == torch.bfloat16 and "group_size=128" in repr(mod)
     x = torch.randn(2, 5, 256)
     out = mod(x)
@@ -123,28 +125,28 @@ def test_int4_cuda_linear_module(emulated):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    _, folder = bench.production_model(BenchmarkSection(**TINY), out_dir=tmp_path_factory.mktemp("int4-awq"))
+    _, folder = production.production_model(BenchmarkSection(**TINY), out_dir=tmp_path_factory.mktemp("int4-awq"))
     return folder
 
 
 def test_torchint4_unavailable_on_cpu(tiny_folder):
     assert "CUDA" in bench.available_paths("cpu")["torchint4"]
     with pytest.raises(bench.BenchError, match="torchint4.*not available on cpu"):
-        bench.convert_model(tiny_folder, "torchint4")
+        convert.convert_model(tiny_folder, "torchint4")
 
 
 def test_torchint4_model_wiring_and_decode_loop(tiny_folder, emulated):
-    model = bench.convert_model(tiny_folder, "torchint4")
-    mods = [m for m in model.modules() if isinstance(m, bench.Int4CUDALinear)]
+    model = convert.convert_model(tiny_folder, "torchint4")
+    mods = [m for m in model.modules() if isinstance(m, linears.Int4CUDALinear)]
     assert len(mods) == 2 * 7 and model.model.embed_tokens.weight.dtype == torch.bfloat16
-    base = bench.probe_logits(bench.convert_model(tiny_folder, "baseline"), "cpu", tokens=16)
-    agree = bench.agreement("torchint4", bench.probe_logits(model, "cpu", tokens=16), base)
+    base = probe.probe_logits(convert.convert_model(tiny_folder, "baseline"), "cpu", tokens=16)
+    agree = probe.agreement("torchint4", probe.probe_logits(model, "cpu", tokens=16), base)
     assert agree["rel_rms_diff"] < 0.05
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         hf = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(decode.generate(model, ids, 4), hf)
-    assert bench.quantized_linear_bytes(model)["linears"] == 14
+    assert memory.quantized_linear_bytes(model)["linears"] == 14
 
 
 def test_benchmark_eager_and_graphed_modes(tiny_folder, tmp_path):
@@ -187,7 +189,7 @@ def test_benchmark_graphed_failure_costs_one_shape(tiny_folder, monkeypatch):
             raise RuntimeError("capture failed")
         return real(dec, *args, **kwargs)
 
-    monkeypatch.setattr(decode, "GraphedDecoder", broken)
+    monkeypatch.setattr(timing, "GraphedDecoder", broken)
     p = BenchmarkSection(**{**TINY, "paths": ["baseline"], "modes": ["eager", "graphed"], "context_lengths": [8],
                             "repeats": 1})
     res = bench.run_benchmark(tiny_folder, p, progress=False)
@@ -197,7 +199,7 @@ def test_benchmark_graphed_failure_costs_one_shape(tiny_folder, monkeypatch):
     assert any(n.startswith("baseline graphed batch 2 context 8 failed on cpu and was skipped: RuntimeError: capture")
                for n in res["notes"])
     with pytest.raises(RuntimeError, match="capture failed"):
-        bench.time_graphed(bench.convert_model(tiny_folder, "baseline"), "baseline", [2], [8], 2, 0, 1)
+        timing.time_graphed(convert.convert_model(tiny_folder, "baseline"), "baseline", [2], [8], 2, 0, 1)
 
 
 def test_modes_params():
@@ -217,7 +219,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cuda_int4_kernel_equals_the_conversion():  # pragma: no cover - needs a GPU
     """The real kernel computes with (q - 8) * scale + zero of the uint8 pairs (nibble order included)."""
     qw, qz, sc = rtn_quantize_linear(torch.randn(1024, 512) * 0.05, 128)
-    mod = bench.Int4CUDALinear.from_awq(qw, qz, sc, None, 128, device="cuda")
+    mod = linears.Int4CUDALinear.from_awq(qw, qz, sc, None, 128, device="cuda")
     w_uint8, sz = awq_to_tinygemm(qw, qz, sc, 128)
     w_ref = tinygemm_dequantize(w_uint8, sz.to(torch.bfloat16).float(), 128).to(torch.bfloat16).float()
     torch.testing.assert_close(mod.dequantized_weight().float().cpu(), w_ref.t(), atol=1e-6, rtol=8e-3)  # <= 1 ulp
@@ -235,7 +237,7 @@ def test_cuda_graphed_decode_equals_eager(tiny_folder, path):  # pragma: no cove
     reason = bench.available_paths("cuda")[path]
     if reason:
         pytest.skip(reason)
-    model = bench.convert_model(tiny_folder, path, "cuda")
+    model = convert.convert_model(tiny_folder, path, "cuda")
     ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
     eager = decode.generate(model, ids, 8, graphed=False)
     graphed = decode.generate(model, ids, 8, graphed=True)
@@ -247,7 +249,7 @@ def test_cuda_graphed_decode_equals_eager(tiny_folder, path):  # pragma: no cove
         hf = model(input_ids=ids).logits[:, -1].float()
         mine = decode.Decoder(model, 2, 9).prefill(ids).float()
     assert ((mine - hf).abs().max() / hf.abs().max()) < 2e-2  # 16-bit attention kernels round differently
-    rows = bench.time_graphed(model, path, [1, 2], [8], 3, warmup=0, repeats=1, device="cuda")
+    rows = timing.time_graphed(model, path, [1, 2], [8], 3, warmup=0, repeats=1, device="cuda")
     assert len(rows) == 2 and all(r["decode_tok_s_median"] > 0 and r["graph_check_rel_diff"] < 1e-2 for r in rows)
 
 
@@ -258,13 +260,13 @@ def test_graphed_target_on_a_gpu():
     rows = []
     for path, mode, tok_s in [("baseline", "eager", 70.0), ("fast4", "eager", 40.0), ("baseline", "graphed", 400.0),
                               ("fast4", "graphed", 300.0), ("torchint4", "graphed", 700.0)]:
-        rows.append(bench._timing_row(path, mode, 1, 128, "measured", 16, 2, 16, 16, [1000.0, 1000.0],
+        rows.append(timing._timing_row(path, mode, 1, 128, "measured", 16, 2, 16, 16, [1000.0, 1000.0],
                                       [tok_s * 0.9, tok_s * 1.1]))
-    sp = bench.speedup_table(pd.DataFrame(rows))
-    t = bench.targets(sp, 3.85, "cuda")
+    sp = traps.speedup_table(pd.DataFrame(rows))
+    t = goals.targets(sp, 3.85, "cuda")
     g = t["gpu_graphed_4bit_decode_speedup_b1"]
     assert g["measured"] == pytest.approx(1.75) and g["met"] and g["where"].startswith("torchint4")
     assert g["by_path"]["fast4"] == pytest.approx(0.75)
     assert t["cpu_fast_decode_speedup_1b_b1"]["measured"] == pytest.approx(40 / 70)  # the eager row
-    assert "gpu_graphed_4bit_decode_speedup_b1" not in bench.targets(sp, 3.85, "cpu")
-    assert "mode eager" in bench.targets(sp, 3.85, "cpu")["cpu_fast_decode_speedup_1b_b1"]["where"]
+    assert "gpu_graphed_4bit_decode_speedup_b1" not in goals.targets(sp, 3.85, "cpu")
+    assert "mode eager" in goals.targets(sp, 3.85, "cpu")["cpu_fast_decode_speedup_1b_b1"]["where"]
