@@ -122,7 +122,7 @@ def test_contracts_import_no_step_module():
 
 
 def test_the_steps_and_the_report_read_each_other_through_the_contracts():
-    for name in ("steps/calibration", "steps/quantize", "steps/evaluate", "steps/rollout", "report"):
+    for name in ("steps/calibration", "steps/quantize", "steps/evaluate", "steps/rollout/run", "report"):
         assert "quantstudy.contracts" in _modules_imported(LIB / "quantstudy" / f"{name}.py"), name
 
 
