@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import contracts
+from quantstudy import contracts, rollout_logs
 from quantstudy.steps import rollout
+from quantstudy.steps.rollout import stats as rollout_stats
 from quantstudy.config.params import RolloutSection
-from quantstudy.steps.rollout import RolloutError
+from quantstudy.rollout_logs import RolloutError
 
 
 def _logs(n: int = 6) -> pd.DataFrame:
@@ -32,14 +33,14 @@ def _write(tmp_path: Path, df: pd.DataFrame, name: str = "logs.csv") -> Path:
 # --------------------------------------------------------------------------- schema
 def test_read_logs_ok_csv_and_parquet(tmp_path: Path) -> None:
     df = _logs().assign(resolved=[1, 0, "true", "false", True, 0])
-    out = rollout.read_logs(_write(tmp_path, df))
+    out = rollout_logs.read_logs(_write(tmp_path, df))
     assert list(out["arm"].value_counts().sort_index()) == [3, 3]
     assert pd.api.types.is_datetime64_any_dtype(out["timestamp"])
     assert out["resolved"].dtype == bool
     assert out.attrs["simulated"] is False
     pq = tmp_path / "logs.parquet"
     _logs().to_parquet(pq)
-    assert len(rollout.read_logs(pq)) == 6
+    assert len(rollout_logs.read_logs(pq)) == 6
 
 
 @pytest.mark.parametrize("mutate, column, row, words", [
@@ -61,7 +62,7 @@ def test_read_logs_ok_csv_and_parquet(tmp_path: Path) -> None:
 def test_schema_errors_name_file_column_row(tmp_path: Path, mutate, column, row, words) -> None:
     path = _write(tmp_path, mutate(_logs()))
     with pytest.raises(RolloutError) as err:
-        rollout.read_logs(path)
+        rollout_logs.read_logs(path)
     msg = str(err.value)
     assert str(path) in msg and f"'{column}'" in msg and words in msg and "np." not in msg
     if row is not None:
@@ -72,15 +73,15 @@ def test_schema_errors_name_file_column_row(tmp_path: Path, mutate, column, row,
 
 def test_missing_file_and_bad_extension(tmp_path: Path) -> None:
     with pytest.raises(RolloutError, match="not found"):
-        rollout.read_logs(tmp_path / "nope.csv")
+        rollout_logs.read_logs(tmp_path / "nope.csv")
     bad = tmp_path / "logs.xlsx"
     bad.write_text("x")
     with pytest.raises(RolloutError, match="unsupported file type"):
-        rollout.read_logs(bad)
+        rollout_logs.read_logs(bad)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(RolloutError, match="empty"):
-        rollout.read_logs(empty)
+        rollout_logs.read_logs(empty)
 
 
 # --------------------------------------------------------------------------- simulator
@@ -93,7 +94,7 @@ def test_simulator_deterministic_marked_and_on_schedule() -> None:
     assert a.attrs["simulated"] is True and a["simulated"].all()
     assert len(a) == len(p.stages) * p.days_per_stage * p.daily_conversations
     # Same schema as real logs: it passes validation.
-    rollout.validate_logs(a, "sim")
+    rollout_logs.validate_logs(a, "sim")
     daily = rollout.daily_summary(a)
     share = daily[daily["arm"] == "quantized"].set_index("day")["share"]
     plan = rollout.schedule(p).set_index("day")["quantized_share"]
@@ -132,14 +133,14 @@ def test_worse_scenario_rolls_back() -> None:
 
 
 def test_bonferroni_fallback_when_sequential_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = rollout._ztest_difference
+    real = rollout_stats._ztest_difference
 
     def broken(data, alpha, sequential, nim):
         if sequential:
             raise TypeError("simulated API break")
         return real(data, alpha, sequential, nim)
 
-    monkeypatch.setattr(rollout, "_ztest_difference", broken)
+    monkeypatch.setattr(rollout_stats, "_ztest_difference", broken)
     logs = rollout.simulate_logs(RolloutSection(margin=0.02), 0.0, 0, "worse")
     with pytest.warns(RuntimeWarning, match="fell back to Bonferroni"):
         looks = rollout.sequential_analysis(logs, RolloutSection(margin=0.02))
@@ -315,8 +316,8 @@ def test_guardrail_params_are_typed_and_validated() -> None:
         ("escalated", 0.02, False), ("resolved", 0.02, True), ("latency_s", 0.25, False)]
     assert (p.srm_alpha, p.power, p.scenario) == (0.001, 0.8, "measured")
     known = typing.get_args(RolloutSection.Guardrail.model_fields["column"].annotation)
-    assert set(known) == set(rollout.GUARDRAIL_COLUMNS)
-    for column, info in rollout.GUARDRAIL_COLUMNS.items():  # params and library agree on directions
+    assert set(known) == set(rollout_logs.GUARDRAIL_COLUMNS)
+    for column, info in rollout_logs.GUARDRAIL_COLUMNS.items():  # params and library agree on directions
         margin = 0.5 if column == "latency_s" else 0.02
         RolloutSection.Guardrail(column=column, margin=margin, higher_is_better=info["higher_is_better"])
         with pytest.raises(ValidationError, match="higher_is_better"):
@@ -359,7 +360,9 @@ def test_power_plan_matches_statsmodels_and_splits_beta_over_metrics() -> None:
     n_arm = NormalIndPower().solve_power(effect_size=0.02 / sd, alpha=0.05, power=0.8, ratio=1.0, alternative="larger")
     assert plan.loc[0, "days_needed"] == int(np.ceil(n_arm / 500))
     # Closed form: z_(1-alpha) + z_(1-beta) = margin / (sd * sqrt(2 / n))
-    z = rollout.stats.norm.ppf(0.95) + rollout.stats.norm.ppf(0.8)
+    from scipy.stats import norm
+
+    z = norm.ppf(0.95) + norm.ppf(0.8)
     assert n_arm == pytest.approx(2 * (z * sd / 0.02) ** 2, rel=1e-6)
 
     # Four metrics: each is planned at 1 - 0.2/4 = 95% power, which takes longer.
@@ -436,7 +439,7 @@ def test_a_guardrail_alone_rolls_back_slower_replies() -> None:
 
 
 def test_decrease_direction_null_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = rollout._ztest_difference
+    real = rollout_stats._ztest_difference
 
     def shifted(data, alpha, sequential, nim):
         out = real(data, alpha, sequential, nim)
@@ -444,7 +447,7 @@ def test_decrease_direction_null_is_checked(monkeypatch: pytest.MonkeyPatch) -> 
             out["null_hypothesis"] = -out["null_hypothesis"]  # as if the library flipped its convention
         return out
 
-    monkeypatch.setattr(rollout, "_ztest_difference", shifted)
+    monkeypatch.setattr(rollout_stats, "_ztest_difference", shifted)
     logs = rollout.simulate_logs(RolloutSection(margin=0.02, daily_conversations=500), 0.0, 0)
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="NIM convention changed"):
         rollout.sequential_analysis(logs, RolloutSection(margin=0.02, daily_conversations=500))
@@ -530,7 +533,7 @@ def test_a_file_that_is_not_a_table(tmp_path: Path, content: bytes, name: str, w
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(RolloutError) as err:
-        rollout.read_logs(path)
+        rollout_logs.read_logs(path)
     msg = str(err.value)
     assert str(path) in msg and words in msg and "\n" not in msg
 
@@ -668,3 +671,31 @@ def test_missing_guardrail_column_is_caught_by_validation(write_params, project)
     path = write_params(**{"rollout.logs": str(logs)})
     with pytest.raises(ParamsError, match=r"rollout.logs: .*column 'escalated' is missing.*rollout.guardrails\[0\]"):
         load_params(path)
+
+
+# --------------------------------------------------------------------------- layering (issue 14)
+def _study_imports(path: Path) -> set[str]:
+    """quantstudy modules a file imports, lazy imports included."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("quantstudy"):
+            out |= {node.module} if node.module != "quantstudy" else {f"quantstudy.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("quantstudy")}
+    return out
+
+
+def test_log_reading_is_data_layer_and_config_does_not_import_the_step() -> None:
+    lib = Path(__file__).resolve().parents[1] / "lib" / "quantstudy"
+    assert _study_imports(lib / "rollout_logs.py") == {"quantstudy.paths"}
+    config = {m for p in (lib / "config").glob("*.py") for m in _study_imports(p)}
+    assert not [m for m in config if m.startswith("quantstudy.steps.rollout")], "config must not import step 05"
+
+
+def test_candidate_rules_are_the_ones_params_accept() -> None:
+    import typing
+
+    accepted = typing.get_args(RolloutSection.model_fields["candidate_rule"].annotation)
+    assert set(accepted) == set(rollout.CANDIDATE_RULES)

@@ -509,7 +509,7 @@ def check_input_contents(p: StudyParams, source: str) -> None:
         checks.append(("data.domain_lexicon", lambda: data.read_lexicon(p.data.domain_lexicon)))
     if p.rollout.logs is not None:
         def logs():
-            from quantstudy.steps.rollout import read_logs, require_columns
+            from quantstudy.rollout_logs import read_logs, require_columns
 
             frame = read_logs(p.rollout.logs)
             require_columns(frame, p.rollout)  # every configured guardrail needs its column
