@@ -13,7 +13,7 @@ pytest.importorskip("lm_eval", reason="lm-eval is installed by `make setup`")
 
 from quantstudy import data as D  # noqa: E402
 from quantstudy.steps import evaluate as E  # noqa: E402
-from quantstudy.steps import lmeval  # noqa: E402
+from quantstudy.steps.evaluate import lmeval  # noqa: E402
 from quantstudy.steps import quantize as Q  # noqa: E402
 from quantstudy.config.params import StudyParams  # noqa: E402
 

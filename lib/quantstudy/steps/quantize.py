@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from quantstudy import contracts
+from quantstudy.metrics import scoring, stats
 from quantstudy.awqformat.autoawq import quiet_awq
 from quantstudy.paths import resolve
 
@@ -472,22 +473,20 @@ def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: 
     checkpoint worse than RTN (same bits) on its own calibration domain."""
     from tqdm.auto import tqdm
 
-    from quantstudy.steps import evaluate as E
-
     max_tokens = max_tokens or P.quantize.sanity_tokens
     dtype = _dtype(P.model.eval_dtype)
     base, tok, _ = load_checkpoint(baseline_dir, device=P.study.device, dtype=dtype)
-    streams = {d: E.build_stream(tok, t, P.evaluate.window, P.evaluate.stride, max_tokens) for d, t in texts.items()}
-    base_nll = {d: E.score_stream(base, s)["nll"] for d, s in streams.items()}
+    streams = {d: scoring.build_stream(tok, t, P.evaluate.window, P.evaluate.stride, max_tokens) for d, t in texts.items()}
+    base_nll = {d: scoring.score_stream(base, s)["nll"] for d, s in streams.items()}
     rows = [{"name": "baseline", "method": "baseline", "bits": 16,
-             **{f"ppl_{d}": E.perplexity(v) for d, v in base_nll.items()}}]
+             **{f"ppl_{d}": stats.perplexity(v) for d, v in base_nll.items()}}]
     del base
     nll: dict[str, dict[str, np.ndarray]] = {}
     for rec in tqdm(records, desc="sanity ppl"):
         model, _, _ = load_checkpoint(Path(output_dir) / "checkpoints" / rec["name"], device=P.study.device, dtype=dtype)
-        nll[rec["name"]] = {d: E.score_stream(model, s)["nll"] for d, s in streams.items()}
+        nll[rec["name"]] = {d: scoring.score_stream(model, s)["nll"] for d, s in streams.items()}
         rows.append({"name": rec["name"], "method": rec["method"], "bits": rec["bits"],
-                     **{f"ppl_{d}": E.perplexity(v) for d, v in nll[rec["name"]].items()}})
+                     **{f"ppl_{d}": stats.perplexity(v) for d, v in nll[rec["name"]].items()}})
         del model
     by_name = {r["name"]: r for r in rows}
     for rec in records:
@@ -500,8 +499,8 @@ def sanity_perplexities(P, records: list[dict], baseline_dir: Path, output_dir: 
         if rtn in nll:
             worse = []
             for d in own:
-                ci = E.paired_bootstrap(nll[rtn][d], nll[rec["name"]][d], "ppl_pct", n=P.evaluate.bootstrap_samples,
-                                        seed=P.study.seed, groups=streams[d].window_of_token)
+                ci = stats.paired_bootstrap(nll[rtn][d], nll[rec["name"]][d], "ppl_pct", n=P.evaluate.bootstrap_samples,
+                                            seed=P.study.seed, groups=streams[d].window_of_token)
                 row[f"vs_rtn_pct_{d}"] = ci
                 if ci["point"] > 0:
                     worse.append(d)

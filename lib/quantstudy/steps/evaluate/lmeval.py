@@ -33,6 +33,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import yaml
+from tqdm.auto import tqdm
+
+from quantstudy.paths import resolve
+from quantstudy.steps.evaluate.models import checkpoint_list, load_baseline, load_candidate, main_checkpoints
 
 TASK_PREFIX = "quantstudy_"
 # Listed in evaluate.lm_eval_tasks: the study's own tasks alone (they run whenever lm-eval runs).
@@ -116,6 +120,7 @@ def export_tasks(items_by_task: dict[str, list[dict]], folder: str | Path) -> di
 def task_manager(folder: str | Path, include_defaults: bool = False):
     """An lm-eval TaskManager that finds the exported tasks (and, with include_defaults,
     lm-eval's installed ones: indexing those takes a few seconds)."""
+    # lm-eval is optional (`make setup`) and slow to import: loaded only when used.
     from lm_eval.tasks import TaskManager
 
     with _quiet():
@@ -145,8 +150,6 @@ def check_listed(names: list[str]) -> None:
     """Preflight for ``evaluate.lm_eval_tasks`` alone (no model, no study items): every listed
     task other than the study's own must load its data here. Seconds for lm-eval's task index,
     plus the hub's retries for a task whose data is not on this machine."""
-    from quantstudy.paths import resolve
-
     extra = [str(resolve(t)) if t.endswith((".yaml", ".yml")) else t for t in names
              if t != STUDY_TASKS and not t.startswith(TASK_PREFIX)]
     if extra:
@@ -159,6 +162,7 @@ def make_lm(model, tokenizer, batch_size: int | str = 16, **kwargs):
     """lm-eval's HF wrapper around an already-loaded model. The tokenizer is copied (lm-eval
     may set a pad token and flips its padding side); log-softmax runs in float32, as in the
     study's scorer."""
+    # lm-eval is optional (`make setup`) and slow to import: loaded only when used.
     from lm_eval.models.huggingface import HFLM
 
     with _quiet():
@@ -172,6 +176,7 @@ def evaluate(lm, names: list[str], manager, bootstrap_iters: int = 1000, seed: i
     lm-eval's own ``evaluate`` with the zero-shot setup ``simple_evaluate`` would make (no
     global seeds touched, no environment report per model).
     """
+    # lm-eval is optional (`make setup`) and slow to import: loaded only when used.
     from lm_eval.evaluator import evaluate as lm_evaluate
 
     with _quiet():
@@ -253,16 +258,10 @@ def run(P, quantize_dir: str | Path, items: dict[str, list[dict]], result: dict 
     ``run_evaluation``) supplies the study's per-item scores for the comparison. Returns
     {model: {task: {acc, acc_stderr, study_acc, agree_items, n_items, max_abs_ll_diff}}}.
     """
-    from tqdm.auto import tqdm
-
-    from quantstudy.steps import evaluate as E
-    from quantstudy import awqformat
-    from quantstudy.paths import resolve
-
     # A listed task is an lm-eval task name or a task YAML file (relative to the project root).
     listed = [str(resolve(t)) if t.endswith((".yaml", ".yml")) else t for t in P.evaluate.lm_eval_tasks]
     quantize_dir = resolve(quantize_dir)
-    records = E.main_checkpoints(E.checkpoint_list(quantize_dir))
+    records = main_checkpoints(checkpoint_list(quantize_dir))
     batch_size: int | str = "auto" if P.study.device != "cpu" and torch.cuda.is_available() else 16
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="quantstudy-lmeval-") as tmp:
@@ -272,15 +271,14 @@ def run(P, quantize_dir: str | Path, items: dict[str, list[dict]], result: dict 
         manager = task_manager(tmp, include_defaults=bool(extra))
         check_tasks(list(study.values()) + list(reference.values()) + extra, manager)  # before any model loads
 
-        model, tok = E.load_baseline(P)
+        model, tok = load_baseline(P)
         scores = dict(result["base"]["items"]) if result else None
         if result:
             scores.update(result.get("reference", {}))
         out["baseline"] = score_model(model, tok, {**study, **reference}, extra, manager, scores, batch_size)
         del model
         for rec in tqdm(records, desc="lm-eval checkpoints"):
-            model, _, _ = awqformat.load_checkpoint(quantize_dir / "checkpoints" / rec["name"], device=P.study.device,
-                                            dtype=E.eval_dtype(P))
+            model = load_candidate(P, quantize_dir, rec["name"])
             scores = result["cands"].get(rec["name"], {}).get("items") if result else None
             out[rec["name"]] = score_model(model, tok, study, extra, manager, scores, batch_size)
             del model
