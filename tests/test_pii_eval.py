@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quantstudy.steps import calibration as C
-from quantstudy.steps import pii_eval as E
+from quantstudy.steps.calibration import pii_eval as E
 
 PII_DIR = Path(__file__).resolve().parent / "fixtures" / "pii"
 DEV, HOLDOUT = PII_DIR / "pii_testset.jsonl", PII_DIR / "pii_holdout.jsonl"

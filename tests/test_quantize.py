@@ -7,8 +7,11 @@ import random
 import pytest
 import torch
 
+from quantstudy.awqformat import QUANT_META, CheckpointError, dequantize_awq_state, read_tensors
+from quantstudy.awqformat.autoawq import supported_model_types
+from quantstudy.paths import resolve
 from quantstudy.steps import quantize as Q
-from quantstudy.awqformat import CheckpointError
+from quantstudy.steps.quantize.search import _load_awq_model
 
 
 def _samples(n: int = 8, length: int = 64, vocab: int = 300, seed: int = 0) -> list[list[int]]:
@@ -31,7 +34,7 @@ def checkpoints(tiny_model_dir, tok, tmp_path_factory):
     rtn = Q.quantize_rtn(Q.QuantRequest(str(tiny_model_dir), out / "rtn"), tok)
     scaled = out / "scaled"
     # Same search, nothing packed: AWQ's scaled float weights, the reference for "within one step".
-    model = Q._load_awq_model(str(tiny_model_dir), torch.float32)
+    model = _load_awq_model(str(tiny_model_dir), torch.float32)
     model.quantize(tok, quant_config={"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"},
                    calib_data=samples, max_calib_samples=len(samples), max_calib_seq_len=64,
                    duo_scaling=False, apply_clip=False, export_compatible=True)
@@ -43,7 +46,7 @@ def test_awq_checkpoint_is_standard_autoawq(checkpoints):
     cfg = json.loads((checkpoints["awq"] / "config.json").read_text())
     qc = cfg["quantization_config"]
     assert qc["quant_method"] == "awq" and qc["bits"] == 4 and qc["group_size"] == 128 and qc["version"] == "gemm"
-    tensors = Q._tensors(checkpoints["awq"])
+    tensors = read_tensors(checkpoints["awq"])
     assert any(k.endswith(".qweight") for k in tensors)
     assert tensors["model.layers.0.mlp.down_proj.qweight"].dtype == torch.int32
     assert tensors["model.layers.0.mlp.down_proj.scales"].dtype == torch.float16
@@ -56,8 +59,8 @@ def test_awq_checkpoint_is_standard_autoawq(checkpoints):
 def test_unpacked_awq_within_one_step_of_scaled_original(checkpoints):
     from safetensors.torch import load_file
 
-    packed = Q._tensors(checkpoints["awq"])
-    dense = Q.dequantize_awq_state(packed, 4, 128)
+    packed = read_tensors(checkpoints["awq"])
+    dense = dequantize_awq_state(packed, 4, 128)
     scaled = load_file(str(next(checkpoints["scaled"].glob("*.safetensors"))))
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj", "model.layers.1.mlp.up_proj"):
         w_q = dense[name + ".weight"]
@@ -75,7 +78,7 @@ def test_rtn_unpacks_to_autoawq_pseudo_quantization(checkpoints, tiny_model_dir)
     q = AwqQuantizer.__new__(AwqQuantizer)
     q.w_bit, q.group_size, q.zero_point = 4, 128, True
     orig = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    dense = Q.dequantize_awq_state(Q._tensors(checkpoints["rtn"]), 4, 128)
+    dense = dequantize_awq_state(read_tensors(checkpoints["rtn"]), 4, 128)
     for name in ("model.layers.0.self_attn.k_proj", "model.layers.1.mlp.gate_proj"):
         w = dict(orig.named_parameters())[name + ".weight"].data.half()
         ref = q.pseudo_quantize_tensor(w)[0].float()
@@ -83,7 +86,7 @@ def test_rtn_unpacks_to_autoawq_pseudo_quantization(checkpoints, tiny_model_dir)
 
 
 def test_awq_and_rtn_checkpoints_differ(checkpoints):
-    a, r = Q._tensors(checkpoints["awq"]), Q._tensors(checkpoints["rtn"])
+    a, r = read_tensors(checkpoints["awq"]), read_tensors(checkpoints["rtn"])
     differs = [k for k in a if k.endswith(".qweight") and not torch.equal(a[k], r[k])]
     assert differs, "AWQ and RTN produced identical packed weights"
 
@@ -95,7 +98,7 @@ def test_autocast_search_still_searches(checkpoints, tiny_model_dir, tok, tmp_pa
     rec = Q.quantize_awq(Q.QuantRequest(str(tiny_model_dir), tmp_path / "awq_bf16", search_autocast="bfloat16"),
                          tok, _samples(vocab=len(tok)), 64, "generic", 0)
     assert rec["search_autocast"] == "bfloat16"
-    a, r = Q._tensors(tmp_path / "awq_bf16"), Q._tensors(checkpoints["rtn"])
+    a, r = read_tensors(tmp_path / "awq_bf16"), read_tensors(checkpoints["rtn"])
     differs = [k for k in a if k.endswith(".qweight") and not torch.equal(a[k], r[k])]
     assert len(differs) >= len([k for k in a if k.endswith(".qweight")]) // 2, differs
 
@@ -112,7 +115,7 @@ def test_simulated_three_bit_is_dense_and_labelled(tiny_model_dir, tok, tmp_path
     rec = Q.quantize_rtn(Q.QuantRequest(str(tiny_model_dir), tmp_path / "rtn3", bits=3), tok)
     assert rec["simulated"] is True
     assert Q.checkpoint_kind(tmp_path / "rtn3") == "dense"
-    meta = json.loads((tmp_path / "rtn3" / Q.QUANT_META).read_text())
+    meta = json.loads((tmp_path / "rtn3" / QUANT_META).read_text())
     assert meta["simulated"] and meta["bits"] == 3
     model, _, _ = Q.load_checkpoint(tmp_path / "rtn3")
     w = model.model.layers[0].mlp.up_proj.weight.data.view(-1, 128)
@@ -140,7 +143,7 @@ def test_model_type_list_matches_installed_autoawq():
     """Validation reads a written-out list (no AutoAWQ import); it must be the installed map."""
     from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
 
-    assert Q.supported_model_types() == sorted(AWQ_CAUSAL_LM_MODEL_MAP)
+    assert supported_model_types() == sorted(AWQ_CAUSAL_LM_MODEL_MAP)
 
 
 def test_steps_that_never_quantize_start_without_autoawq():
@@ -148,9 +151,10 @@ def test_steps_that_never_quantize_start_without_autoawq():
     import subprocess
     import sys
 
-    code = ("import sys; from quantstudy import params, calibration, evaluate, rollout, report; "
-            "params.load_params('params/default.yaml'); print('awq' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Q.resolve("."), check=True)
+    code = ("import sys; from quantstudy.config import params; from quantstudy.steps import calibration, evaluate, "
+            "rollout; from quantstudy import report; params.load_params('params/default.yaml'); "
+            "print('awq' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=resolve("."), check=True)
     assert out.stdout.strip() == "False", out.stderr
 
 

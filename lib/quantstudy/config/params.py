@@ -448,7 +448,7 @@ def check_model_source(p: StudyParams, source: str, check_group_size: bool = Tru
         return
     where, cfg = found
     mtype = cfg.get("model_type")
-    from quantstudy.steps.quantize import supported_model_types
+    from quantstudy.awqformat.autoawq import supported_model_types
 
     supported = supported_model_types()
     if p.model.source == "gguf":
