@@ -182,8 +182,15 @@ def _names_imported(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            names = {f"{node.module}.{a.name}" for a in node.names}
+            # ``from pkg import submodule`` runs pkg/__init__ first, but what the code uses is the submodule
+            out |= names if all(_is_module(n) for n in names) else names | {node.module}
     return out
+
+
+def _is_module(name: str) -> bool:
+    path = LIB.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _study_graph() -> dict[str, set[str]]:
