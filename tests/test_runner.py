@@ -18,6 +18,7 @@ import pytest
 from quantstudy import cli
 from quantstudy.pipeline import runner
 from quantstudy.config.params import STEP_SECTIONS
+from quantstudy.pipeline import manifest as provenance
 from quantstudy.pipeline.manifest import budget_changed_after_results
 from quantstudy.pipeline.runner import Pipeline, Step
 
@@ -93,16 +94,16 @@ def test_external_inputs_per_step(write_params, project):
 
     p = load_params(write_params())
     model, conv, tasks = project / "models/tiny", project / "data/conversations.jsonl", project / "data/task_items.jsonl"
-    assert runner.external_inputs(p, "01_calibration") == [conv, model]  # no lexicon in the fixture params
-    assert runner.external_inputs(p, "02_quantize") == [model, conv]  # its sanity check reads held-out conversations
-    assert runner.external_inputs(p, "03_evaluate") == [model, conv, tasks]
-    assert runner.external_inputs(p, "04_benchmark") == [model]
-    assert runner.external_inputs(p, "05_rollout_analysis") == []
-    hashes = runner.input_hashes(p, runner.STEPS[1], project / "outputs" / "x")
+    assert provenance.external_inputs(p, "01_calibration") == [conv, model]  # no lexicon in the fixture params
+    assert provenance.external_inputs(p, "02_quantize") == [model, conv]  # its sanity check reads held-out conversations
+    assert provenance.external_inputs(p, "03_evaluate") == [model, conv, tasks]
+    assert provenance.external_inputs(p, "04_benchmark") == [model]
+    assert provenance.external_inputs(p, "05_rollout_analysis") == []
+    hashes = provenance.input_hashes(p, runner.STEPS[1], project / "outputs" / "x")
     assert list(hashes) == ["data/conversations.jsonl", "models/tiny/config.json"]
     # A hub id is recorded by name.
     hub = p.model_copy(update={"model": p.model.model_copy(update={"source": "hf", "path": "org/some-model"})})
-    hub_hashes = runner.input_hashes(hub, runner.STEPS[1], project / "outputs" / "x")
+    hub_hashes = provenance.input_hashes(hub, runner.STEPS[1], project / "outputs" / "x")
     assert hub_hashes["hf:org/some-model"] == "org/some-model" and "models/tiny/config.json" not in hub_hashes
 
 
@@ -114,10 +115,10 @@ def test_notebook_hash_ignores_outputs_and_metadata(tmp_path):
     nb.metadata["papermill"] = {"x": 1}
     other = tmp_path / "a.ipynb"
     nbformat.write(nb, other)
-    assert runner.notebook_source_sha256(other) == runner.notebook_source_sha256(src)
+    assert provenance.notebook_source_sha256(other) == provenance.notebook_source_sha256(src)
     nb.cells[1].source += "\n# changed"
     nbformat.write(nb, other)
-    assert runner.notebook_source_sha256(other) != runner.notebook_source_sha256(src)
+    assert provenance.notebook_source_sha256(other) != provenance.notebook_source_sha256(src)
 
 
 def test_bad_pipeline_definition_is_refused():
@@ -479,11 +480,9 @@ def test_report_refuses_stale_runs_unless_asked(tmp_path):
 def test_git_info_outside_a_repository_takes_the_commit_from_the_environment(tmp_path, monkeypatch):
     """A copy of the tree made elsewhere (a lent GPU machine) stamps the commit it came from,
     even where it carries a stale .git."""
-    from quantstudy.pipeline import runner
-
     monkeypatch.delenv("QUANTSTUDY_GIT_COMMIT", raising=False)
-    assert runner.git_info(tmp_path)["commit"] is None
-    assert runner.git_info()["commit"] not in (None, "abc123")  # this repository's own commit
+    assert provenance.git_info(tmp_path)["commit"] is None
+    assert provenance.git_info()["commit"] not in (None, "abc123")  # this repository's own commit
     monkeypatch.setenv("QUANTSTUDY_GIT_COMMIT", "abc123")
-    assert runner.git_info(tmp_path) == {"commit": "abc123", "dirty": None, "from_env": True}
-    assert runner.git_info()["commit"] == "abc123"  # the variable wins over a (possibly stale) .git
+    assert provenance.git_info(tmp_path) == {"commit": "abc123", "dirty": None, "from_env": True}
+    assert provenance.git_info()["commit"] == "abc123"  # the variable wins over a (possibly stale) .git
