@@ -32,10 +32,12 @@ smoke: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check lib tests notebooks
+	$(BIN)/ruff format --check lib tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests notebooks
+	$(BIN)/ruff format --check lib tests
 
 # JupyterLab refuses to run as root without --allow-root (containers, CI machines).
 lab: $(STAMP)

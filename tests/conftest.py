@@ -1,5 +1,6 @@
 """Shared fixtures: a throw-away project root with small data files, a minimal model
 folder, fixture params YAML and the fixture step notebooks."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def conversation_lines(n: int) -> str:
     """n valid conversation records, one JSON object per line."""
-    return "".join(json.dumps({"conversation_id": f"c{i}", "turns": [{"role": "user", "text": f"hello {i}"}]}) + "\n"
-                   for i in range(1, n + 1))
+    return "".join(
+        json.dumps({"conversation_id": f"c{i}", "turns": [{"role": "user", "text": f"hello {i}"}]}) + "\n"
+        for i in range(1, n + 1)
+    )
 
 
 @pytest.fixture
@@ -40,7 +43,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "data").mkdir()
     (root / "data" / "conversations.jsonl").write_text(conversation_lines(2))
     (root / "data" / "task_items.jsonl").write_text(
-        '{"item_id": "t1", "task": "retention", "context": "User: hi\\nAssistant: Hello", "choices": [" a", " b"], "answer": 0}\n')
+        '{"item_id": "t1", "task": "retention", "context": "User: hi\\nAssistant: Hello", "choices": [" a", " b"], "answer": 0}\n'
+    )
     model = root / "models" / "tiny"
     model.mkdir(parents=True)
     (model / "config.json").write_text(json.dumps({"hidden_size": 256, "intermediate_size": 768}))
@@ -96,10 +100,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")
     tok = train_tokenizer(TINY_TEXTS, 384)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -1,5 +1,6 @@
 """Step 04 benchmark library: path modules, packer, memory accounting, trap detector,
 fleet/cost arithmetic and a tiny end-to-end run (tiny shapes, seconds)."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,21 @@ from torch import nn
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from quantstudy.awqformat import pack_awq_gemm, rtn_quantize_linear  # noqa: E402
-from quantstudy.steps import benchmark as bench  # noqa: E402
-from quantstudy.steps.benchmark import (convert, devices, fleet, goals, linears, memory, probe,  # noqa: E402
-                                        production, run, timing, traps)
 from quantstudy.config.params import BenchmarkSection  # noqa: E402
+from quantstudy.steps import benchmark as bench  # noqa: E402
+from quantstudy.steps.benchmark import (  # noqa: E402
+    convert,
+    devices,
+    fleet,
+    goals,
+    linears,
+    memory,
+    probe,
+    production,
+    run,
+    timing,
+    traps,
+)
 
 GROUP = 128
 
@@ -61,8 +73,9 @@ def test_fast4_int4_kernel_matches_dense_matmul(out_f):
     w = _dense_weight(awq)
     x = torch.randn(5, 3, 256)
     ref = x @ w
-    exact = linears.Int4CPULinear.from_awq(awq.qweight, awq.qzeros, awq.scales, None, GROUP,
-                                         compute_dtype=torch.float32)
+    exact = linears.Int4CPULinear.from_awq(
+        awq.qweight, awq.qzeros, awq.scales, None, GROUP, compute_dtype=torch.float32
+    )
     out = exact(x)
     assert out.shape == (5, 3, out_f) and out.dtype == torch.float32
     # float32 scales/zeros: zero_f = (8 - z) * s reproduces AWQ's (q - z) * s exactly
@@ -151,17 +164,32 @@ def test_quantized_linear_bytes_ratio():
 def _timings(path_speeds: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
     rows = []
     for path, (lo, med, hi) in path_speeds.items():
-        rows.append({"path": path, "batch": 1, "context": 128,
-                     "prefill_tok_s_median": 100.0 if path == "baseline" else med * 10,
-                     "prefill_tok_s_min": 99.0 if path == "baseline" else lo * 10,
-                     "prefill_tok_s_max": 101.0 if path == "baseline" else hi * 10,
-                     "decode_tok_s_median": med, "decode_tok_s_min": lo, "decode_tok_s_max": hi})
+        rows.append(
+            {
+                "path": path,
+                "batch": 1,
+                "context": 128,
+                "prefill_tok_s_median": 100.0 if path == "baseline" else med * 10,
+                "prefill_tok_s_min": 99.0 if path == "baseline" else lo * 10,
+                "prefill_tok_s_max": 101.0 if path == "baseline" else hi * 10,
+                "decode_tok_s_median": med,
+                "decode_tok_s_min": lo,
+                "decode_tok_s_max": hi,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def test_speedup_table_and_traps():
-    df = _timings({"baseline": (9.8, 10.0, 10.2), "slow": (4.0, 5.0, 5.5), "fast": (24.0, 25.0, 26.0),
-                   "same": (9.7, 10.0, 10.3), "hair": (9.5, 9.9, 10.4)})
+    df = _timings(
+        {
+            "baseline": (9.8, 10.0, 10.2),
+            "slow": (4.0, 5.0, 5.5),
+            "fast": (24.0, 25.0, 26.0),
+            "same": (9.7, 10.0, 10.3),
+            "hair": (9.5, 9.9, 10.4),
+        }
+    )
     table = traps.speedup_table(df).set_index("path")
     assert table.loc["slow", "decode_speedup"] == pytest.approx(0.5)
     assert table.loc["fast", "decode_speedup"] == pytest.approx(2.5)
@@ -196,8 +224,14 @@ def test_targets():
 
 # --------------------------------------------------------------------------- fleet & cost
 def _cost_params(**kw) -> BenchmarkSection:
-    base = dict(device_memory_gb=80.0, price_per_device_hour=2.0, peak_conversations_per_s=10.0,
-                tokens_per_conversation=1000, kv_bytes_per_token=100_000, hardware_label="test box")
+    base = dict(
+        device_memory_gb=80.0,
+        price_per_device_hour=2.0,
+        peak_conversations_per_s=10.0,
+        tokens_per_conversation=1000,
+        kv_bytes_per_token=100_000,
+        hardware_label="test box",
+    )
     base.update(kw)
     return BenchmarkSection(**base)
 
@@ -221,16 +255,19 @@ def test_fleet_cost_hand_computed():
     assert out["devices_at_peak"] == 64 and out["bound_by"] == "memory"
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"weight_bytes": -1}, "weight_bytes"),
-    ({"decode_tokens_per_s": 0}, "decode_tokens_per_s"),
-    ({"decode_tokens_per_s": float("nan")}, "decode_tokens_per_s"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"weight_bytes": 81e9}, "device_memory_gb"),
-    ({"params": {"kv_bytes_per_token": 10**9}}, "kv_bytes_per_token"),
-    ({"params": {"price_per_device_hour": -2.0}}, "price_per_device_hour"),
-    ({"params": {"peak_conversations_per_s": 0}}, "peak_conversations_per_s"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"weight_bytes": -1}, "weight_bytes"),
+        ({"decode_tokens_per_s": 0}, "decode_tokens_per_s"),
+        ({"decode_tokens_per_s": float("nan")}, "decode_tokens_per_s"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"weight_bytes": 81e9}, "device_memory_gb"),
+        ({"params": {"kv_bytes_per_token": 10**9}}, "kv_bytes_per_token"),
+        ({"params": {"price_per_device_hour": -2.0}}, "price_per_device_hour"),
+        ({"params": {"peak_conversations_per_s": 0}}, "peak_conversations_per_s"),
+    ],
+)
 def test_fleet_cost_rejects_bad_inputs(kwargs, name):
     args = {"weight_bytes": 1e9, "decode_tokens_per_s": 100.0, "batch_size": 1}
     params = _cost_params()
@@ -242,9 +279,21 @@ def test_fleet_cost_rejects_bad_inputs(kwargs, name):
 
 
 # --------------------------------------------------------------------------- end to end
-TINY = dict(prod_hidden_size=128, prod_intermediate_size=256, prod_num_layers=4, prod_num_heads=4,
-            prod_num_kv_heads=2, prod_vocab_size=256, prod_bench_layers=2, batch_sizes=[1],
-            context_lengths=[16], decode_tokens=2, warmup=1, repeats=2, hardware_label="ci cpu")
+TINY = dict(
+    prod_hidden_size=128,
+    prod_intermediate_size=256,
+    prod_num_layers=4,
+    prod_num_heads=4,
+    prod_num_kv_heads=2,
+    prod_vocab_size=256,
+    prod_bench_layers=2,
+    batch_sizes=[1],
+    context_lengths=[16],
+    decode_tokens=2,
+    warmup=1,
+    repeats=2,
+    hardware_label="ci cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -354,15 +403,17 @@ def test_run_benchmark_skips_a_path_that_breaks(tiny_checkpoint, monkeypatch):
 def test_run_benchmark_skips_unavailable_and_requires_baseline(tiny_checkpoint, monkeypatch):
     _, folder = tiny_checkpoint
     real = bench.available_paths
-    monkeypatch.setattr(run, "available_paths",
-                        lambda device="cpu": {**real(device), "fast4": "no int4 kernel in this test"})
+    monkeypatch.setattr(
+        run, "available_paths", lambda device="cpu": {**real(device), "fast4": "no int4 kernel in this test"}
+    )
     params = BenchmarkSection(**{**TINY, "paths": ["baseline", "fast4"], "repeats": 1, "warmup": 0})
     res = bench.run_benchmark(folder, params, progress=False, threads=1)
     assert set(res["timings"]["path"]) == {"baseline"}
     assert res["env"]["threads"] == 1
     assert any("fast4 skipped" in n for n in res["notes"])
-    monkeypatch.setattr(run, "available_paths",
-                        lambda device="cpu": {**real(device), "baseline": "broken in this test"})
+    monkeypatch.setattr(
+        run, "available_paths", lambda device="cpu": {**real(device), "baseline": "broken in this test"}
+    )
     with pytest.raises(ValueError, match="available paths: naive4"):
         bench.run_benchmark(folder, params, progress=False)
 

@@ -1,5 +1,6 @@
 """The committed benchmark pages are what `quantstudy bench-doc` renders from their metrics.json
 (fast: JSON and Markdown only, no model loading)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantstudy.report import benchdoc
 from quantstudy.cli import main
+from quantstudy.report import benchdoc
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted(benchdoc.PAGES.values(), key=lambda p: p.folder)
@@ -44,7 +45,8 @@ def _row(records: list[dict], **match) -> dict:
 def test_committed_page_is_its_rendered_metrics(page):
     readme = REPO / page.folder / "README.md"
     assert readme.read_text(encoding="utf-8") == benchdoc.render_doc(REPO / page.folder), (
-        f"{readme} drifted from its metrics.json: run `{page.regenerate}`")
+        f"{readme} drifted from its metrics.json: run `{page.regenerate}`"
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=IDS)
@@ -62,11 +64,15 @@ def test_shape_mapping_matches_its_params_file_and_metrics(page):
     for run, path in zip(page.runs, _metrics_paths(page, REPO / page.folder)):
         if run.model != "production":  # a --checkpoint run: its model is the checkpoint's, not a params shape
             assert json.loads(path.read_text())[run.model]["env"]["checkpoint"].endswith(
-                run.command.split("--checkpoint ")[1].split()[0]), path
+                run.command.split("--checkpoint ")[1].split()[0]
+            ), path
             continue
         bench = yaml.safe_load((REPO / run.shape.params).read_text())["benchmark"]
         assert (bench["prod_intermediate_size"], bench["prod_num_kv_heads"], bench["prod_vocab_size"]) == (
-            run.shape.intermediate_size, run.shape.num_kv_heads, run.shape.vocab_size), run.shape.params
+            run.shape.intermediate_size,
+            run.shape.num_kv_heads,
+            run.shape.vocab_size,
+        ), run.shape.params
         env = json.loads(path.read_text())["production"]["env"]
         assert env["full_num_layers"] == bench["prod_num_layers"], path
         assert run.shape.params in run.command
@@ -89,7 +95,8 @@ def test_cpu_page_numbers_come_from_metrics(tmp_path):
     assert "| 1 | 9.88x [9.50, 10.25] | 11.11x | 1.23x |" in after
     assert "2.03x [2.01, 2.23]" not in after
     assert [a for a, b in zip(before.splitlines(), after.splitlines()) if a != b] == [
-        line for line in before.splitlines() if "2.03x" in line]
+        line for line in before.splitlines() if "2.03x" in line
+    ]
 
 
 def test_gpu_page_numbers_come_from_metrics(tmp_path):
@@ -192,8 +199,9 @@ def test_missing_metrics_is_a_one_line_error_naming_the_file(page, tmp_path, cap
 def test_missing_markers_is_a_one_line_error_naming_the_file(page, tmp_path, capsys):
     folder = _copy(page, tmp_path)
     readme = folder / "README.md"
-    readme.write_text("".join(line for line in readme.read_text().splitlines(keepends=True)
-                              if not line.startswith("<!-- ")))
+    readme.write_text(
+        "".join(line for line in readme.read_text().splitlines(keepends=True) if not line.startswith("<!-- "))
+    )
     before = readme.read_text()
     with pytest.raises(benchdoc.BenchDocError) as exc:
         benchdoc.render_doc(folder)

@@ -1,4 +1,5 @@
 """Calibration: PII scrubbing against planted instances, over-long samples, equal-size sets."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,19 @@ from quantstudy_demo import supportgen
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    supportgen.write_demo_data(out, seed=3, progress=False, n_train=40, n_calib=120, n_eval=20, n_task=20,
-                               n_articles=5, n_closed_book=10, n_grounded=10, n_retention=10)
+    supportgen.write_demo_data(
+        out,
+        seed=3,
+        progress=False,
+        n_train=40,
+        n_calib=120,
+        n_eval=20,
+        n_task=20,
+        n_articles=5,
+        n_closed_book=10,
+        n_grounded=10,
+        n_retention=10,
+    )
     convs = [json.loads(l) for l in (out / "conversations.jsonl").read_text().splitlines()]
     lexicon = json.loads((out / "domain_lexicon.json").read_text())
     return convs, lexicon

@@ -1,5 +1,6 @@
 """Structured (chat) task items: settings validation, determinism, schema, the committed file,
 retention confusables and rendering through a chat template. No model is loaded."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantstudy_demo import chatitems as ci
 from quantstudy import data as qd
+from quantstudy_demo import chatitems as ci
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = REPO / ci.DEFAULT_SETTINGS
 COMMITTED = REPO / ci.DEFAULT_OUT
 SMALL = {"counts": {"policy_closed_book": 30, "policy_grounded": 30, "retention": 60}}
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +29,10 @@ def small_items() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def three_entities() -> list[dict]:
-    raw = {"counts": {"policy_closed_book": 0, "policy_grounded": 0, "retention": 60},
-           "retention": {"entities": [3, 3], "restate_cue": 0.5, "digressions_between": [1, 2]}}
+    raw = {
+        "counts": {"policy_closed_book": 0, "policy_grounded": 0, "retention": 60},
+        "retention": {"entities": [3, 3], "restate_cue": 0.5, "digressions_between": [1, 2]},
+    }
     return ci.generate_items(ci.parse_settings(raw))
 
 
@@ -61,8 +66,9 @@ def test_every_item_validates(small_items, three_entities, committed):
 def test_committed_file_matches_committed_settings(tmp_path):
     out = tmp_path / "items.jsonl"
     summary = ci.write_chat_items(SETTINGS, out)
-    assert out.read_bytes() == COMMITTED.read_bytes(), \
+    assert out.read_bytes() == COMMITTED.read_bytes(), (
         "data/demo/task_items_chat.jsonl drifted from its settings: run `quantstudy-demo items`"
+    )
     raw = yaml.safe_load(SETTINGS.read_text())
     assert summary["task_items"] == {t: raw["counts"][t] for t in sorted(qd.TASKS)}
 
@@ -104,12 +110,15 @@ def test_retention_answer_and_confusables_in_context(small_items, three_entities
     assert {it["metadata"]["probe_type"] for it in retention} == set(ci.PROBE_TYPES)
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"colour": 1}, "colour"),
-    ({"retention": {"entitys": [2, 3]}}, "retention.entitys"),
-    ({"retention": {"probe_mix": {"zip_code": 1}}}, "retention.probe_mix.zip_code"),
-    ({"counts": {"retention": 10, "policy": 3}}, "counts.policy"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"colour": 1}, "colour"),
+        ({"retention": {"entitys": [2, 3]}}, "retention.entitys"),
+        ({"retention": {"probe_mix": {"zip_code": 1}}}, "retention.probe_mix.zip_code"),
+        ({"counts": {"retention": 10, "policy": 3}}, "counts.policy"),
+    ],
+)
 def test_unknown_key_names_file_and_key(tmp_path, raw, key):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -119,14 +128,19 @@ def test_unknown_key_names_file_and_key(tmp_path, raw, key):
     assert "\n" not in msg and str(path) in msg and f"unknown key '{key}'" in msg
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"retention": {"entities": [3, 2]}}, "retention.entities"),
-    ({"retention": {"entities": [2, 5]}}, "retention.entities"),
-    ({"counts": {"retention": -1}}, "counts.retention"),
-    ({"grounded": {"confusable_distractor": 2}}, "grounded.confusable_distractor"),
-    ({"retention": {"probe_mix": {"order_id": 0, "product": 0, "address": 0, "card": 0, "email": 0, "name": 0}}},
-     "retention.probe_mix"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"retention": {"entities": [3, 2]}}, "retention.entities"),
+        ({"retention": {"entities": [2, 5]}}, "retention.entities"),
+        ({"counts": {"retention": -1}}, "counts.retention"),
+        ({"grounded": {"confusable_distractor": 2}}, "grounded.confusable_distractor"),
+        (
+            {"retention": {"probe_mix": {"order_id": 0, "product": 0, "address": 0, "card": 0, "email": 0, "name": 0}}},
+            "retention.probe_mix",
+        ),
+    ],
+)
 def test_bad_value_names_key(tmp_path, raw, key):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -140,8 +154,9 @@ def test_missing_settings_file(tmp_path):
 
 
 def _retention_item() -> dict:
-    return ci.generate_items(ci.parse_settings({"counts": {"policy_closed_book": 0, "policy_grounded": 0,
-                                                           "retention": 1}}))[0]
+    return ci.generate_items(
+        ci.parse_settings({"counts": {"policy_closed_book": 0, "policy_grounded": 0, "retention": 1}})
+    )[0]
 
 
 def test_renders_through_chatml_with_prefix_at_the_end():
@@ -154,8 +169,11 @@ def test_renders_through_chatml_with_prefix_at_the_end():
     assert demo == qd.item_context(item)  # same as the fallback layout without a tokenizer
     tok.chat_template = CHATML
     rendered = qd.item_context(item, tok)
-    expected = "".join(f"<|im_start|>{t['role']}\n{t['text']}<|im_end|>\n" for t in item["turns"]) + \
-        "<|im_start|>assistant\n" + item["assistant_prefix"]
+    expected = (
+        "".join(f"<|im_start|>{t['role']}\n{t['text']}<|im_end|>\n" for t in item["turns"])
+        + "<|im_start|>assistant\n"
+        + item["assistant_prefix"]
+    )
     assert rendered == expected
     assert rendered.startswith("<|im_start|>system\nYou are the support assistant of Nimbus Home Networks.<|im_end|>\n")
     assert rendered.endswith(item["assistant_prefix"]) and not rendered.endswith(" ")

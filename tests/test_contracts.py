@@ -1,6 +1,7 @@
 """Typed contracts between the steps (quantstudy.contracts): every real metrics.json validates,
 writing keeps the JSON byte for byte, and a renamed or missing field fails loudly, naming the
 file, the field and the fix, in every reader (steps 02, 03, 05 and the report)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # `quantstudy bench` pages (docs/gpu-default-h100 holds a study run's step folders instead)
 BENCH_PAGES = sorted(p for p in DOCS.rglob("metrics.json") if p.parent.name not in contracts.STEPS)
 STEPS = list(contracts.STEPS)
-DEFAULTS = {"01_calibration": None, "02_quantize": str, "03_evaluate": float, "04_benchmark": str,
-            "05_rollout_analysis": str}  # the json.dumps default each step's writer passes
+DEFAULTS = {
+    "01_calibration": None,
+    "02_quantize": str,
+    "03_evaluate": float,
+    "04_benchmark": str,
+    "05_rollout_analysis": str,
+}  # the json.dumps default each step's writer passes
 
 
 def _load(run: Path, step: str) -> dict:
@@ -76,9 +82,13 @@ def test_write_refuses_an_invalid_file_and_writes_nothing(tmp_path: Path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-RENAMES = [("01_calibration", "sets", "calibration_sets"), ("02_quantize", "checkpoints", "ckpts"),
-           ("03_evaluate", "verdict_by_checkpoint", "verdicts"), ("04_benchmark", "traps", "trap_flags"),
-           ("05_rollout_analysis", "rollout", "main")]
+RENAMES = [
+    ("01_calibration", "sets", "calibration_sets"),
+    ("02_quantize", "checkpoints", "ckpts"),
+    ("03_evaluate", "verdict_by_checkpoint", "verdicts"),
+    ("04_benchmark", "traps", "trap_flags"),
+    ("05_rollout_analysis", "rollout", "main"),
+]
 
 
 @pytest.mark.parametrize(("step", "key", "new"), RENAMES)
@@ -95,15 +105,25 @@ def test_a_renamed_required_key_names_the_file_the_field_and_the_fix(step: str, 
     assert f"re-run step {step}" in msg
 
 
-@pytest.mark.parametrize(("step", "edit", "where"), [
-    ("02_quantize", lambda m: m["checkpoints"][1].pop("calibration_source"), "`checkpoints[1].calibration_source`"),
-    ("03_evaluate", lambda m: m["budget"][2]["ci"].pop("hi"), "`budget[2].ci.hi`"),
-    ("03_evaluate", lambda m: m["calibration_effects"][0].pop("within_noise"), "`calibration_effects[0].within_noise`"),
-    ("04_benchmark", lambda m: m["production"]["fleet"][0].pop("devices_at_peak"),
-     "`production.fleet[0].devices_at_peak`"),
-    ("04_benchmark", lambda m: m["demo"]["speedups"][0].pop("decode_speedup"), "`demo.speedups[0].decode_speedup`"),
-    ("05_rollout_analysis", lambda m: m["rollout"].pop("decision"), "`rollout.decision`"),
-])
+@pytest.mark.parametrize(
+    ("step", "edit", "where"),
+    [
+        ("02_quantize", lambda m: m["checkpoints"][1].pop("calibration_source"), "`checkpoints[1].calibration_source`"),
+        ("03_evaluate", lambda m: m["budget"][2]["ci"].pop("hi"), "`budget[2].ci.hi`"),
+        (
+            "03_evaluate",
+            lambda m: m["calibration_effects"][0].pop("within_noise"),
+            "`calibration_effects[0].within_noise`",
+        ),
+        (
+            "04_benchmark",
+            lambda m: m["production"]["fleet"][0].pop("devices_at_peak"),
+            "`production.fleet[0].devices_at_peak`",
+        ),
+        ("04_benchmark", lambda m: m["demo"]["speedups"][0].pop("decode_speedup"), "`demo.speedups[0].decode_speedup`"),
+        ("05_rollout_analysis", lambda m: m["rollout"].pop("decision"), "`rollout.decision`"),
+    ],
+)
 def test_a_missing_nested_field_is_named_by_its_path(step: str, edit, where: str):
     data = _load(SMOKE, step)
     edit(data)
@@ -147,8 +167,8 @@ def test_missing_and_unreadable_files(tmp_path: Path):
 
 
 def test_decisions_match_the_rollout_module():
-    from quantstudy.steps import rollout
     from quantstudy.contracts.rollout import Decision
+    from quantstudy.steps import rollout
 
     assert set(get_args(Decision)) == set(rollout.DECISIONS)
 
@@ -201,11 +221,18 @@ def test_step_01_writer_writes_the_same_file_through_its_contract(tmp_path: Path
     from quantstudy.steps import calibration
 
     m = _load(SMOKE, "01_calibration")
-    pools = {"scrub": m["scrub"], "pii_independent": m["pii_independent"],
-             "generic": [""] * m["pools"]["generic_texts"], "in_domain": [""] * m["pools"]["in_domain_texts"],
-             "chat_template": m["pools"]["in_domain_rendered_with_chat_template"]}
-    stats = {"coverage": m["coverage"], "overlap_3gram": m["overlap_3gram"],
-             "lengths": {n: [v] for n, v in m["length_median"].items()}}
+    pools = {
+        "scrub": m["scrub"],
+        "pii_independent": m["pii_independent"],
+        "generic": [""] * m["pools"]["generic_texts"],
+        "in_domain": [""] * m["pools"]["in_domain_texts"],
+        "chat_template": m["pools"]["in_domain_rendered_with_chat_template"],
+    }
+    stats = {
+        "coverage": m["coverage"],
+        "overlap_3gram": m["overlap_3gram"],
+        "lengths": {n: [v] for n, v in m["length_median"].items()},
+    }
     calibration.write_metrics(tmp_path, pools, m["sets"], stats, m["wall_s"])
     assert (tmp_path / "metrics.json").read_text() == (SMOKE / "01_calibration" / "metrics.json").read_text()
     pools["scrub"] = {k: v for k, v in m["scrub"].items() if k != "n_survivors"}
@@ -215,13 +242,20 @@ def test_step_01_writer_writes_the_same_file_through_its_contract(tmp_path: Path
 
 
 def test_step_02_writer_reads_step_01_and_writes_the_same_file(tmp_path: Path):
-    from quantstudy.steps import quantize
     from quantstudy.config.params import load_params
+    from quantstudy.steps import quantize
 
     P = load_params(Path(__file__).resolve().parents[1] / "params" / "smoke.yaml")
     m = _load(SMOKE, "02_quantize")
-    out = quantize.write_metrics(tmp_path / "02", P, m["checkpoints"], m["sanity"], m["baseline_archive"]["files"],
-                                 m["wall_s"], SMOKE / "01_calibration")
+    out = quantize.write_metrics(
+        tmp_path / "02",
+        P,
+        m["checkpoints"],
+        m["sanity"],
+        m["baseline_archive"]["files"],
+        m["wall_s"],
+        SMOKE / "01_calibration",
+    )
     written = _load(tmp_path, "02")
     assert out == written
     assert {**written, "baseline_archive": None} == {**m, "baseline_archive": None}  # rollback names the folder

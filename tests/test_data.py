@@ -1,4 +1,5 @@
 """Loading and validation of conversations, task items and the Wikipedia corpus."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,14 @@ from pathlib import Path
 import pytest
 
 from quantstudy import data as qd
-from quantstudy_demo import supportgen as sg
 from quantstudy.config.params import DataSection
+from quantstudy_demo import supportgen as sg
 
-GOOD = {"conversation_id": "c1", "turns": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],
-        "metadata": {}}
+GOOD = {
+    "conversation_id": "c1",
+    "turns": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],
+    "metadata": {},
+}
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -20,7 +24,11 @@ def _write(path: Path, rows: list) -> Path:
 
 
 def test_format_conversation():
-    turns = [{"role": "system", "text": "Be nice."}, {"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}]
+    turns = [
+        {"role": "system", "text": "Be nice."},
+        {"role": "user", "text": "hi"},
+        {"role": "assistant", "text": "hello"},
+    ]
     assert qd.format_conversation(turns) == "System: Be nice.\nUser: hi\nAssistant: hello\n"
     assert qd.conversation_to_text({"turns": turns}) == qd.format_conversation(turns)
 
@@ -34,15 +42,18 @@ def test_format_conversation():
     assert qd.conversation_to_text({"turns": turns}, Tok()) == "system:Be nice.|user:hi|assistant:hello"
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ("{not json", "not valid JSON"),
-    ({"turns": []}, "missing conversation_id"),
-    ({"conversation_id": "x", "turns": "hi"}, "turns must be a list"),
-    ({"conversation_id": "x", "turns": [{"role": "bot", "text": "a"}]}, "role must be one of"),
-    ({"conversation_id": "x", "turns": [{"role": "user", "text": "  "}]}, "empty or missing text"),
-    ({**GOOD, "metadata": {"split": "dev"}}, "metadata.split must be one of"),
-    (GOOD, "duplicate conversation_id"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("{not json", "not valid JSON"),
+        ({"turns": []}, "missing conversation_id"),
+        ({"conversation_id": "x", "turns": "hi"}, "turns must be a list"),
+        ({"conversation_id": "x", "turns": [{"role": "bot", "text": "a"}]}, "role must be one of"),
+        ({"conversation_id": "x", "turns": [{"role": "user", "text": "  "}]}, "empty or missing text"),
+        ({**GOOD, "metadata": {"split": "dev"}}, "metadata.split must be one of"),
+        (GOOD, "duplicate conversation_id"),
+    ],
+)
 def test_read_conversations_errors_carry_line(tmp_path, bad, reason):
     p = _write(tmp_path / "c.jsonl", [GOOD, {**GOOD, "conversation_id": "c2"}, bad])
     with pytest.raises(qd.DataError) as err:
@@ -60,13 +71,16 @@ def test_missing_files_named(tmp_path):
 ITEM = {"item_id": "i1", "task": "retention", "context": "User: x\nAssistant: y", "choices": [" a", " b"], "answer": 1}
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ({**ITEM, "answer": 2}, "answer must be an index"),
-    ({**ITEM, "choices": [" a"]}, "at least 2"),
-    ({**ITEM, "task": "trivia"}, "unknown task"),
-    ({**ITEM, "item_id": ""}, "missing item_id"),
-    ("[1, 2", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ({**ITEM, "answer": 2}, "answer must be an index"),
+        ({**ITEM, "choices": [" a"]}, "at least 2"),
+        ({**ITEM, "task": "trivia"}, "unknown task"),
+        ({**ITEM, "item_id": ""}, "missing item_id"),
+        ("[1, 2", "not valid JSON"),
+    ],
+)
 def test_read_task_items_errors(tmp_path, bad, reason):
     p = _write(tmp_path / "t.jsonl", [ITEM, bad])
     with pytest.raises(qd.DataError) as err:
@@ -86,8 +100,19 @@ def test_split_conversations():
 
 
 def test_load_in_domain(tmp_path):
-    sg.write_demo_data(tmp_path, seed=0, progress=False, n_train=20, n_calib=5, n_eval=4, n_task=6, n_articles=5,
-                       n_closed_book=4, n_grounded=4, n_retention=2)
+    sg.write_demo_data(
+        tmp_path,
+        seed=0,
+        progress=False,
+        n_train=20,
+        n_calib=5,
+        n_eval=4,
+        n_task=6,
+        n_articles=5,
+        n_closed_book=4,
+        n_grounded=4,
+        n_retention=2,
+    )
     dp = DataSection(conversations=str(tmp_path / "conversations.jsonl"), task_items=str(tmp_path / "task_items.jsonl"))
     assert [len(qd.load_in_domain(dp, s)) for s in ("train", "calib", "eval", "task")] == [20, 5, 4, 6]
     with pytest.raises(ValueError, match="split must be one of"):
@@ -117,6 +142,7 @@ def test_load_generic_texts(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise ConnectionError("no network")
+
     monkeypatch.setattr(datasets, "load_dataset", boom)
     dp = DataSection(generic_source="hf", generic_dataset="someone/corpus")
     with pytest.raises(qd.DataError, match="could not load Hugging Face dataset 'someone/corpus'.*network"):

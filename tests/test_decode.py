@@ -1,5 +1,6 @@
 """quantstudy.steps.benchmark.decode: the static-KV-cache decode loop (the logic the CUDA graph captures) against
 Hugging Face's own forward and generate, on tiny random Llamas, the demo model and the int4 paths."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,24 +11,43 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+from quantstudy.config.params import BenchmarkSection  # noqa: E402
 from quantstudy.steps import benchmark as bench  # noqa: E402
 from quantstudy.steps.benchmark import convert, decode, production  # noqa: E402
-from quantstudy.config.params import BenchmarkSection  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "demo-support-lm"
-TINY = dict(prod_hidden_size=128, prod_intermediate_size=256, prod_num_layers=2, prod_num_heads=4,
-            prod_num_kv_heads=2, prod_vocab_size=256, prod_bench_layers=2, batch_sizes=[1, 2],
-            context_lengths=[8], decode_tokens=3, warmup=0, repeats=1, hardware_label="ci cpu")
+TINY = dict(
+    prod_hidden_size=128,
+    prod_intermediate_size=256,
+    prod_num_layers=2,
+    prod_num_heads=4,
+    prod_num_kv_heads=2,
+    prod_vocab_size=256,
+    prod_bench_layers=2,
+    batch_sizes=[1, 2],
+    context_lengths=[8],
+    decode_tokens=3,
+    warmup=0,
+    repeats=1,
+    hardware_label="ci cpu",
+)
 
 
 def _tiny_llama(kv_heads: int = 2, tied: bool = True, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=kv_heads, vocab_size=128, max_position_embeddings=64,
-                      tie_word_embeddings=tied)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -90,8 +110,12 @@ def test_graphed_decoder_cpu_fallback_replays_the_step():
     # a second round over the same cache (what the timing loop does) gives the same first step
     a2 = b.prefill(ids)
     steps.start(5)
-    torch.testing.assert_close(steps.step(a2.argmax(-1, keepdim=True)),
-                               a.decode_step(a2.argmax(-1, keepdim=True), torch.tensor([5])), atol=0, rtol=0)
+    torch.testing.assert_close(
+        steps.step(a2.argmax(-1, keepdim=True)),
+        a.decode_step(a2.argmax(-1, keepdim=True), torch.tensor([5])),
+        atol=0,
+        rtol=0,
+    )
 
 
 def test_decoder_refuses_what_it_cannot_do():

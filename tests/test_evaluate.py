@@ -1,4 +1,5 @@
 """Evaluation: perplexity against a token-by-token computation, KL, task scoring, bootstrap verdicts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from quantstudy.config.params import BudgetLine, ParamsError, load_params
 from quantstudy.steps import evaluate as E
 from quantstudy.steps import quantize as Q
-from quantstudy.config.params import BudgetLine, ParamsError, load_params
 
-TEXTS = ["User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
-         "The Lumen X2 router costs $149 and carries a 24 months warranty."] * 3
+TEXTS = [
+    "User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
+    "The Lumen X2 router costs $149 and carries a 24 months warranty.",
+] * 3
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +66,11 @@ def test_kl_of_model_against_itself_is_zero(model_tok):
 
 def test_item_scores_equal_brute_force(model_tok):
     model, tok = model_tok
-    item = {"context": "User: how long is the refund window?\nAssistant: It is", "choices": [" 30 days", " 14 days", " 7"],
-            "answer": 1}
+    item = {
+        "context": "User: how long is the refund window?\nAssistant: It is",
+        "choices": [" 30 days", " 14 days", " 7"],
+        "answer": 1,
+    }
     ctx = tok(item["context"])["input_ids"]
     brute = []
     with torch.no_grad():
@@ -82,12 +88,21 @@ def test_packed_batch_equals_brute_force_per_item(model_tok):
     lengths, left padding) score exactly as each choice run alone after its context."""
     model, tok = model_tok
     items = [
-        {"context": "User: how long is the refund window?\nAssistant: It is", "choices": [" 30 days", " 14 days", " 7"],
-         "answer": 1},
-        {"context": "User: hi\nAssistant:", "choices": [" Hello there, how can I help", " Hi", " Bye now", " ok"],
-         "answer": 0},
-        {"context": "User: my order ORD-1234 never came and I want a refund\nAssistant: Sorry! Order",
-         "choices": [" ORD-1234", " ORD-4321"], "answer": 0},
+        {
+            "context": "User: how long is the refund window?\nAssistant: It is",
+            "choices": [" 30 days", " 14 days", " 7"],
+            "answer": 1,
+        },
+        {
+            "context": "User: hi\nAssistant:",
+            "choices": [" Hello there, how can I help", " Hi", " Bye now", " ok"],
+            "answer": 0,
+        },
+        {
+            "context": "User: my order ORD-1234 never came and I want a refund\nAssistant: Sorry! Order",
+            "choices": [" ORD-1234", " ORD-4321"],
+            "answer": 0,
+        },
     ]
     res = E.score_items(model, tok, items, batch_items=16)
     for k, item in enumerate(items):
@@ -113,8 +128,15 @@ def test_an_items_score_does_not_depend_on_its_companions(model_tok):
 
     model, tok = model_tok
     model = copy.deepcopy(model).to(torch.bfloat16)
-    items = [{"item_id": f"i{k}", "context": "User: my order ORD-" + "12" * (k + 1) + " is late\nAssistant: Order",
-              "choices": [" ORD-" + "12" * (k + 1), " ORD-" + "21" * (k + 1), " none"], "answer": 0} for k in range(6)]
+    items = [
+        {
+            "item_id": f"i{k}",
+            "context": "User: my order ORD-" + "12" * (k + 1) + " is late\nAssistant: Order",
+            "choices": [" ORD-" + "12" * (k + 1), " ORD-" + "21" * (k + 1), " none"],
+            "answer": 0,
+        }
+        for k in range(6)
+    ]
     alone = E.score_items(model, tok, items[:2])
     mixed = E.score_items(model, tok, [items[5], items[1], items[3], items[0], items[4]])
     np.testing.assert_array_equal(mixed["choice_ll"][3], alone["choice_ll"][0])
@@ -143,13 +165,13 @@ def test_bootstrap_verdicts_on_synthetic_cases():
     base = (rng.random(2000) < 0.8).astype(float)
     same = base.copy()
     flip = rng.choice(2000, 10, replace=False)
-    same[flip] = 1 - same[flip]                       # ~0 change: clear pass at 2 points
+    same[flip] = 1 - same[flip]  # ~0 change: clear pass at 2 points
     assert _verdict(base, same, 2.0)["verdict"] == "pass"
     worse = base.copy()
-    worse[np.flatnonzero(base == 1)[:200]] = 0        # -10 points: clear fail
+    worse[np.flatnonzero(base == 1)[:200]] = 0  # -10 points: clear fail
     assert _verdict(base, worse, 2.0)["verdict"] == "fail"
     small = base[:300].copy()
-    small[np.flatnonzero(small == 1)[:4]] = 0         # -1.3 points on 300 items: CI crosses 2
+    small[np.flatnonzero(small == 1)[:4]] = 0  # -1.3 points on 300 items: CI crosses 2
     v = _verdict(base[:300], small, 2.0)
     assert v["degradation"] < 2.0 < v["worst_case"] and v["verdict"] == "inconclusive"
 
@@ -173,8 +195,10 @@ def test_malformed_task_items_name_file_and_line(tmp_path):
     from quantstudy.data import DataError, read_task_items
 
     p = tmp_path / "items.jsonl"
-    p.write_text('{"item_id": "a", "task": "retention", "context": "x", "choices": [" a", " b"], "answer": 0}\n'
-                 '{"item_id": "b", "task": "retention", "context": "x", "choices": [" a"], "answer": 3}\n')
+    p.write_text(
+        '{"item_id": "a", "task": "retention", "context": "x", "choices": [" a", " b"], "answer": 0}\n'
+        '{"item_id": "b", "task": "retention", "context": "x", "choices": [" a"], "answer": 3}\n'
+    )
     with pytest.raises(DataError, match=r"items.jsonl:2:"):
         read_task_items(p)
 

@@ -1,6 +1,7 @@
 """lm-eval-harness against the study's own scorer, on the demo model: the same accuracy and the
 same per-choice log-likelihoods on task items exported as a local lm-eval task, and the same
 summed NLL for perplexity (lm-eval's loglikelihood_rolling)."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is installed by `make setup`")
 
 from quantstudy import data as D  # noqa: E402
-from quantstudy.steps import evaluate as E  # noqa: E402
-from quantstudy.steps.evaluate import lmeval  # noqa: E402
-from quantstudy.steps import quantize as Q  # noqa: E402
 from quantstudy.config.params import StudyParams  # noqa: E402
+from quantstudy.steps import evaluate as E  # noqa: E402
+from quantstudy.steps import quantize as Q  # noqa: E402
+from quantstudy.steps.evaluate import lmeval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "demo-support-lm"
@@ -89,8 +90,10 @@ def test_perplexity_matches_rolling_loglikelihood(model_tok):
     from lm_eval.api.instance import Instance
 
     model, tok = model_tok
-    text = ("User: my Lumen X2 router drops the connection every evening.\n"
-            "Assistant: Sorry about that. The refund window is 30 days and the warranty is 24 months.")
+    text = (
+        "User: my Lumen X2 router drops the connection every evening.\n"
+        "Assistant: Sorry about that. The refund window is 30 days and the warranty is 24 months."
+    )
     ids = D.encode(tok, text)
     # The demo tokenizer writes <s> before the text and nothing after it.
     assert ids[0] == tok.bos_token_id and ids[1:] == tok(text, add_special_tokens=False)["input_ids"]
@@ -134,9 +137,13 @@ def test_run_scores_baseline_and_checkpoints_next_to_the_study(model_tok, items,
     (qdir / "metrics.json").write_text(json.dumps(step02))  # a valid step-02 file with that one checkpoint
     tasks = sorted(items)
     ref, main = tasks[0], tasks[1:]
-    result = {"items_used": {t: items[t] for t in main}, "reference_items": {ref: items[ref]},
-              "base": {"items": {t: study_scores[t] for t in main}}, "reference": {ref: study_scores[ref]},
-              "cands": {"same": {"items": {t: study_scores[t] for t in main}}}}
+    result = {
+        "items_used": {t: items[t] for t in main},
+        "reference_items": {ref: items[ref]},
+        "base": {"items": {t: study_scores[t] for t in main}},
+        "reference": {ref: study_scores[ref]},
+        "cands": {"same": {"items": {t: study_scores[t] for t in main}}},
+    }
     assert E.run_lm_eval(StudyParams(), qdir, result) is None  # the default lists no lm-eval tasks
     out = E.run_lm_eval(StudyParams(evaluate={"lm_eval_tasks": ["quantstudy"]}), qdir, result)
     assert set(out) == {"baseline", "same"}

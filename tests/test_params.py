@@ -1,5 +1,6 @@
 """Params files: good ones load; every bad one is refused through the CLI with one line
 on stderr, no traceback, exit code 2, naming the file and the key."""
+
 from __future__ import annotations
 
 import subprocess
@@ -79,9 +80,13 @@ def test_directories_are_not_files(write_params, project, capsys):
 
 
 def test_type_errors_read_plainly(write_params, capsys):
-    err = refused_by_validate(write_params(**{"study.seed": "abc"}), capsys, "study.seed", "expected an integer", "'abc'")
+    err = refused_by_validate(
+        write_params(**{"study.seed": "abc"}), capsys, "study.seed", "expected an integer", "'abc'"
+    )
     assert "Input should be" not in err
-    err = refused_by_validate(write_params(**{"calibration.scrub": "maybe"}), capsys, "calibration.scrub", "true or false")
+    err = refused_by_validate(
+        write_params(**{"calibration.scrub": "maybe"}), capsys, "calibration.scrub", "true or false"
+    )
     assert "Input should be" not in err
 
 
@@ -157,7 +162,8 @@ def test_group_size_must_divide_model_widths(write_params, capsys):
 
 def test_unsupported_model_type_lists_supported(write_params, project, capsys):
     (project / "models" / "tiny" / "config.json").write_text(
-        '{"model_type": "bert", "hidden_size": 256, "intermediate_size": 768}')
+        '{"model_type": "bert", "hidden_size": 256, "intermediate_size": 768}'
+    )
     path = write_params()
     refused_by_validate(path, capsys, str(path), "model.path", "'bert'", "llama")
 
@@ -196,24 +202,40 @@ def test_console_script_exit_code_and_stderr(write_params, project):
 
 
 def test_targets_come_from_params(write_params, capsys):
-    from quantstudy.steps.benchmark import goals
     from quantstudy.config.params import TargetsSection
+    from quantstudy.steps.benchmark import goals
 
     assert load_params(write_params(**{"targets.awq_search_s_max": 120.0})).targets.awq_search_s_max == 120.0
     refused_by_validate(write_params(**{"targets.evaluation_wall_s": 0}), capsys, "targets.evaluation_wall_s")
     default = goals.targets(2.0, 4.0, "cpu")
-    assert default["cpu_fast_decode_speedup_1b_b1"]["target"] == 2.5 and not default["cpu_fast_decode_speedup_1b_b1"]["met"]
+    assert (
+        default["cpu_fast_decode_speedup_1b_b1"]["target"] == 2.5
+        and not default["cpu_fast_decode_speedup_1b_b1"]["met"]
+    )
     looser = goals.targets(2.0, 4.0, "cpu", goals=TargetsSection(fast_decode_speedup=1.5, quantized_bytes_ratio=5.0))
-    assert looser["cpu_fast_decode_speedup_1b_b1"] == {**looser["cpu_fast_decode_speedup_1b_b1"], "target": 1.5, "met": True}
-    assert looser["quantized_linear_bytes_vs_fp16"]["target"] == 5.0 and not looser["quantized_linear_bytes_vs_fp16"]["met"]
+    assert looser["cpu_fast_decode_speedup_1b_b1"] == {
+        **looser["cpu_fast_decode_speedup_1b_b1"],
+        "target": 1.5,
+        "met": True,
+    }
+    assert (
+        looser["quantized_linear_bytes_vs_fp16"]["target"] == 5.0
+        and not looser["quantized_linear_bytes_vs_fp16"]["met"]
+    )
 
 
 # --------------------------------------------------------------------------- inputs read before any step
 def _item(i: int, **over) -> str:
     import json
 
-    rec = {"item_id": f"t{i}", "task": "retention", "context": "User: hi\nAssistant: Hello", "choices": [" a", " b"],
-           "answer": 0, **over}
+    rec = {
+        "item_id": f"t{i}",
+        "task": "retention",
+        "context": "User: hi\nAssistant: Hello",
+        "choices": [" a", " b"],
+        "answer": 0,
+        **over,
+    }
     return json.dumps(rec) + "\n"
 
 
@@ -223,8 +245,12 @@ def test_every_bad_task_item_line_is_reported_before_any_step(write_params, proj
     code, out, err = validate(write_params(), capsys)
     assert code == 2 and "Traceback" not in err
     assert "data.task_items" in err and "4 bad lines" in err
-    for where, why in ((":2:", "answer must be an index"), (":3:", "choices must be distinct"),
-                       (":4:", "not valid JSON"), (":5:", "unknown task")):
+    for where, why in (
+        (":2:", "answer must be an index"),
+        (":3:", "choices must be distinct"),
+        (":4:", "not valid JSON"),
+        (":5:", "unknown task"),
+    ):
         assert any(where in ln and why in ln for ln in err.splitlines()), (where, err)
 
 
@@ -242,8 +268,13 @@ def test_conversations_lexicon_logs_and_model_config_are_read_up_front(write_par
 
     (project / "data" / "conversations.jsonl").write_text(conversation_lines(2))
     (project / "data" / "lexicon.json").write_text('{"product": "Lumen"}')
-    refused_by_validate(write_params(**{"data.domain_lexicon": "data/lexicon.json"}), capsys,
-                        "data.domain_lexicon", "'product'", "list of strings")
+    refused_by_validate(
+        write_params(**{"data.domain_lexicon": "data/lexicon.json"}),
+        capsys,
+        "data.domain_lexicon",
+        "'product'",
+        "list of strings",
+    )
     (project / "data" / "logs.csv").write_text("timestamp,arm,conversation_id\n2024-01-01,baseline,c1\n")
     refused_by_validate(write_params(**{"rollout.logs": "data/logs.csv"}), capsys, "rollout.logs", "satisfaction")
     (project / "models" / "tiny" / "config.json").write_text('{"hidden_size": 256,')

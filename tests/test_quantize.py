@@ -1,4 +1,5 @@
 """Quantization: AutoAWQ and RTN checkpoints on a tiny random Llama, unpacking, archive checks."""
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,16 @@ def checkpoints(tiny_model_dir, tok, tmp_path_factory):
     scaled = out / "scaled"
     # Same search, nothing packed: AWQ's scaled float weights, the reference for "within one step".
     model = _load_awq_model(str(tiny_model_dir), torch.float32)
-    model.quantize(tok, quant_config={"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"},
-                   calib_data=samples, max_calib_samples=len(samples), max_calib_seq_len=64,
-                   duo_scaling=False, apply_clip=False, export_compatible=True)
+    model.quantize(
+        tok,
+        quant_config={"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"},
+        calib_data=samples,
+        max_calib_samples=len(samples),
+        max_calib_seq_len=64,
+        duo_scaling=False,
+        apply_clip=False,
+        export_compatible=True,
+    )
     model.model.save_pretrained(scaled)
     return {"awq": out / "awq", "rtn": out / "rtn", "scaled": scaled, "awq_rec": awq, "rtn_rec": rtn}
 
@@ -95,8 +103,14 @@ def test_autocast_search_still_searches(checkpoints, tiny_model_dir, tok, tmp_pa
     """search_autocast runs the grid in bfloat16. With autocast's weight cache on, every grid
     point would be scored with the original weights and the search would fall back to scale 1,
     i.e. produce exactly the RTN checkpoint: it must not."""
-    rec = Q.quantize_awq(Q.QuantRequest(str(tiny_model_dir), tmp_path / "awq_bf16", search_autocast="bfloat16"),
-                         tok, _samples(vocab=len(tok)), 64, "generic", 0)
+    rec = Q.quantize_awq(
+        Q.QuantRequest(str(tiny_model_dir), tmp_path / "awq_bf16", search_autocast="bfloat16"),
+        tok,
+        _samples(vocab=len(tok)),
+        64,
+        "generic",
+        0,
+    )
     assert rec["search_autocast"] == "bfloat16"
     a, r = read_tensors(tmp_path / "awq_bf16"), read_tensors(checkpoints["rtn"])
     differs = [k for k in a if k.endswith(".qweight") and not torch.equal(a[k], r[k])]
@@ -151,9 +165,11 @@ def test_steps_that_never_quantize_start_without_autoawq():
     import subprocess
     import sys
 
-    code = ("import sys; from quantstudy.config import params; from quantstudy.steps import calibration, evaluate, "
-            "rollout; from quantstudy import report; params.load_params('params/default.yaml'); "
-            "print('awq' in sys.modules)")
+    code = (
+        "import sys; from quantstudy.config import params; from quantstudy.steps import calibration, evaluate, "
+        "rollout; from quantstudy import report; params.load_params('params/default.yaml'); "
+        "print('awq' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=resolve("."), check=True)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -174,7 +190,8 @@ def test_too_long_samples_are_refused_not_dropped(tiny_model_dir, tok, tmp_path)
 
 
 def test_unknown_quantization_config_is_rejected(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config":
-                                                      {"quant_method": "gptq", "bits": 4}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}})
+    )
     with pytest.raises(CheckpointError, match="not supported here"):
         Q.checkpoint_kind(tmp_path)

@@ -1,4 +1,5 @@
 """The run report: refusal of incomplete runs, the nbconvert HTML, and a headless-browser check."""
+
 from __future__ import annotations
 
 import base64
@@ -105,11 +106,18 @@ def test_missing_manifest_is_named(run_dir: Path, report: ModuleType) -> None:
     assert issubclass(report.ReportError, ValueError)
 
 
-@pytest.mark.parametrize(("step", "key", "nested"), [
-    ("03_evaluate", "verdict_by_checkpoint", False), ("04_benchmark", "traps", False),
-    ("05_rollout_analysis", "decision", True), ("02_quantize", "worse_than_rtn_on_own_domain", False)])
-def test_a_renamed_metrics_field_is_refused_not_rendered_as_na(run_dir: Path, report: ModuleType, step: str, key: str,
-                                                                nested: bool, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("step", "key", "nested"),
+    [
+        ("03_evaluate", "verdict_by_checkpoint", False),
+        ("04_benchmark", "traps", False),
+        ("05_rollout_analysis", "decision", True),
+        ("02_quantize", "worse_than_rtn_on_own_domain", False),
+    ],
+)
+def test_a_renamed_metrics_field_is_refused_not_rendered_as_na(
+    run_dir: Path, report: ModuleType, step: str, key: str, nested: bool, capsys: pytest.CaptureFixture
+) -> None:
     """The report reads every metrics.json through its step's contract (quantstudy.contracts)."""
     from quantstudy import cli
 
@@ -142,9 +150,27 @@ def test_report_html_content(built: Path, report: ModuleType) -> None:
     assert "params/fixture.yaml" in text
     for heading in ("Situation", "Decision", "Execution", "Outcome", "Lessons", "Process checklist"):
         assert re.search(rf"<h2[^>]*>{heading}", text), heading
-    for hook in ("stamp", "situation", "decision", "budget", "budget-declared", "execution", "outcome", "effects",
-                 "traps", "verdict", "lessons", "checklist", "flagged-rtn", "speed", "answer", "toc", "candidate",
-                 "steps", "speed-cost"):
+    for hook in (
+        "stamp",
+        "situation",
+        "decision",
+        "budget",
+        "budget-declared",
+        "execution",
+        "outcome",
+        "effects",
+        "traps",
+        "verdict",
+        "lessons",
+        "checklist",
+        "flagged-rtn",
+        "speed",
+        "answer",
+        "toc",
+        "candidate",
+        "steps",
+        "speed-cost",
+    ):
         assert f'id="{hook}"' in text, hook
     # Every link of the answer box and the table of contents lands on an id of the page.
     head = text.split('id="answer"')[1].split('id="stamp"')[0]
@@ -161,8 +187,12 @@ def test_report_html_content(built: Path, report: ModuleType) -> None:
     assert len(imgs) >= 8
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     # Numbered figures, each with a one-sentence caption.
-    figures = re.findall(r'<figure[^>]*id="figure-(\d+)".*?<figcaption><strong>Figure (\d+)\.</strong> '
-                         r"([^<]+)</figcaption>", text, flags=re.S)
+    figures = re.findall(
+        r'<figure[^>]*id="figure-(\d+)".*?<figcaption><strong>Figure (\d+)\.</strong> '
+        r"([^<]+)</figcaption>",
+        text,
+        flags=re.S,
+    )
     assert len(figures) == len(imgs)
     assert [int(a) for a, _, _ in figures] == list(range(1, len(imgs) + 1))
     assert all(a == b and caption.startswith("Look ") for a, b, caption in figures)
@@ -221,8 +251,13 @@ def test_checklist_ticks(built: Path, run_dir: Path, report: ModuleType) -> None
     M["manifest"]["params"]["evaluate"]["budget"][0]["max_drop"] = 99.0
     (run_dir / "02_quantize" / "baseline" / "SHA256SUMS").unlink()
     ticks = {item: ok for ok, item, _ in report.sections.checklist(M, run_dir)}
-    assert ticks == {"Calibration built": True, "Baseline archived and verified": True,
-                     "Budget declared before evaluation": False, "Trap checked": True, "Rollback path present": False}
+    assert ticks == {
+        "Calibration built": True,
+        "Baseline archived and verified": True,
+        "Budget declared before evaluation": False,
+        "Trap checked": True,
+        "Rollback path present": False,
+    }
 
 
 def test_report_notebook_is_built_from_metrics(run_dir: Path, report: ModuleType) -> None:
@@ -274,10 +309,20 @@ def test_answer_lines(run_dir: Path, report: ModuleType) -> None:
     assert "GO</span> for 4-bit" in report.answer_html(M)
     assert report.answer.deciding_line(M, cand)["metric"] == "retention_acc"
     # Within noise in plain words.
-    e = {"metric": "indomain_ppl", "unit": "% perplexity", "a": "in_domain", "b": "generic", "point": -0.4,
-         "lo": -1.0, "hi": 0.2, "draws": [3, 3], "within_noise": True}
-    assert report.answer.effect_clause(e, "95% CI") == ("in-domain perplexity: no measurable difference (-0.40%, 95% CI "
-                                                 "[-1.00, +0.20]: the interval includes 0)")
+    e = {
+        "metric": "indomain_ppl",
+        "unit": "% perplexity",
+        "a": "in_domain",
+        "b": "generic",
+        "point": -0.4,
+        "lo": -1.0,
+        "hi": 0.2,
+        "draws": [3, 3],
+        "within_noise": True,
+    }
+    assert report.answer.effect_clause(e, "95% CI") == (
+        "in-domain perplexity: no measurable difference (-0.40%, 95% CI [-1.00, +0.20]: the interval includes 0)"
+    )
 
 
 def test_candidate_rule_not_recorded_in_older_runs(run_dir: Path, report: ModuleType) -> None:
@@ -366,9 +411,18 @@ def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
     from quantstudy.report.compare import compare_runs
 
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(arg)
     opts.binary_location = str(CHROMIUM)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -386,8 +440,10 @@ def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
         driver.set_window_size(1280, 900)
         open_page(built / "report.html")
         # The answer box is on the first screen of a 1280 x 900 window.
-        rect = driver.execute_script("const r = document.getElementById('answer').getBoundingClientRect();"
-                                     "return [r.top, r.bottom, r.width, window.innerHeight];")
+        rect = driver.execute_script(
+            "const r = document.getElementById('answer').getBoundingClientRect();"
+            "return [r.top, r.bottom, r.width, window.innerHeight];"
+        )
         assert 0 <= rect[0] < rect[1] <= 900 and rect[2] > 600, rect
         imgs = driver.find_elements(By.TAG_NAME, "img")
         assert len(imgs) >= 8
@@ -426,8 +482,17 @@ def test_report_in_headless_chromium(built: Path, tmp_path: Path) -> None:
 
 def test_effect_sentence_direction_comes_from_the_metric_registry(report: ModuleType) -> None:
     """Fewer flips and higher accuracy are better; a lower perplexity is better."""
-    base = {"a": "in_domain", "b": "generic", "lo": -3.0, "hi": -1.0, "point": -2.0, "draws": [3, 3],
-            "within_noise": False}
-    assert ": better," in report.sections.effect_sentence({**base, "metric": "retention_flip_rate", "unit": "points"}, "CI")
+    base = {
+        "a": "in_domain",
+        "b": "generic",
+        "lo": -3.0,
+        "hi": -1.0,
+        "point": -2.0,
+        "draws": [3, 3],
+        "within_noise": False,
+    }
+    assert ": better," in report.sections.effect_sentence(
+        {**base, "metric": "retention_flip_rate", "unit": "points"}, "CI"
+    )
     assert ": worse," in report.sections.effect_sentence({**base, "metric": "retention_acc", "unit": "points"}, "CI")
     assert ": better," in report.sections.effect_sentence({**base, "metric": "indomain_ppl", "unit": "%"}, "CI")

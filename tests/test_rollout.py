@@ -1,4 +1,5 @@
 """Step 05 library: log schema, simulator, spotify-confidence sequential analysis, figures."""
+
 from __future__ import annotations
 
 import io
@@ -9,19 +10,21 @@ import pandas as pd
 import pytest
 
 from quantstudy import contracts, rollout_logs
-from quantstudy.steps import rollout
-from quantstudy.steps.rollout import stats as rollout_stats
 from quantstudy.config.params import RolloutSection
 from quantstudy.rollout_logs import RolloutError
+from quantstudy.steps import rollout
+from quantstudy.steps.rollout import stats as rollout_stats
 
 
 def _logs(n: int = 6) -> pd.DataFrame:
-    return pd.DataFrame({
-        "timestamp": [f"2024-03-0{1 + i // 3} 10:0{i % 3}:00" for i in range(n)],
-        "arm": ["baseline", "quantized"] * (n // 2),
-        "conversation_id": [f"c{i}" for i in range(n)],
-        "satisfaction": [1, 0, 1, 1, 0.5, 1][:n],
-    })
+    return pd.DataFrame(
+        {
+            "timestamp": [f"2024-03-0{1 + i // 3} 10:0{i % 3}:00" for i in range(n)],
+            "arm": ["baseline", "quantized"] * (n // 2),
+            "conversation_id": [f"c{i}" for i in range(n)],
+            "satisfaction": [1, 0, 1, 1, 0.5, 1][:n],
+        }
+    )
 
 
 def _write(tmp_path: Path, df: pd.DataFrame, name: str = "logs.csv") -> Path:
@@ -43,22 +46,39 @@ def test_read_logs_ok_csv_and_parquet(tmp_path: Path) -> None:
     assert len(rollout_logs.read_logs(pq)) == 6
 
 
-@pytest.mark.parametrize("mutate, column, row, words", [
-    (lambda d: d.drop(columns=["satisfaction"]), "satisfaction", None, "missing column"),
-    (lambda d: d.assign(escalated=[0, 1, 0, 0, "yes", 1]), "escalated", 5, "0/1 or true/false"),
-    (lambda d: d.assign(latency_s=[1.2, 0.8, -0.1, 2.0, 1.0, 1.1]), "latency_s", 3, "seconds >= 0"),
-    (lambda d: d.assign(latency_s=[1.2, "slow", 1.0, 2.0, 1.0, 1.1]), "latency_s", 2, "a number of seconds"),
-    (lambda d: d.assign(timestamp=["2024-03-01T10:00:00+01:00"] * 3 + ["2024-03-02T25:00:00+01:00"] * 3),
-     "timestamp", 4, "date-time"),
-    (lambda d: d.assign(arm=["baseline", "quantized", "baseline", "quant", "baseline", "quantized"]),
-     "arm", 4, "'baseline', 'quantized'"),
-    (lambda d: d.assign(satisfaction=[1, 0, 1.5, 1, 0, 1]), "satisfaction", 3, "[0, 1]"),
-    (lambda d: d.assign(satisfaction=[1, 0, 1, "good", 0, 1]), "satisfaction", 4, "a number"),
-    (lambda d: d.assign(timestamp=["2024-03-01", "2024-03-01", "not a date", "2024-03-02", "2024-03-02",
-                                   "2024-03-02"]), "timestamp", 3, "date-time"),
-    (lambda d: d.assign(arm="baseline"), "arm", None, "empty arm"),
-    (lambda d: d.assign(resolved=[1, 0, 2, 1, 0, 1]), "resolved", 3, "0/1"),
-])
+@pytest.mark.parametrize(
+    "mutate, column, row, words",
+    [
+        (lambda d: d.drop(columns=["satisfaction"]), "satisfaction", None, "missing column"),
+        (lambda d: d.assign(escalated=[0, 1, 0, 0, "yes", 1]), "escalated", 5, "0/1 or true/false"),
+        (lambda d: d.assign(latency_s=[1.2, 0.8, -0.1, 2.0, 1.0, 1.1]), "latency_s", 3, "seconds >= 0"),
+        (lambda d: d.assign(latency_s=[1.2, "slow", 1.0, 2.0, 1.0, 1.1]), "latency_s", 2, "a number of seconds"),
+        (
+            lambda d: d.assign(timestamp=["2024-03-01T10:00:00+01:00"] * 3 + ["2024-03-02T25:00:00+01:00"] * 3),
+            "timestamp",
+            4,
+            "date-time",
+        ),
+        (
+            lambda d: d.assign(arm=["baseline", "quantized", "baseline", "quant", "baseline", "quantized"]),
+            "arm",
+            4,
+            "'baseline', 'quantized'",
+        ),
+        (lambda d: d.assign(satisfaction=[1, 0, 1.5, 1, 0, 1]), "satisfaction", 3, "[0, 1]"),
+        (lambda d: d.assign(satisfaction=[1, 0, 1, "good", 0, 1]), "satisfaction", 4, "a number"),
+        (
+            lambda d: d.assign(
+                timestamp=["2024-03-01", "2024-03-01", "not a date", "2024-03-02", "2024-03-02", "2024-03-02"]
+            ),
+            "timestamp",
+            3,
+            "date-time",
+        ),
+        (lambda d: d.assign(arm="baseline"), "arm", None, "empty arm"),
+        (lambda d: d.assign(resolved=[1, 0, 2, 1, 0, 1]), "resolved", 3, "0/1"),
+    ],
+)
 def test_schema_errors_name_file_column_row(tmp_path: Path, mutate, column, row, words) -> None:
     path = _write(tmp_path, mutate(_logs()))
     with pytest.raises(RolloutError) as err:
@@ -113,7 +133,7 @@ def test_measured_no_change_cuts_over() -> None:
     first = looks.index[looks["decision"] == "cut over"][0]
     assert looks.loc[first, "final_stage"]
     assert (looks.loc[first:, "decision"] == "cut over").all()
-    assert (looks.loc[:first - 1, "decision"] == "continue").all()
+    assert (looks.loc[: first - 1, "decision"] == "continue").all()
     assert looks["non_inferior"].iloc[-1] and (looks["ni_lower"].iloc[-1] > -RolloutSection(margin=0.02).margin)
     # cumulative counts grow and add up to all logs
     assert (looks["n_baseline"].diff().dropna() >= 0).all()
@@ -191,22 +211,60 @@ def _eval_dir(tmp_path: Path, cks: dict[str, tuple], first: str = "policy_closed
     the budget's first line; a second line (indomain_ppl) fails the checkpoints that do not pass."""
     import json
 
-    summary = [{"name": "baseline", "method": "baseline", "source": "", "draw": None, "bits": 16,
-                "policy_closed_book_acc": 0.8, "retention_acc": 0.8}]
+    summary = [
+        {
+            "name": "baseline",
+            "method": "baseline",
+            "source": "",
+            "draw": None,
+            "bits": 16,
+            "policy_closed_book_acc": 0.8,
+            "retention_acc": 0.8,
+        }
+    ]
     budget, verdicts = [], {}
     for name, (source, draw, passes, worst, point) in cks.items():
-        summary.append({"name": name, "method": "awq", "source": source, "draw": draw, "bits": 4,
-                        "policy_closed_book_acc": 0.78, "retention_acc": 0.8})
-        budget.append({"checkpoint": name, "metric": first, "limit": 2.0, "unit": "points", "degradation": point,
-                       "worst_case": worst, "verdict": "pass" if worst <= 2.0 else "fail",
-                       "ci": {"point": -point, "lo": -worst, "hi": 0.0}})
-        budget.append({"checkpoint": name, "metric": "indomain_ppl", "limit": 3.0, "unit": "percent",
-                       "degradation": 1.0, "worst_case": 2.0 if passes else 9.0,
-                       "verdict": "pass" if passes else "fail", "ci": {"point": 1.0, "lo": 0.0, "hi": 2.0 if passes else 9.0}})
+        summary.append(
+            {
+                "name": name,
+                "method": "awq",
+                "source": source,
+                "draw": draw,
+                "bits": 4,
+                "policy_closed_book_acc": 0.78,
+                "retention_acc": 0.8,
+            }
+        )
+        budget.append(
+            {
+                "checkpoint": name,
+                "metric": first,
+                "limit": 2.0,
+                "unit": "points",
+                "degradation": point,
+                "worst_case": worst,
+                "verdict": "pass" if worst <= 2.0 else "fail",
+                "ci": {"point": -point, "lo": -worst, "hi": 0.0},
+            }
+        )
+        budget.append(
+            {
+                "checkpoint": name,
+                "metric": "indomain_ppl",
+                "limit": 3.0,
+                "unit": "percent",
+                "degradation": 1.0,
+                "worst_case": 2.0 if passes else 9.0,
+                "verdict": "pass" if passes else "fail",
+                "ci": {"point": 1.0, "lo": 0.0, "hi": 2.0 if passes else 9.0},
+            }
+        )
         verdicts[name] = "pass" if passes and worst <= 2.0 else "fail"
-    declared = [{"metric": "satisfaction", "max_drop": 2.0, "unit": "points"},  # judged by the rollout, skipped
-                {"metric": first, "max_drop": 2.0, "unit": "points"},
-                {"metric": "indomain_ppl", "max_drop": 3.0, "unit": "percent"}]
+    declared = [
+        {"metric": "satisfaction", "max_drop": 2.0, "unit": "points"},  # judged by the rollout, skipped
+        {"metric": first, "max_drop": 2.0, "unit": "points"},
+        {"metric": "indomain_ppl", "max_drop": 3.0, "unit": "percent"},
+    ]
     folder = tmp_path / "03_evaluate"
     folder.mkdir(exist_ok=True)
     fixture = Path(__file__).parent / "fixtures" / "run" / "03_evaluate" / "metrics.json"
@@ -217,12 +275,15 @@ def _eval_dir(tmp_path: Path, cks: dict[str, tuple], first: str = "policy_closed
 
 
 def test_candidate_rule_picks_the_best_worst_case_among_passing(tmp_path: Path) -> None:
-    folder = _eval_dir(tmp_path, {
-        "awq-w4-g128-indomain-d0": ("in_domain", 0, True, 1.5, 0.2),
-        "awq-w4-g128-generic-d0": ("generic", 0, True, 1.8, -0.5),
-        "awq-w4-g128-mixed-d0": ("mixed", 0, False, 0.1, 0.0),  # best number, but fails another line
-        "awq-w4-g128-indomain-d0-duo1-clip1": ("in_domain", 0, True, 0.0, 0.0),  # search-setting variant: left out
-    })
+    folder = _eval_dir(
+        tmp_path,
+        {
+            "awq-w4-g128-indomain-d0": ("in_domain", 0, True, 1.5, 0.2),
+            "awq-w4-g128-generic-d0": ("generic", 0, True, 1.8, -0.5),
+            "awq-w4-g128-mixed-d0": ("mixed", 0, False, 0.1, 0.0),  # best number, but fails another line
+            "awq-w4-g128-indomain-d0-duo1-clip1": ("in_domain", 0, True, 0.0, 0.0),  # search-setting variant: left out
+        },
+    )
     c = rollout.candidate_from_evaluation(folder)
     assert c["checkpoint"] == "awq-w4-g128-indomain-d0" and c["passed_offline_budget"] is True
     assert c["rule"] == "best_worst_case" and c["metric"] == "policy_closed_book_acc" and c["worst_case"] == 1.5
@@ -235,10 +296,13 @@ def test_candidate_rule_picks_the_best_worst_case_among_passing(tmp_path: Path) 
 
 
 def test_candidate_rule_when_nothing_passes(tmp_path: Path) -> None:
-    folder = _eval_dir(tmp_path, {
-        "awq-w4-g128-indomain-d0": ("in_domain", 0, False, 4.0, 1.0),
-        "awq-w4-g128-generic-d0": ("generic", 0, False, 3.0, 1.0),
-    })
+    folder = _eval_dir(
+        tmp_path,
+        {
+            "awq-w4-g128-indomain-d0": ("in_domain", 0, False, 4.0, 1.0),
+            "awq-w4-g128-generic-d0": ("generic", 0, False, 3.0, 1.0),
+        },
+    )
     c = rollout.candidate_from_evaluation(folder)
     assert c["checkpoint"] == "awq-w4-g128-generic-d0" and c["passed_offline_budget"] is False
     assert c["runner_up"]["checkpoint"] == "awq-w4-g128-indomain-d0" and not c["runner_up"]["passed_offline_budget"]
@@ -246,19 +310,25 @@ def test_candidate_rule_when_nothing_passes(tmp_path: Path) -> None:
 
 def test_candidate_rule_ties_go_to_cheaper_calibration_then_draw_0(tmp_path: Path) -> None:
     same = (True, 1.0, 0.0)
-    folder = _eval_dir(tmp_path, {
-        "awq-w4-g128-indomain-d0": ("in_domain", 0, *same),
-        "awq-w4-g128-mixed-d1": ("mixed", 1, *same),
-        "awq-w4-g128-mixed-d0": ("mixed", 0, *same),
-    })
+    folder = _eval_dir(
+        tmp_path,
+        {
+            "awq-w4-g128-indomain-d0": ("in_domain", 0, *same),
+            "awq-w4-g128-mixed-d1": ("mixed", 1, *same),
+            "awq-w4-g128-mixed-d0": ("mixed", 0, *same),
+        },
+    )
     c = rollout.candidate_from_evaluation(folder)
     assert (c["checkpoint"], c["runner_up"]["checkpoint"]) == ("awq-w4-g128-mixed-d0", "awq-w4-g128-mixed-d1")
     assert c["pool"][-1] == "awq-w4-g128-indomain-d0"
-    folder = _eval_dir(tmp_path, {
-        "awq-w4-g128-generic-d0": ("generic", 0, *same),
-        "awq-w4-g128-generic-d0-n16": ("generic", 0, *same),  # fewer calibration samples: cheaper
-        "awq-w4-g128-generic-d1": ("generic", 1, *same),
-    })
+    folder = _eval_dir(
+        tmp_path,
+        {
+            "awq-w4-g128-generic-d0": ("generic", 0, *same),
+            "awq-w4-g128-generic-d0-n16": ("generic", 0, *same),  # fewer calibration samples: cheaper
+            "awq-w4-g128-generic-d1": ("generic", 1, *same),
+        },
+    )
     c = rollout.candidate_from_evaluation(folder, default_samples=64)
     assert c["pool"] == ["awq-w4-g128-generic-d0-n16", "awq-w4-g128-generic-d0", "awq-w4-g128-generic-d1"]
     assert c["n_samples"] == 16 and c["runner_up"]["n_samples"] == 64
@@ -279,8 +349,13 @@ def test_candidate_rule_is_validated(tmp_path: Path) -> None:
 def test_metrics_record_the_rule_and_the_runner_up(tmp_path: Path) -> None:
     import json
 
-    folder = _eval_dir(tmp_path, {"awq-w4-g128-indomain-d0": ("in_domain", 0, True, 1.5, 0.2),
-                                  "awq-w4-g128-generic-d0": ("generic", 0, True, 1.8, -0.5)})
+    folder = _eval_dir(
+        tmp_path,
+        {
+            "awq-w4-g128-indomain-d0": ("in_domain", 0, True, 1.5, 0.2),
+            "awq-w4-g128-generic-d0": ("generic", 0, True, 1.8, -0.5),
+        },
+    )
     cand = rollout.candidate_from_evaluation(folder)
     p = RolloutSection(stages=[0.5, 1.0], days_per_stage=1, daily_conversations=200, margin=0.02)
     step = {"candidate": cand, "main": rollout.analyse(p, cand["quality_change_points"], 0), "rollout_params": p}
@@ -295,14 +370,22 @@ def test_metrics_record_the_rule_and_the_runner_up(tmp_path: Path) -> None:
 FIXTURE_LOGS = Path(__file__).parent / "fixtures" / "rollout" / "logs.csv"
 FIXTURE_BENCH = Path(__file__).parent / "fixtures" / "run" / "04_benchmark"
 # The rollout the fixture logs describe (tests/fixtures/rollout/make_logs.py), with wider margins for 700/day.
-FIXTURE_GUARDRAILS = [{"column": "escalated", "margin": 0.05, "higher_is_better": False},
-                      {"column": "resolved", "margin": 0.05, "higher_is_better": True},
-                      {"column": "latency_s", "margin": 0.25, "higher_is_better": False}]
+FIXTURE_GUARDRAILS = [
+    {"column": "escalated", "margin": 0.05, "higher_is_better": False},
+    {"column": "resolved", "margin": 0.05, "higher_is_better": True},
+    {"column": "latency_s", "margin": 0.25, "higher_is_better": False},
+]
 
 
 def _fixture_params(**update) -> RolloutSection:
-    fields = {"logs": str(FIXTURE_LOGS), "stages": [0.1, 0.5, 1.0], "days_per_stage": 2, "daily_conversations": 700,
-              "margin": 0.05, "guardrails": FIXTURE_GUARDRAILS}
+    fields = {
+        "logs": str(FIXTURE_LOGS),
+        "stages": [0.1, 0.5, 1.0],
+        "days_per_stage": 2,
+        "daily_conversations": 700,
+        "margin": 0.05,
+        "guardrails": FIXTURE_GUARDRAILS,
+    }
     return RolloutSection(**{**fields, **update})
 
 
@@ -313,7 +396,10 @@ def test_guardrail_params_are_typed_and_validated() -> None:
 
     p = RolloutSection()
     assert [(g.column, g.margin, g.higher_is_better) for g in p.guardrails] == [
-        ("escalated", 0.02, False), ("resolved", 0.02, True), ("latency_s", 0.25, False)]
+        ("escalated", 0.02, False),
+        ("resolved", 0.02, True),
+        ("latency_s", 0.25, False),
+    ]
     assert (p.srm_alpha, p.power, p.scenario) == (0.001, 0.8, "measured")
     known = typing.get_args(RolloutSection.Guardrail.model_fields["column"].annotation)
     assert set(known) == set(rollout_logs.GUARDRAIL_COLUMNS)
@@ -323,11 +409,11 @@ def test_guardrail_params_are_typed_and_validated() -> None:
         with pytest.raises(ValidationError, match="higher_is_better"):
             RolloutSection.Guardrail(column=column, margin=margin, higher_is_better=not info["higher_is_better"])
     bad = [
-        [{"column": "escalation", "margin": 0.02, "higher_is_better": False}],   # unknown column
-        [{"column": "escalated", "margin": 0.0, "higher_is_better": False}],     # margin must be > 0
-        [{"column": "escalated", "margin": 1.5, "higher_is_better": False}],     # a share
+        [{"column": "escalation", "margin": 0.02, "higher_is_better": False}],  # unknown column
+        [{"column": "escalated", "margin": 0.0, "higher_is_better": False}],  # margin must be > 0
+        [{"column": "escalated", "margin": 1.5, "higher_is_better": False}],  # a share
         [{"column": "escalated", "margin": 0.02, "higher_is_better": False}] * 2,  # twice
-        [{"column": "escalated", "margn": 0.02, "higher_is_better": False}],     # unknown key
+        [{"column": "escalated", "margn": 0.02, "higher_is_better": False}],  # unknown key
     ]
     for g in bad:
         with pytest.raises(ValidationError):
@@ -343,8 +429,9 @@ def test_unknown_guardrail_key_reads_plainly() -> None:
     from quantstudy.config.params import StudyParams, _format_validation_error
 
     with pytest.raises(ValidationError) as err:
-        StudyParams.model_validate({"rollout": {"guardrails": [{"column": "escalated", "margn": 0.02,
-                                                                 "higher_is_better": False}]}})
+        StudyParams.model_validate(
+            {"rollout": {"guardrails": [{"column": "escalated", "margn": 0.02, "higher_is_better": False}]}}
+        )
     msg = _format_validation_error("p.yaml", err.value)
     assert "rollout.guardrails" in msg and "'margn'" in msg and "did you mean 'margin'" in msg
 
@@ -370,7 +457,9 @@ def test_power_plan_matches_statsmodels_and_splits_beta_over_metrics() -> None:
     plan4 = rollout.power_plan(p4)
     assert plan4.attrs["K"] == 4 and plan4.attrs["power_per_metric"] == pytest.approx(0.95)
     sat4 = plan4.set_index("metric").loc["satisfaction", "days_needed"]
-    n_arm95 = NormalIndPower().solve_power(effect_size=0.02 / sd, alpha=0.05, power=0.95, ratio=1.0, alternative="larger")
+    n_arm95 = NormalIndPower().solve_power(
+        effect_size=0.02 / sd, alpha=0.05, power=0.95, ratio=1.0, alternative="larger"
+    )
     assert sat4 == int(np.ceil(n_arm95 / 500)) > plan.loc[0, "days_needed"]
     assert plan4.attrs["days_needed"] == int(plan4["days_needed"].max())
     assert "fixed-horizon approximation" in plan4.attrs["note"] and "optimistic" in plan4.attrs["note"]
@@ -428,8 +517,9 @@ def test_measured_scenario_passes_every_guardrail() -> None:
 
 def test_a_guardrail_alone_rolls_back_slower_replies() -> None:
     # Same quality, but the quantized path decodes at half the speed: latency doubles.
-    res = rollout.analyse(RolloutSection(margin=0.02), 0.0, seed=0,
-                          latency={"ratio": 2.0, "source": "test", "note": "test"})
+    res = rollout.analyse(
+        RolloutSection(margin=0.02), 0.0, seed=0, latency={"ratio": 2.0, "source": "test", "note": "test"}
+    )
     looks = res["looks"].set_index("look")
     k = res["stopped_at_look"]
     assert res["decision"] == "roll back" and looks.loc[k, "worse_metrics"] == "latency_s"
@@ -524,11 +614,14 @@ def test_configured_guardrail_missing_from_real_logs(tmp_path: Path) -> None:
     assert "resolved_difference" not in res["looks"].columns and res["decision"] in rollout.DECISIONS
 
 
-@pytest.mark.parametrize("content, name, words", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10", "logs.csv", "not a table"),
-    (b"this is not parquet", "logs.parquet", "not a table"),
-    (b"just some notes\nabout the rollout\n", "logs.csv", "missing column"),
-])
+@pytest.mark.parametrize(
+    "content, name, words",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10", "logs.csv", "not a table"),
+        (b"this is not parquet", "logs.parquet", "not a table"),
+        (b"just some notes\nabout the rollout\n", "logs.csv", "missing column"),
+    ],
+)
 def test_a_file_that_is_not_a_table(tmp_path: Path, content: bytes, name: str, words: str) -> None:
     path = tmp_path / name
     path.write_bytes(content)
@@ -543,8 +636,11 @@ def test_latency_ratio_from_step_04(tmp_path: Path) -> None:
 
     lat = rollout.latency_from_benchmark(FIXTURE_BENCH)
     m = json.loads((FIXTURE_BENCH / "metrics.json").read_text())
-    rows = {r["path"]: r["decode_tok_s_median"] for r in m["demo"]["timings"]
-            if r["batch"] == 1 and r["scope"] == "full_model"}
+    rows = {
+        r["path"]: r["decode_tok_s_median"]
+        for r in m["demo"]["timings"]
+        if r["batch"] == 1 and r["scope"] == "full_model"
+    }
     assert lat["ratio"] == pytest.approx(rows["baseline"] / rows["fast4"]) and lat["model"] == "demo"
     assert "fast4" in lat["note"] and "04_benchmark/metrics.json" in lat["source"]
     missing = rollout.latency_from_benchmark(tmp_path / "nowhere")
@@ -584,8 +680,11 @@ def test_run_step_and_metrics_record_every_scenario(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "05" / "metrics.json").read_text())
     assert m["power_plan"]["days_needed"] == step["power_plan"].attrs["days_needed"]
     assert m["latency"]["ratio"] == pytest.approx(step["latency"]["ratio"])
-    for key, res in (("rollout", step["main"]), ("worse_scenario", step["worse"]),
-                     ("broken_assignment_scenario", step["broken_assignment"])):
+    for key, res in (
+        ("rollout", step["main"]),
+        ("worse_scenario", step["worse"]),
+        ("broken_assignment_scenario", step["broken_assignment"]),
+    ):
         s = m[key]
         assert s["decision"] == res["decision"]
         assert [g["metric"] for g in s["guardrails"]] == ["satisfaction", "escalated", "resolved", "latency_s"]
@@ -646,12 +745,20 @@ def test_report_rollout_section_shows_guardrails_srm_and_power_plan(tmp_path: Pa
     sources = " ".join(src for _, src in cells[1:])
     for name in ("guardrails", "power_plan", "broken_assignment_scenario"):
         assert f'CAPTIONS["{name}"]' in sources and figures.CAPTIONS[name].startswith("Look ")
-    for fig in (figures.fig_guardrails(M), figures.fig_power_plan(M), figures.fig_guardrails(M, "broken_assignment_scenario")):
+    for fig in (
+        figures.fig_guardrails(M),
+        figures.fig_power_plan(M),
+        figures.fig_guardrails(M, "broken_assignment_scenario"),
+    ):
         assert fig is not None and fig.axes[0].get_legend() is not None
         fig.savefig(io.BytesIO(), format="png")
     # A run recorded before guardrails still renders its rollout section.
-    old = {"05_rollout_analysis": {"rollout": {k: v for k, v in main.items()
-                                               if k not in ("guardrails", "srm", "power_plan")}}, "manifest": {}}
+    old = {
+        "05_rollout_analysis": {
+            "rollout": {k: v for k, v in main.items() if k not in ("guardrails", "srm", "power_plan")}
+        },
+        "manifest": {},
+    }
     assert figures.fig_guardrails(old) is None and figures.fig_power_plan(old) is None
     assert "not recorded" in outcome.verdict_cells(old)[0][1]
 

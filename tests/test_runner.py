@@ -4,6 +4,7 @@ a_make gets study + quantize params and writes values.json; b_consume reads a_ma
 output and data.conversations; c_check reads b_consume's output and fails when
 rollout.scenario is 'worse'.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import conversation_lines
 
 from quantstudy import cli
-from quantstudy.pipeline import runner
 from quantstudy.config.params import STEP_SECTIONS
 from quantstudy.pipeline import manifest as provenance
+from quantstudy.pipeline import runner
 from quantstudy.pipeline.manifest import budget_changed_after_results
 from quantstudy.pipeline.runner import Pipeline, Step
-
-from conftest import conversation_lines
 
 FIXTURE_STEPS = (
     Step("a_make", "a_make.ipynb", (), ("model.path",)),
@@ -35,8 +35,7 @@ NAMES = [s.name for s in FIXTURE_STEPS]
 
 @pytest.fixture
 def pipeline(project: Path) -> Pipeline:
-    return Pipeline(steps=FIXTURE_STEPS, sections=FIXTURE_SECTIONS, notebooks_dir=project / "notebooks",
-                    report=False)
+    return Pipeline(steps=FIXTURE_STEPS, sections=FIXTURE_SECTIONS, notebooks_dir=project / "notebooks", report=False)
 
 
 @pytest.fixture
@@ -93,9 +92,16 @@ def test_external_inputs_per_step(write_params, project):
     from quantstudy.config.params import load_params
 
     p = load_params(write_params())
-    model, conv, tasks = project / "models/tiny", project / "data/conversations.jsonl", project / "data/task_items.jsonl"
+    model, conv, tasks = (
+        project / "models/tiny",
+        project / "data/conversations.jsonl",
+        project / "data/task_items.jsonl",
+    )
     assert provenance.external_inputs(p, "01_calibration") == [conv, model]  # no lexicon in the fixture params
-    assert provenance.external_inputs(p, "02_quantize") == [model, conv]  # its sanity check reads held-out conversations
+    assert provenance.external_inputs(p, "02_quantize") == [
+        model,
+        conv,
+    ]  # its sanity check reads held-out conversations
     assert provenance.external_inputs(p, "03_evaluate") == [model, conv, tasks]
     assert provenance.external_inputs(p, "04_benchmark") == [model]
     assert provenance.external_inputs(p, "05_rollout_analysis") == []
@@ -159,8 +165,13 @@ def test_run_writes_folder_and_manifest_then_skips(write_params, project, run):
         assert f"{name}/metrics.json" in rec["outputs"]
     assert set(m["steps"]["a_make"]["inputs"]) == {"models/tiny/config.json"}
     assert set(m["steps"]["b_consume"]["inputs"]) == {
-        "data/conversations.jsonl", "a_make/metrics.json", "a_make/values.json"}
-    assert m["steps"]["b_consume"]["inputs"]["a_make/values.json"] == m["steps"]["a_make"]["outputs"]["a_make/values.json"]
+        "data/conversations.jsonl",
+        "a_make/metrics.json",
+        "a_make/values.json",
+    }
+    assert (
+        m["steps"]["b_consume"]["inputs"]["a_make/values.json"] == m["steps"]["a_make"]["outputs"]["a_make/values.json"]
+    )
 
     # The executed notebook got the run parameters.
     executed = nbformat.read(run_dir / "notebooks" / "b_consume.ipynb", as_version=4)
@@ -253,8 +264,12 @@ def test_failing_step_keeps_partial_notebook_and_earlier_outputs(write_params, p
 
 def test_failure_stops_later_steps(write_params, project, pipeline):
     steps = (Step("c_first", "c_check.ipynb"), Step("a_after", "a_make.ipynb"))
-    pipe = Pipeline(steps=steps, sections={"c_first": ("rollout",), "a_after": ("study",)},
-                    notebooks_dir=pipeline.notebooks_dir, report=False)
+    pipe = Pipeline(
+        steps=steps,
+        sections={"c_first": ("rollout",), "a_after": ("study",)},
+        notebooks_dir=pipeline.notebooks_dir,
+        report=False,
+    )
     result = runner.run_study(write_params(**{"rollout.scenario": "worse"}), pipeline=pipe, progress=False)
     assert not result.ok and result.failed.name == "c_first"
     assert [o.name for o in result.outcomes] == ["c_first"]
@@ -346,7 +361,6 @@ def test_a_library_change_reruns_the_steps(write_params, project, run, monkeypat
     assert again["a_make"]["reason"] == "library code or key package versions changed"
 
 
-
 def test_budget_history_survives_a_change_after_results(write_params, project, capsys):
     """The first evaluation records the budget in the manifest before it runs; a later run
     that brings another budget is recorded as a change after results, and --force keeps it."""
@@ -358,8 +372,10 @@ def test_budget_history_survives_a_change_after_results(write_params, project, c
     assert len(history) == 1 and history[0]["after_results"] is False and history[0]["step"] == "c_check"
     assert not budget_changed_after_results(manifest(project))
 
-    loose = [{"metric": "retention_acc", "max_drop": 10.0, "unit": "points"},
-             {"metric": "satisfaction", "max_drop": 2.0, "unit": "points"}]
+    loose = [
+        {"metric": "retention_acc", "max_drop": 10.0, "unit": "points"},
+        {"metric": "satisfaction", "max_drop": 2.0, "unit": "points"},
+    ]
     write_params(**{"evaluate.budget": loose})
     assert cli.main(["run", str(params)], pipeline=pipe) == 0
     assert cli.main(["run", str(params), "--force"], pipeline=pipe) == 0
@@ -424,14 +440,14 @@ def test_a_label_change_reruns_nothing_and_step_keys_skip_unread_fields(write_pa
 def test_partial_runs_mark_downstream_steps_stale(write_params, project, run):
     params = write_params()
     assert run(str(params))[0] == 0
-    write_params(**{"quantize.group_size": 64})   # a_make reads it
+    write_params(**{"quantize.group_size": 64})  # a_make reads it
     code, out, err = run(str(params), "--steps", "a_make")
     assert code == 0, err
     m = manifest(project)
     assert m["complete"] is False and m["stale_steps"] == ["b_consume", "c_check"]
     assert m["steps"]["b_consume"]["stale"] is True and "a_make changed" in m["steps"]["b_consume"]["stale_reason"]
     assert "stale steps" in out
-    code, _, err = run(str(params))               # b and c re-run: nothing stale any more
+    code, _, err = run(str(params))  # b and c re-run: nothing stale any more
     assert code == 0, err
     m = manifest(project)
     assert m["complete"] is True and m["stale_steps"] == [] and "stale" not in m["steps"]["c_check"]
@@ -444,7 +460,7 @@ def test_a_failed_rerun_keeps_the_good_result(write_params, project, run):
     good = (run_dir / "c_check" / "metrics.json").read_bytes()
     good_nb = (run_dir / "notebooks" / "c_check.ipynb").read_bytes()
     (run_dir / "report.html").write_text("<html><body><h1>report</h1></body></html>")
-    write_params(**{"rollout.scenario": "worse"})   # c_check fails on 'worse'
+    write_params(**{"rollout.scenario": "worse"})  # c_check fails on 'worse'
     code, out, err = run(str(params))
     assert code == 1 and "c_check.failed.ipynb" in err
     assert (run_dir / "c_check" / "metrics.json").read_bytes() == good
@@ -454,7 +470,7 @@ def test_a_failed_rerun_keeps_the_good_result(write_params, project, run):
     rec = m["steps"]["c_check"]
     assert rec["status"] == "completed" and rec["failed_attempt"]["status"] == "failed" and m["complete"] is False
     assert 'id="report-out-of-date"' in (run_dir / "report.html").read_text()
-    write_params()                                   # back to the params of the good result
+    write_params()  # back to the params of the good result
     code, _, err = run(str(params))
     assert code == 0, err
     m = manifest(project)

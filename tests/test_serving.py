@@ -1,6 +1,7 @@
 """The served output head (serve.lm_head): the int8 and bfloat16 heads against a dense
 reference, the shared decoder pass that scores a served head next to the model's own, and the
 same head in step 04's fast4 path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from quantstudy.steps.benchmark import convert, probe
+from quantstudy import serving
 from quantstudy.steps import evaluate as E
 from quantstudy.steps import quantize as Q
-from quantstudy import serving
+from quantstudy.steps.benchmark import convert, probe
 
-TEXTS = ["User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
-         "The Lumen X2 router costs $149 and carries a 24 months warranty."] * 3
+TEXTS = [
+    "User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
+    "The Lumen X2 router costs $149 and carries a 24 months warranty.",
+] * 3
 
 
 def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,8 +80,17 @@ def test_served_row_equals_a_model_with_that_head(model_tok, tiny_model_dir):
 
     model, tok = model_tok
     streams = {"d": E.build_stream(tok, TEXTS, 64, 32, 2000)}
-    items = {"retention": [{"item_id": f"i{k}", "context": f"User: my order is ORD-{k}1.\nAssistant: Your order is",
-                            "choices": [f" ORD-{k}1", f" ORD-{k}2", " none"], "answer": 0} for k in range(5)]}
+    items = {
+        "retention": [
+            {
+                "item_id": f"i{k}",
+                "context": f"User: my order is ORD-{k}1.\nAssistant: Your order is",
+                "choices": [f" ORD-{k}1", f" ORD-{k}2", " none"],
+                "answer": 0,
+            }
+            for k in range(5)
+        ]
+    }
     head = serving.served_head(model.get_output_embeddings(), "int8")
     shared = E.evaluate_model(model, tok, streams, items, baseline_logprobs=model, heads={"served": head})
     served_model = serving.apply_served_head(copy.deepcopy(model), "int8")
@@ -96,12 +108,19 @@ def test_served_row_equals_a_model_with_that_head(model_tok, tiny_model_dir):
 
 
 def test_served_checkpoint_rule():
-    recs = [{"name": "rtn-w4-g64", "method": "rtn", "bits": 4},
-            {"name": "awq-w4-g64-generic-d0", "method": "awq", "bits": 4, "calibration_source": "generic"},
-            {"name": "awq-w4-g64-indomain-d1", "method": "awq", "bits": 4, "calibration_source": "in_domain"},
-            {"name": "awq-w4-g64-indomain-d0", "method": "awq", "bits": 4, "calibration_source": "in_domain"},
-            {"name": "awq-w3-g64-indomain-d0", "method": "awq", "bits": 3, "calibration_source": "in_domain",
-             "simulated": True}]
+    recs = [
+        {"name": "rtn-w4-g64", "method": "rtn", "bits": 4},
+        {"name": "awq-w4-g64-generic-d0", "method": "awq", "bits": 4, "calibration_source": "generic"},
+        {"name": "awq-w4-g64-indomain-d1", "method": "awq", "bits": 4, "calibration_source": "in_domain"},
+        {"name": "awq-w4-g64-indomain-d0", "method": "awq", "bits": 4, "calibration_source": "in_domain"},
+        {
+            "name": "awq-w3-g64-indomain-d0",
+            "method": "awq",
+            "bits": 3,
+            "calibration_source": "in_domain",
+            "simulated": True,
+        },
+    ]
     assert serving.served_checkpoint(recs)["name"] == "awq-w4-g64-indomain-d0"
     assert serving.served_name("awq-w4-g64-indomain-d0", "int8") == "awq-w4-g64-indomain-d0+head-int8"
     assert serving.served_name("x", "float") == "x"

@@ -1,4 +1,5 @@
 """The whole study, end to end, under papermill with params/smoke.yaml (a few minutes on 2 cores)."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_smoke_outputs_are_sane(smoke_run):
     cal = json.loads((run / "01_calibration" / "metrics.json").read_text())
     assert cal["scrub"]["n_survivors"] == 0
     assert all(s["kept_by_autoawq"] == s["tokens"] for s in cal["sets"])
-    indep = cal["pii_independent"]   # the scrubber on hand-labelled text it was not written for
+    indep = cal["pii_independent"]  # the scrubber on hand-labelled text it was not written for
     assert set(indep) == {"development", "holdout"} and indep["holdout"]["overall"]["instances"] > 100
     assert all(not any(ch.isdigit() for ch in s["masked"][1:]) for s in indep["holdout"]["survivors"])
     q = json.loads((run / "02_quantize" / "metrics.json").read_text())
@@ -56,8 +57,8 @@ def test_smoke_outputs_are_sane(smoke_run):
     for f in flips.values():
         assert f["right->wrong"] + f["wrong->right"] == round(f["flip rate (%)"] * f["items"] / 100)
         assert f["CI low"] <= f["flip rate (%)"] <= f["CI high"]
-    lm = ev["lm_eval"]   # lm-eval-harness on the same items judges every item as the study's scorer does
-    assert set(lm) == {r["name"] for r in ev["summary"] if r["lm_head"] == "float"}   # the checkpoints on disk
+    lm = ev["lm_eval"]  # lm-eval-harness on the same items judges every item as the study's scorer does
+    assert set(lm) == {r["name"] for r in ev["summary"] if r["lm_head"] == "float"}  # the checkpoints on disk
     assert all(r["agree_items"] == r["n_items"] for tasks in lm.values() for r in tasks.values()), lm
     base = next(r for r in ev["summary"] if r["name"] == "baseline")
     assert base["policy_closed_book_acc"] > ev["chance_levels"]["policy_closed_book"]
@@ -67,7 +68,9 @@ def test_smoke_outputs_are_sane(smoke_run):
         assert agree["naive4"] < 1e-5 and agree.get("fast4", 0.0) < 0.05, agree  # the kernels hold the checkpoint
     demo = {a["path"]: a for a in bm["demo"]["agreement"]}  # demo baseline = the original model, not the checkpoint
     assert demo["baseline"]["rel_rms_diff_vs_baseline"] == 0.0 and demo["baseline"]["rel_rms_diff"] > 1e-3
-    assert demo["naive4"]["rel_rms_diff_vs_baseline"] == pytest.approx(demo["baseline"]["rel_rms_diff"], rel=0.05)  # RMS of the other side
+    assert demo["naive4"]["rel_rms_diff_vs_baseline"] == pytest.approx(
+        demo["baseline"]["rel_rms_diff"], rel=0.05
+    )  # RMS of the other side
     # serve.lm_head int8: step 04 timed fast4 with it, and step 03 scored that very configuration
     served = [r for r in ev["summary"] if r["lm_head"] != "float"]
     assert [r["lm_head"] for r in served] == ["int8"] and served[0]["name"].endswith("+head-int8")
@@ -75,7 +78,7 @@ def test_smoke_outputs_are_sane(smoke_run):
     assert {m["path"]: m["lm_head"] for m in bm["demo"]["memory"]}["fast4"] == "int8"
     assert served[0]["name"] in ev["verdict_by_checkpoint"]
     ro = json.loads((run / "05_rollout_analysis" / "metrics.json").read_text())
-    assert "+head-" not in ro["candidate"]["checkpoint"]   # the rollout ships a checkpoint, not a serving row
+    assert "+head-" not in ro["candidate"]["checkpoint"]  # the rollout ships a checkpoint, not a serving row
     assert ro["rollout"]["decision"] in ("cut over", "roll back", "continue", "hold", "stop (SRM)")
     assert ro["worse_scenario"]["decision"] == "roll back"
 
@@ -92,6 +95,9 @@ def test_every_metrics_file_meets_its_contract(smoke_run):
 def test_second_run_skips_every_step(smoke_run, tmp_path):
     code, run = smoke_run
     pipeline = Pipeline(outputs_dir=run.parent)
-    assert cli.main(["run", str(REPO / "params" / "smoke.yaml"), "--run-id", "smoke", "--no-report"], pipeline=pipeline) == 0
+    assert (
+        cli.main(["run", str(REPO / "params" / "smoke.yaml"), "--run-id", "smoke", "--no-report"], pipeline=pipeline)
+        == 0
+    )
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(v["status"] == "skipped" for v in manifest["steps"].values())

@@ -1,4 +1,5 @@
 """The seeded support-data generator: determinism, schema, splits, PII offsets, task items."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from quantstudy_demo import supportgen as sg
 from quantstudy.data import format_conversation, read_conversations, read_task_items
+from quantstudy_demo import supportgen as sg
 
-SMALL = dict(n_train=300, n_calib=40, n_eval=30, n_task=120, n_articles=40,
-             n_closed_book=60, n_grounded=60, n_retention=40)
+SMALL = dict(
+    n_train=300, n_calib=40, n_eval=30, n_task=120, n_articles=40, n_closed_book=60, n_grounded=60, n_retention=40
+)
 FILES = ("knowledge_base.json", "conversations.jsonl", "help_articles.jsonl", "task_items.jsonl")
 
 
@@ -69,15 +71,15 @@ def test_pii_and_fact_offsets(demo):
     types = Counter()
     for c in convs:
         for p in c["metadata"]["pii"]:
-            assert c["turns"][p["turn"]]["text"][p["start"]:p["end"]] == p["text"]
+            assert c["turns"][p["turn"]]["text"][p["start"] : p["end"]] == p["text"]
             assert p["type"] in sg.PII_TYPES
             types[p["type"]] += 1
         for s in c["metadata"]["fact_spans"]:
             assert c["turns"][s["turn"]]["role"] == "assistant"
-            assert c["turns"][s["turn"]]["text"][s["start"]:s["end"]] == kb.fact(s["fact_id"]).value
+            assert c["turns"][s["turn"]]["text"][s["start"] : s["end"]] == kb.fact(s["fact_id"]).value
         rc = c["metadata"].get("recall")
         if rc:
-            assert c["turns"][rc["turn"]]["text"][rc["start"]:rc["end"]] == rc["text"]
+            assert c["turns"][rc["turn"]]["text"][rc["start"] : rc["end"]] == rc["text"]
             assert rc["text"] in c["turns"][rc["source_turn"]]["text"] and rc["turn"] - rc["source_turn"] >= 3
     assert set(types) == set(sg.PII_TYPES)
     assert summary["pii"] == dict(sorted(types.items()))
@@ -154,9 +156,14 @@ def test_domain_lexicon():
     assert "30 days" in lex["figure"] and "RMA" in lex["jargon"]
 
 
-@pytest.mark.parametrize("bad, msg", [({"n_train": 0}, "n_train must be an integer >= 1"),
-                                      ({"n_eval": "5"}, "n_eval must be an integer >= 1"),
-                                      ({"n_trian": 5}, "unknown count setting")])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ({"n_train": 0}, "n_train must be an integer >= 1"),
+        ({"n_eval": "5"}, "n_eval must be an integer >= 1"),
+        ({"n_trian": 5}, "unknown count setting"),
+    ],
+)
 def test_bad_settings(tmp_path, bad, msg):
     with pytest.raises(ValueError, match=msg):
         sg.write_demo_data(tmp_path, progress=False, **bad)

@@ -1,6 +1,7 @@
 """The torchint4 path (torch's CUDA int4 kernel) as far as a CPU can check it: the exact
 AWQ -> tinygemm conversion, the kernel's shape rules, the module and the model wiring with a
 CPU emulation of the two CUDA ops; and the benchmark's eager/graphed modes end to end."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,38 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from quantstudy.steps import benchmark as bench  # noqa: E402
-from quantstudy.steps.benchmark import (convert, decode, devices, goals, linears, memory, probe,  # noqa: E402
-                                        production, timing, traps)
 from quantstudy.awqformat import PackingError, rtn_quantize_linear  # noqa: E402
 from quantstudy.awqformat.tinygemm import awq_to_tinygemm, shape_problem, tinygemm_dequantize  # noqa: E402
 from quantstudy.config.params import BenchmarkSection, load_params  # noqa: E402
+from quantstudy.steps import benchmark as bench  # noqa: E402
+from quantstudy.steps.benchmark import (  # noqa: E402
+    convert,
+    decode,
+    devices,
+    goals,
+    linears,
+    memory,
+    probe,
+    production,
+    timing,
+    traps,
+)
 
-TINY = dict(prod_hidden_size=128, prod_intermediate_size=256, prod_num_layers=2, prod_num_heads=4,
-            prod_num_kv_heads=2, prod_vocab_size=256, prod_bench_layers=2, batch_sizes=[1, 2],
-            context_lengths=[8, 16], decode_tokens=3, warmup=0, repeats=2, hardware_label="ci cpu")
+TINY = dict(
+    prod_hidden_size=128,
+    prod_intermediate_size=256,
+    prod_num_layers=2,
+    prod_num_heads=4,
+    prod_num_kv_heads=2,
+    prod_vocab_size=256,
+    prod_bench_layers=2,
+    batch_sizes=[1, 2],
+    context_lengths=[8, 16],
+    decode_tokens=3,
+    warmup=0,
+    repeats=2,
+    hardware_label="ci cpu",
+)
 
 
 def _awq_dense(qweight, qzeros, scales, group_size):
@@ -53,11 +76,17 @@ def test_tinygemm_nibble_order_even_k_high():
     assert torch.equal(sz[0, :, 1], torch.zeros(8))  # zero = (8 - z) * s = 0
 
 
-@pytest.mark.parametrize("in_f,out_f,group,tiles,match", [
-    (256, 64, 16, 8, "group_size 16"), (256, 64, 512, 2, "group_size 512"),
-    (96, 64, 32, 4, "multiple of 16 x inner_k_tiles = 64"),
-    (192, 64, 64, 8, "multiple of 16 x inner_k_tiles = 128"), (256, 64, 128, 3, "inner_k_tiles 3"),
-    (256, 60, 128, 2, "out_features 60")])
+@pytest.mark.parametrize(
+    "in_f,out_f,group,tiles,match",
+    [
+        (256, 64, 16, 8, "group_size 16"),
+        (256, 64, 512, 2, "group_size 512"),
+        (96, 64, 32, 4, "multiple of 16 x inner_k_tiles = 64"),
+        (192, 64, 64, 8, "multiple of 16 x inner_k_tiles = 128"),
+        (256, 64, 128, 3, "inner_k_tiles 3"),
+        (256, 60, 128, 2, "out_features 60"),
+    ],
+)
 def test_kernel_shape_rules(in_f, out_f, group, tiles, match):
     assert match in shape_problem(in_f, out_f, group, tiles)
     assert shape_problem(2048, 8192, 128, 8) is None and shape_problem(576, 1536, 64, 4) is None
@@ -77,6 +106,7 @@ def test_from_awq_shape_errors_are_bench_errors():
 
 def _emulated_ops():
     """A CPU stand-in for the two CUDA ops with the kernel's documented arithmetic."""
+
     def convert(w_uint8, inner_k_tiles):
         return w_uint8.clone()
 
@@ -84,6 +114,7 @@ def _emulated_ops():
         assert x.dtype == torch.bfloat16 and scales_and_zeros.dtype == torch.bfloat16 and x.dim() == 2
         w = tinygemm_dequantize(packed, scales_and_zeros.float(), group_size)
         return (x.float() @ w.t()).to(torch.bfloat16)
+
     return convert, mm
 
 
@@ -170,7 +201,9 @@ def test_benchmark_eager_and_graphed_modes(tiny_folder, tmp_path):
     fleet = res["fleet"]  # sized from the graphed rows: how a server decodes
     assert set(fleet["path"]) == {"baseline", "naive4"} and len(fleet) == 4 and set(fleet["mode"]) == {"graphed"}
     g = graphed[(graphed["path"] == "naive4") & (graphed["context"] == min(p.context_lengths))]
-    assert sorted(fleet[fleet["path"] == "naive4"]["decode_tokens_per_s_per_device"]) == sorted(g["decode_tok_s_median"])
+    assert sorted(fleet[fleet["path"] == "naive4"]["decode_tokens_per_s_per_device"]) == sorted(
+        g["decode_tok_s_median"]
+    )
     table = bench.speed_table(res, "measured")
     assert len(table) == len(sp[sp["scope"] == "measured"]) and "mode" in table.columns
     fig = bench.plot_decode_scaling(res)
@@ -190,14 +223,17 @@ def test_benchmark_graphed_failure_costs_one_shape(tiny_folder, monkeypatch):
         return real(dec, *args, **kwargs)
 
     monkeypatch.setattr(timing, "GraphedDecoder", broken)
-    p = BenchmarkSection(**{**TINY, "paths": ["baseline"], "modes": ["eager", "graphed"], "context_lengths": [8],
-                            "repeats": 1})
+    p = BenchmarkSection(
+        **{**TINY, "paths": ["baseline"], "modes": ["eager", "graphed"], "context_lengths": [8], "repeats": 1}
+    )
     res = bench.run_benchmark(tiny_folder, p, progress=False)
     t = res["timings"]
     assert set(t[t["mode"] == "graphed"]["batch"]) == {1} and len(t[t["mode"] == "eager"]) == 2 * 3
     assert len(res["harness"]) == 1
-    assert any(n.startswith("baseline graphed batch 2 context 8 failed on cpu and was skipped: RuntimeError: capture")
-               for n in res["notes"])
+    assert any(
+        n.startswith("baseline graphed batch 2 context 8 failed on cpu and was skipped: RuntimeError: capture")
+        for n in res["notes"]
+    )
     with pytest.raises(RuntimeError, match="capture failed"):
         timing.time_graphed(convert.convert_model(tiny_folder, "baseline"), "baseline", [2], [8], 2, 0, 1)
 
@@ -258,10 +294,18 @@ def test_graphed_target_on_a_gpu():
     import pandas as pd
 
     rows = []
-    for path, mode, tok_s in [("baseline", "eager", 70.0), ("fast4", "eager", 40.0), ("baseline", "graphed", 400.0),
-                              ("fast4", "graphed", 300.0), ("torchint4", "graphed", 700.0)]:
-        rows.append(timing._timing_row(path, mode, 1, 128, "measured", 16, 2, 16, 16, [1000.0, 1000.0],
-                                      [tok_s * 0.9, tok_s * 1.1]))
+    for path, mode, tok_s in [
+        ("baseline", "eager", 70.0),
+        ("fast4", "eager", 40.0),
+        ("baseline", "graphed", 400.0),
+        ("fast4", "graphed", 300.0),
+        ("torchint4", "graphed", 700.0),
+    ]:
+        rows.append(
+            timing._timing_row(
+                path, mode, 1, 128, "measured", 16, 2, 16, 16, [1000.0, 1000.0], [tok_s * 0.9, tok_s * 1.1]
+            )
+        )
     sp = traps.speedup_table(pd.DataFrame(rows))
     t = goals.targets(sp, 3.85, "cuda")
     g = t["gpu_graphed_4bit_decode_speedup_b1"]

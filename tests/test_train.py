@@ -1,4 +1,5 @@
 """Demo model: tokenizer round trip, a seconds-long training run, and the committed model."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,19 @@ def test_chat_template_matches_role_prefixed_text():
 
 def test_tiny_training_run(tmp_path, monkeypatch):
     data = tmp_path / "demo"
-    supportgen.write_demo_data(data, seed=1, progress=False, n_train=30, n_calib=5, n_eval=10, n_task=5,
-                               n_articles=5, n_closed_book=5, n_grounded=5, n_retention=5)
+    supportgen.write_demo_data(
+        data,
+        seed=1,
+        progress=False,
+        n_train=30,
+        n_calib=5,
+        n_eval=10,
+        n_task=5,
+        n_articles=5,
+        n_closed_book=5,
+        n_grounded=5,
+        n_retention=5,
+    )
     rec = train.train_demo_model("tiny", out_dir=tmp_path / "model", data_dir=data, max_wiki=200, max_conversations=30)
     assert rec["tokens_seen"] == 6 * 4 * 64 and len(rec["curve"]) == 2
     assert all(c["indomain_eval_ppl"] > 1 for c in rec["curve"])

@@ -10,6 +10,7 @@ The demo data and the tiny demo model are built by ``quantstudy-demo`` (package
 
 Exit codes: 0 ok, 1 a step (or the report) failed, 2 bad params or bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,17 @@ def _err(msg: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="quantstudy",
-        description="Run the 4-bit AWQ serving study: step notebooks, run folders, report.")
+        prog="quantstudy", description="Run the 4-bit AWQ serving study: step notebooks, run folders, report."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the study's step notebooks for a params file")
     run.add_argument("params", help="params YAML file, e.g. params/default.yaml")
     pick = run.add_mutually_exclusive_group()
-    pick.add_argument("--steps", nargs="+", metavar="STEP",
-                      help="run only these steps (01_calibration or calibration, ...)")
-    pick.add_argument("--from", dest="from_step", metavar="STEP",
-                      help="run this step and the ones after it")
+    pick.add_argument(
+        "--steps", nargs="+", metavar="STEP", help="run only these steps (01_calibration or calibration, ...)"
+    )
+    pick.add_argument("--from", dest="from_step", metavar="STEP", help="run this step and the ones after it")
     run.add_argument("--force", action="store_true", help="re-run steps even when unchanged")
     run.add_argument("--run-id", help="run folder name under outputs/ (default: the params file's stem)")
     run.add_argument("--no-report", action="store_true", help="do not build the report afterwards")
@@ -65,12 +66,17 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="run the step-04 benchmark on one AWQ checkpoint (e.g. on a GPU machine)")
     bn.add_argument("params", help="params YAML file; its study.device and benchmark section are used")
-    bn.add_argument("--checkpoint", help="AutoAWQ GEMM 4-bit checkpoint folder (default: the production-shaped model only)")
+    bn.add_argument(
+        "--checkpoint", help="AutoAWQ GEMM 4-bit checkpoint folder (default: the production-shaped model only)"
+    )
     bn.add_argument("--baseline", help="dense baseline folder (default: the dequantized checkpoint)")
     bn.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     bn.add_argument("--no-production", action="store_true", help="skip the production-shaped model")
-    bn.add_argument("--lm-head", choices=("float", "bfloat16", "int8"),
-                    help="the output head fast4 serves on a CPU (default: the params' serve.lm_head)")
+    bn.add_argument(
+        "--lm-head",
+        choices=("float", "bfloat16", "int8"),
+        help="the output head fast4 serves on a CPU (default: the params' serve.lm_head)",
+    )
 
     cp = sub.add_parser("compare", help="put run folders side by side on one HTML page")
     cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders")
@@ -94,8 +100,13 @@ def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
 
     try:
         result = runner.run_study(
-            args.params, steps=args.steps, from_step=args.from_step, force=args.force,
-            run_id=args.run_id, pipeline=pipeline)
+            args.params,
+            steps=args.steps,
+            from_step=args.from_step,
+            force=args.force,
+            run_id=args.run_id,
+            pipeline=pipeline,
+        )
     except runner.StepSelectionError as exc:
         _err(f"error: {exc}")
         return EXIT_USAGE
@@ -118,12 +129,15 @@ def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
             return EXIT_FAILED
         print(message)
     elif not result.complete:
-        stale = (manifest.read_manifest(result.run_dir).get("stale_steps") or [])
+        stale = manifest.read_manifest(result.run_dir).get("stale_steps") or []
         if stale:
-            print(f"stale steps (their inputs changed since they ran): {', '.join(stale)}; "
-                  f"no report built (quantstudy run {args.params} re-runs them)")
-        manifest.mark_report_out_of_date(result.run_dir, "the run is incomplete or has stale steps"
-                                       + (f" ({', '.join(stale)})" if stale else ""))
+            print(
+                f"stale steps (their inputs changed since they ran): {', '.join(stale)}; "
+                f"no report built (quantstudy run {args.params} re-runs them)"
+            )
+        manifest.mark_report_out_of_date(
+            result.run_dir, "the run is incomplete or has stale steps" + (f" ({', '.join(stale)})" if stale else "")
+        )
     return EXIT_OK
 
 
@@ -178,16 +192,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     try:
         print("inference paths:", {k: v or "available" for k, v in bench.available_paths(params.study.device).items()})
-        metrics = bench.benchmark_checkpoint(params, args.checkpoint, args.out, baseline=args.baseline,
-                                             production=not args.no_production)
+        metrics = bench.benchmark_checkpoint(
+            params, args.checkpoint, args.out, baseline=args.baseline, production=not args.no_production
+        )
     except bench.BenchError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    summary = {name: {"agreement": m["agreement"],
-                      "speedups": [r for r in m["speedups"]
-                                   if r["scope"] == "full_model" or r.get("mode") == "graphed"],
-                      "harness": m.get("harness", []), "traps": m["traps"], "env": m["env"]}
-               for name, m in metrics.items() if isinstance(m, dict) and "speedups" in m}
+    summary = {
+        name: {
+            "agreement": m["agreement"],
+            "speedups": [r for r in m["speedups"] if r["scope"] == "full_model" or r.get("mode") == "graphed"],
+            "harness": m.get("harness", []),
+            "traps": m["traps"],
+            "env": m["env"],
+        }
+        for name, m in metrics.items()
+        if isinstance(m, dict) and "speedups" in m
+    }
     _print_json({"targets": metrics["targets"], **summary, "wall_s": metrics["wall_s"]})
     print(f"metrics and figures written to {_show(Path(args.out))}")
     return EXIT_OK

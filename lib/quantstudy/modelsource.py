@@ -12,6 +12,7 @@
 Step 02 turns any source into one float folder (:func:`materialize`), which is archived as the
 baseline and is what every quantizer and loader reads afterwards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,10 +55,14 @@ def gguf_path(spec: str) -> Path:
             if candidate.is_file():
                 return candidate
         if found is None:
-            raise ModelSourceError(f"model.path: {spec!r} is neither a file nor a resource of an installed package "
-                                   f"(no package {package!r}); run `make setup`, or give the path of a .gguf file")
-    raise ModelSourceError(f"model.path: {spec!r} not found (no such file, and no such resource in package "
-                           f"{package!r}); give the path of a .gguf file")
+            raise ModelSourceError(
+                f"model.path: {spec!r} is neither a file nor a resource of an installed package "
+                f"(no package {package!r}); run `make setup`, or give the path of a .gguf file"
+            )
+    raise ModelSourceError(
+        f"model.path: {spec!r} not found (no such file, and no such resource in package "
+        f"{package!r}); give the path of a .gguf file"
+    )
 
 
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -71,7 +76,7 @@ def gguf_header(path: Path) -> dict[str, Any]:
     Raises ValueError for anything else (the caller falls back to that reader)."""
     try:
         return _gguf_header(path)
-    except struct.error as exc:   # a read past the end of the file
+    except struct.error as exc:  # a read past the end of the file
         raise ValueError(f"truncated GGUF header ({exc})") from None
 
 
@@ -88,7 +93,7 @@ def _gguf_header(path: Path) -> dict[str, Any]:
             nonlocal at
             (n,) = struct.unpack_from("<Q", buf, at)
             at += 8 + n
-            return bytes(buf[at - n:at]).decode("utf-8", errors="replace")
+            return bytes(buf[at - n : at]).decode("utf-8", errors="replace")
 
         def skip(kind: int, count: int) -> None:
             nonlocal at
@@ -128,8 +133,10 @@ def _gguf_fields_slow(path: Path) -> dict[str, Any]:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    return {name: (None if f.types and f.types[0] == gguf.GGUFValueType.ARRAY else f.contents())
-            for name, f in reader.fields.items()}
+    return {
+        name: (None if f.types and f.types[0] == gguf.GGUFValueType.ARRAY else f.contents())
+        for name, f in reader.fields.items()
+    }
 
 
 def gguf_metadata(path: Path) -> dict[str, Any]:
@@ -150,11 +157,16 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
         ftype_name = gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None
     except ValueError:
         ftype_name = str(ftype)
-    return {"architecture": arch, "model_type": _GGUF_MODEL_TYPE.get(arch, arch), "name": fields.get("general.name"),
-            "hidden_size": fields.get(f"{arch}.embedding_length"),
-            "intermediate_size": fields.get(f"{arch}.feed_forward_length"),
-            "num_hidden_layers": fields.get(f"{arch}.block_count"), "weight_type": ftype_name,
-            "has_chat_template": "tokenizer.chat_template" in fields}
+    return {
+        "architecture": arch,
+        "model_type": _GGUF_MODEL_TYPE.get(arch, arch),
+        "name": fields.get("general.name"),
+        "hidden_size": fields.get(f"{arch}.embedding_length"),
+        "intermediate_size": fields.get(f"{arch}.feed_forward_length"),
+        "num_hidden_layers": fields.get(f"{arch}.block_count"),
+        "weight_type": ftype_name,
+        "has_chat_template": "tokenizer.chat_template" in fields,
+    }
 
 
 def gguf_supported_architectures() -> list[str]:
@@ -170,11 +182,15 @@ def check_gguf(path: Path, awq_supported: list[str]) -> dict[str, Any]:
     arch = meta["architecture"]
     readable = gguf_supported_architectures()
     if arch not in readable:
-        raise ModelSourceError(f"model.path: {path.name} has GGUF architecture {arch!r}, which transformers cannot "
-                               f"load; supported: {', '.join(readable)}")
+        raise ModelSourceError(
+            f"model.path: {path.name} has GGUF architecture {arch!r}, which transformers cannot "
+            f"load; supported: {', '.join(readable)}"
+        )
     if meta["model_type"] not in awq_supported:
-        raise ModelSourceError(f"model.path: {path.name} has architecture {arch!r}, which AutoAWQ 0.2.9 does not "
-                               f"quantize; supported model types: {', '.join(awq_supported)}")
+        raise ModelSourceError(
+            f"model.path: {path.name} has architecture {arch!r}, which AutoAWQ 0.2.9 does not "
+            f"quantize; supported model types: {', '.join(awq_supported)}"
+        )
     return meta
 
 
@@ -190,8 +206,10 @@ def model_config(model: Any) -> tuple[str, dict[str, Any]] | None:
         try:
             return str(cfg), json.loads(cfg.read_text())
         except json.JSONDecodeError as exc:
-            raise ModelSourceError(f"model.path: {cfg}: not valid JSON ({exc.msg} at line {exc.lineno}); "
-                                   "restore the model folder's config.json") from None
+            raise ModelSourceError(
+                f"model.path: {cfg}: not valid JSON ({exc.msg} at line {exc.lineno}); "
+                "restore the model folder's config.json"
+            ) from None
     return None
 
 
@@ -240,12 +258,24 @@ def source_record(model: Any) -> dict[str, Any]:
     if model.source == "gguf":
         path = gguf_path(model.path)
         meta = gguf_metadata(path)
-        return {"source": "gguf", "path": model.path, "file": str(path), "sha256": _sha256(path),
-                "weight_type": meta["weight_type"], "architecture": meta["architecture"], "name": meta["name"],
-                "note": (f"The source weights are {meta['weight_type']}-quantized (GGUF). The baseline is the float "
-                         "model dequantized from them: 'full precision' in this study means that float model.")}
-    return {"source": model.source, "path": model.path,
-            "note": "The baseline is the model's own floating-point weights."}
+        return {
+            "source": "gguf",
+            "path": model.path,
+            "file": str(path),
+            "sha256": _sha256(path),
+            "weight_type": meta["weight_type"],
+            "architecture": meta["architecture"],
+            "name": meta["name"],
+            "note": (
+                f"The source weights are {meta['weight_type']}-quantized (GGUF). The baseline is the float "
+                "model dequantized from them: 'full precision' in this study means that float model."
+            ),
+        }
+    return {
+        "source": model.source,
+        "path": model.path,
+        "note": "The baseline is the model's own floating-point weights.",
+    }
 
 
 def materialize(model: Any, dst: str | Path, dtype: str = "float32") -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Where things live. Relative paths in params are relative to the project root, so a
 notebook opened in JupyterLab (cwd notebooks/) and a batch run (cwd root) agree."""
+
 from __future__ import annotations
 
 import os

@@ -19,6 +19,7 @@ present), required when ``rollout.guardrails`` names them (:func:`require_column
 in error messages are *data rows counted from 1, header not counted* (the first row under the
 header is data row 1; in a CSV file that row is on line 2).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -34,8 +35,12 @@ ARMS = ("baseline", "quantized")
 REQUIRED_COLUMNS = ("timestamp", "arm", "conversation_id", "satisfaction")
 GUARDRAIL_COLUMNS: dict[str, dict[str, Any]] = {  # the guardrail columns rollout.guardrails may name
     "escalated": {"higher_is_better": False, "binary": True, "label": "escalation to a human", "unit": "points"},
-    "resolved": {"higher_is_better": True, "binary": True, "label": "resolved without a follow-up contact",
-                 "unit": "points"},
+    "resolved": {
+        "higher_is_better": True,
+        "binary": True,
+        "label": "resolved without a follow-up contact",
+        "unit": "points",
+    },
     "latency_s": {"higher_is_better": False, "binary": False, "label": "reply latency", "unit": "s"},
 }
 OPTIONAL_COLUMNS = tuple(GUARDRAIL_COLUMNS)
@@ -111,11 +116,11 @@ def _to_bool(v: Any) -> bool | None:
 def _check_header(df: pd.DataFrame, source: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        hint = (" (not a table with a header row? a CSV needs comma-separated columns)"
-                if len(df.columns) <= 1 else "")
+        hint = " (not a table with a header row? a CSV needs comma-separated columns)" if len(df.columns) <= 1 else ""
         raise RolloutError(
             f"{source}: missing column(s) {', '.join(repr(c) for c in missing)} in the header; "
-            f"required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, df.columns)) or 'no columns'}{hint}")
+            f"required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, df.columns)) or 'no columns'}{hint}"
+        )
 
 
 def _check_timestamp(out: pd.DataFrame, source: str) -> None:
@@ -149,8 +154,7 @@ def _check_binary(out: pd.DataFrame, source: str, column: str) -> None:
 def _check_latency(out: pd.DataFrame, source: str) -> None:
     raw = out["latency_s"]
     values = pd.to_numeric(raw.map(lambda v: np.nan if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
-    _raise_first(values.isna() | ~np.isfinite(values.fillna(0.0)), raw, source, "latency_s",
-                 "a number of seconds >= 0")
+    _raise_first(values.isna() | ~np.isfinite(values.fillna(0.0)), raw, source, "latency_s", "a number of seconds >= 0")
     _raise_first(values < 0, raw, source, "latency_s", "a number of seconds >= 0 (a latency cannot be negative)")
     out["latency_s"] = values.astype(float)
 
@@ -161,7 +165,8 @@ def _check_both_arms(out: pd.DataFrame, source: str) -> None:
         if counts.get(arm, 0) == 0:
             raise RolloutError(
                 f"{source}: column 'arm': no rows for arm {arm!r} in any of the {len(out)} data rows "
-                f"(empty arm); the analysis needs both {', '.join(repr(a) for a in ARMS)}")
+                f"(empty arm); the analysis needs both {', '.join(repr(a) for a in ARMS)}"
+            )
 
 
 # --------------------------------------------------------------------------- public API
@@ -189,8 +194,10 @@ def _read_table(path: Path, source: str) -> pd.DataFrame:
     elif name.endswith((".parquet", ".pq")):
         kind = "parquet"
     else:
-        raise RolloutError(f"{source}: unsupported file type {''.join(path.suffixes) or '(none)'!r}; "
-                           "expected .csv, .csv.gz, .parquet or .pq")
+        raise RolloutError(
+            f"{source}: unsupported file type {''.join(path.suffixes) or '(none)'!r}; "
+            "expected .csv, .csv.gz, .parquet or .pq"
+        )
     if not path.is_file():
         raise RolloutError(f"{source}: rollout log file not found ({path})")
     try:
@@ -198,12 +205,15 @@ def _read_table(path: Path, source: str) -> pd.DataFrame:
             return pd.read_csv(path, dtype={"conversation_id": str, "arm": str}, keep_default_na=True)
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
-        raise RolloutError(f"{source}: the file is empty; expected a header with "
-                           f"{', '.join(REQUIRED_COLUMNS)} and data rows") from None
+        raise RolloutError(
+            f"{source}: the file is empty; expected a header with {', '.join(REQUIRED_COLUMNS)} and data rows"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         detail = " ".join(str(exc).split())[:160]
-        raise RolloutError(f"{source}: not a table: cannot read it as {kind} ({type(exc).__name__}: {detail}); "
-                           f"expected a {kind} table with columns {', '.join(REQUIRED_COLUMNS)}") from None
+        raise RolloutError(
+            f"{source}: not a table: cannot read it as {kind} ({type(exc).__name__}: {detail}); "
+            f"expected a {kind} table with columns {', '.join(REQUIRED_COLUMNS)}"
+        ) from None
 
 
 def read_logs(path: str | Path) -> pd.DataFrame:
@@ -227,4 +237,5 @@ def require_columns(logs: pd.DataFrame, rollout_params: HasGuardrails) -> None:
             raise RolloutError(
                 f"{source}: column '{g.column}' is missing from the logs, but params field rollout.guardrails[{i}] "
                 f"(column: {g.column}, margin: {g.margin:g}) names it; add the column to the logs or remove the "
-                f"guardrail from rollout.guardrails")
+                f"guardrail from rollout.guardrails"
+            )

@@ -17,6 +17,7 @@ head that step 03 scores, as its own row under the quality budget.
 A tied head (SmolLM2) keeps its float embedding for the input lookup; the served head is a
 separate tensor beside it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,8 +88,10 @@ def served_head(head: nn.Module, kind: str) -> nn.Module | None:
         return None
     weight = getattr(head, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ServingError(f"serve.lm_head: the model's lm_head ({type(head).__name__}) has no 2-D weight to "
-                           "convert; use lm_head: float")
+        raise ServingError(
+            f"serve.lm_head: the model's lm_head ({type(head).__name__}) has no 2-D weight to "
+            "convert; use lm_head: float"
+        )
     cls = Int8Head if kind == "int8" else BFloat16Head
     return cls(weight, getattr(head, "bias", None)).to(weight.device)
 
@@ -100,7 +103,7 @@ def apply_served_head(model: nn.Module, kind: str) -> nn.Module:
     if new is not None:
         model.lm_head = new
         if getattr(model.config, "tie_word_embeddings", False):
-            model.config.tie_word_embeddings = False   # the embedding stays float; the head is its own tensor now
+            model.config.tie_word_embeddings = False  # the embedding stays float; the head is its own tensor now
     model.quantstudy_lm_head = kind
     return model
 
@@ -114,9 +117,17 @@ def served_checkpoint(records: list[dict]) -> dict:
     """The checkpoint a server would run and step 04 times: a packed 4-bit AWQ checkpoint of
     the main comparison, in-domain first, then by name (speed does not depend on which: the
     shapes are the same). Raises ServingError when step 02 made none."""
-    packed = [r for r in records if r["bits"] == 4 and not r.get("simulated") and not r.get("sweep")
-              and not r.get("variant") and not r.get("served_head")]
+    packed = [
+        r
+        for r in records
+        if r["bits"] == 4
+        and not r.get("simulated")
+        and not r.get("sweep")
+        and not r.get("variant")
+        and not r.get("served_head")
+    ]
     if not packed:
         raise ServingError("no packed 4-bit checkpoint to serve (3-bit runs are simulated); quantize with bits [4]")
-    return sorted(packed, key=lambda r: (r["method"] != "awq", r.get("calibration_source") != "in_domain",
-                                         r["name"]))[0]
+    return sorted(packed, key=lambda r: (r["method"] != "awq", r.get("calibration_source") != "in_domain", r["name"]))[
+        0
+    ]

@@ -20,6 +20,7 @@ editing an entry changes the generated data):
 Templates use ``[a|b|c]`` alternations (nestable, see :func:`quantstudy_demo.supportgen.expand`)
 and ``{slot}`` placeholders.
 """
+
 from __future__ import annotations
 
 import json

@@ -18,6 +18,7 @@ Every setting lives in a YAML file (``params/demo-data/task-items-chat.yaml``), 
 here (unknown keys are rejected); the same settings give byte-identical items.
 ``python -m quantstudy_demo.chatitems [settings.yaml [out.jsonl]]`` regenerates the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,10 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from quantstudy_demo import banks
-from quantstudy_demo import supportgen as sg
 from quantstudy.data import validate_task_item
 from quantstudy.paths import resolve
+from quantstudy_demo import banks
+from quantstudy_demo import supportgen as sg
 
 DEFAULT_SETTINGS = "params/demo-data/task-items-chat.yaml"
 DEFAULT_OUT = "data/demo/task_items_chat.jsonl"
@@ -71,7 +72,9 @@ class PolicySettings(_Model):
 class GroundedSettings(_Model):
     policy_facts: tuple[int, int] = (2, 3)
     same_kind_first: bool = True
-    confusable_distractor: float = Field(0.5, ge=0.0, le=1.0)  # share of items whose choices include same-kind figures of the excerpt
+    confusable_distractor: float = Field(
+        0.5, ge=0.0, le=1.0
+    )  # share of items whose choices include same-kind figures of the excerpt
 
     @field_validator("policy_facts")
     @classmethod
@@ -192,8 +195,9 @@ def _text_of(turns: Iterable[dict[str, str]], prefix: str) -> str:
     return "\n".join(t["text"] for t in turns) + "\n" + prefix
 
 
-def _choose(answer: str, confusables: list[str], pool: Iterable[str], rng: Random, context: str,
-            k: int) -> tuple[list[str], int] | None:
+def _choose(
+    answer: str, confusables: list[str], pool: Iterable[str], rng: Random, context: str, k: int
+) -> tuple[list[str], int] | None:
     """``k`` choices: the answer, the confusables (in the context, up to k-1), then values of
     ``pool`` that are not in the context; shuffled, each with a leading space."""
     opts = [answer]
@@ -224,34 +228,77 @@ def _conversation_candidates(kb: sg.KnowledgeBase, seed: int, history: int, need
             text = conv["turns"][sp["turn"]]["text"]
             if sp["start"] == 0 or text[sp["start"] - 1] != " ":
                 continue
-            turns = conv["turns"][max(0, sp["turn"] - history):sp["turn"]]
+            turns = conv["turns"][max(0, sp["turn"] - history) : sp["turn"]]
             if turns and turns[0]["role"] != "user":
                 turns = turns[1:]
-            prefix = text[:sp["start"]].rstrip()
+            prefix = text[: sp["start"]].rstrip()
             if not turns or fact.value in _text_of(turns, prefix):
                 continue
             out.append((fact, [dict(t) for t in turns], prefix, cid))
     return out
 
 
-def _policy_excerpt(fact: sg.Fact, kb: sg.KnowledgeBase, rng: Random, n_facts: int,
-                    same_kind_first: bool) -> tuple[str, list[sg.Fact]]:
+def _policy_excerpt(
+    fact: sg.Fact, kb: sg.KnowledgeBase, rng: Random, n_facts: int, same_kind_first: bool
+) -> tuple[str, list[sg.Fact]]:
     """A policy excerpt of ``n_facts`` sentences: the asked fact plus others (same kind first,
     then same subject or policy group), shuffled."""
     others = [f for f in kb.facts if f.fact_id != fact.fact_id]
     same_kind = [f for f in others if f.kind == fact.kind and f.value != fact.value]
-    related = [f for f in others if f not in same_kind and
-               ((fact.subject and f.subject == fact.subject) or
-                (fact.group == "policy" and f.attribute in sg.related_policy_attributes(fact)) or
-                (fact.group == f.group and fact.group != "policy"))]
+    related = [
+        f
+        for f in others
+        if f not in same_kind
+        and (
+            (fact.subject and f.subject == fact.subject)
+            or (fact.group == "policy" and f.attribute in sg.related_policy_attributes(fact))
+            or (fact.group == f.group and fact.group != "policy")
+        )
+    ]
     rng.shuffle(same_kind)
     rng.shuffle(related)
     ordered = (same_kind + related) if same_kind_first else (related + same_kind)
     rest = [f for f in others if f not in ordered]
     rng.shuffle(rest)
-    picked = [fact] + (ordered + rest)[:n_facts - 1]
+    picked = [fact] + (ordered + rest)[: n_facts - 1]
     rng.shuffle(picked)
     return " ".join(sg.fact_sentence(f, rng) for f in picked), [f for f in picked if f is not fact]
+
+
+def _add_template_plans(plan: list[tuple], size: int, kb: sg.KnowledgeBase, rng: Random) -> None:
+    """Fill ``plan`` up to ``size`` with one-question plans over the facts (no conversation)."""
+    order = list(kb.facts)
+    rng.shuffle(order)
+    j = 0
+    while len(plan) < size:
+        fact = order[j % len(order)]
+        j += 1
+        if j % len(order) == 0:
+            rng.shuffle(order)
+        prefix, _ = sg.statement(fact, rng)
+        q = sg.question(fact, rng)
+        plan.append((fact, [{"role": "user", "text": q}], rng.choice(sg.ANSWER_OPENERS) + prefix, None))
+
+
+def _ground(
+    fact, kb: sg.KnowledgeBase, rng: Random, s: ChatItemSettings, meta: dict[str, Any]
+) -> tuple[str, list[str]]:
+    """A grounded item's system turn (the prompt with a policy excerpt) and the confusable values in
+    that excerpt; records both in ``meta``."""
+    confusables: list[str] = []
+    k = rng.randint(*s.grounded.policy_facts)
+    excerpt, other = _policy_excerpt(fact, kb, rng, k, s.grounded.same_kind_first)
+    system = f"{s.system_prompt} Relevant policy: {excerpt}"
+    if rng.random() < s.grounded.confusable_distractor:
+        confusables = [f.value for f in other if f.kind == fact.kind and f.value != fact.value]
+    meta.update(
+        {
+            "snippet": excerpt,
+            "policy_facts": [fact.fact_id] + [f.fact_id for f in other],
+            "confusables_in_context": list(dict.fromkeys(confusables))[: s.n_choices - 1],
+        }
+    )
+    return system, confusables
 
 
 def _policy_items(kb: sg.KnowledgeBase, s: ChatItemSettings) -> list[dict[str, Any]]:
@@ -264,44 +311,40 @@ def _policy_items(kb: sg.KnowledgeBase, s: ChatItemSettings) -> list[dict[str, A
     offset = 0
     for task, n, tag in (("policy_closed_book", n_cb, "cb"), ("policy_grounded", n_gr, "gr")):
         rng = Random(f"chat-{tag}:{s.seed}")
-        plan: list[tuple] = list(cands[offset:offset + n_conv[task]])
+        plan: list[tuple] = list(cands[offset : offset + n_conv[task]])
         offset += n_conv[task]
-        order = list(kb.facts)
-        rng.shuffle(order)
-        j = 0
-        while len(plan) < n + 20:  # a few spare plans in case one cannot get enough distractors
-            fact = order[j % len(order)]
-            j += 1
-            if j % len(order) == 0:
-                rng.shuffle(order)
-            prefix, _ = sg.statement(fact, rng)
-            q = sg.question(fact, rng)
-            plan.append((fact, [{"role": "user", "text": q}], rng.choice(sg.ANSWER_OPENERS) + prefix, None))
+        _add_template_plans(plan, n + 20, kb, rng)  # a few spare plans in case one cannot get enough distractors
         made = 0
         for fact, turns, prefix, cid in plan:
             if made >= n:
                 break
-            meta: dict[str, Any] = {"fact_id": fact.fact_id, "kind": fact.kind,
-                                    "source": "conversation" if cid else "template"}
+            meta: dict[str, Any] = {
+                "fact_id": fact.fact_id,
+                "kind": fact.kind,
+                "source": "conversation" if cid else "template",
+            }
             if cid:
                 meta["conversation_id"] = cid
             confusables: list[str] = []
             system = s.system_prompt
             if task == "policy_grounded":
-                k = rng.randint(*s.grounded.policy_facts)
-                excerpt, other = _policy_excerpt(fact, kb, rng, k, s.grounded.same_kind_first)
-                system = f"{s.system_prompt} Relevant policy: {excerpt}"
-                if rng.random() < s.grounded.confusable_distractor:
-                    confusables = [f.value for f in other if f.kind == fact.kind and f.value != fact.value]
-                meta.update({"snippet": excerpt, "policy_facts": [fact.fact_id] + [f.fact_id for f in other],
-                             "confusables_in_context": list(dict.fromkeys(confusables))[:s.n_choices - 1]})
+                system, confusables = _ground(fact, kb, rng, s, meta)
             all_turns = [{"role": "system", "text": system}] + turns
             picked = _choose(fact.value, confusables, fact.distractors, rng, _text_of(all_turns, prefix), s.n_choices)
             if picked is None:
                 continue
             choices, answer = picked
-            items.append({"item_id": f"chat-{tag}-{made:04d}", "task": task, "turns": all_turns,
-                          "assistant_prefix": prefix, "choices": choices, "answer": answer, "metadata": meta})
+            items.append(
+                {
+                    "item_id": f"chat-{tag}-{made:04d}",
+                    "task": task,
+                    "turns": all_turns,
+                    "assistant_prefix": prefix,
+                    "choices": choices,
+                    "answer": answer,
+                    "metadata": meta,
+                }
+            )
             made += 1
     return items
 
@@ -320,16 +363,25 @@ def _order_id(rng: Random) -> str:
 
 def _address(rng: Random) -> str:
     city, state = rng.choice(_PEOPLE["cities"])
-    return (f"{rng.randint(3, 9899)} {rng.choice(_PEOPLE['streets'])} {rng.choice(_PEOPLE['street_suffixes'])}, "
-            f"{city}, {state} {rng.randint(10000, 99950)}")
+    return (
+        f"{rng.randint(3, 9899)} {rng.choice(_PEOPLE['streets'])} {rng.choice(_PEOPLE['street_suffixes'])}, "
+        f"{city}, {state} {rng.randint(10000, 99950)}"
+    )
 
 
 def _email(rng: Random, first: str | None = None, last: str | None = None) -> str:
     first = first or rng.choice(_PEOPLE["first_names"])
     last = last or rng.choice(_PEOPLE["last_names"])
     sep = rng.choice([".", "_", ""])
-    local = rng.choice([f"{first}{sep}{last}", f"{first[0]}{last}", f"{first}{rng.randint(1, 99)}",
-                        f"{last}{sep}{first[0]}{rng.randint(10, 999)}", f"{first}.{rng.choice(['home', 'work', 'mail'])}"])
+    local = rng.choice(
+        [
+            f"{first}{sep}{last}",
+            f"{first[0]}{last}",
+            f"{first}{rng.randint(1, 99)}",
+            f"{last}{sep}{first[0]}{rng.randint(10, 999)}",
+            f"{first}.{rng.choice(['home', 'work', 'mail'])}",
+        ]
+    )
     return f"{local.lower().replace(chr(39), '')}@{rng.choice(_PEOPLE['email_domains'])}"
 
 
@@ -356,14 +408,14 @@ class _Scene:
     """One retention conversation plan: mention exchanges, the probe and its answer."""
 
     def __init__(self) -> None:
-        self.opening: tuple[str, dict] = ("", {})      # user's first request (no entity)
+        self.opening: tuple[str, dict] = ("", {})  # user's first request (no entity)
         self.opening_bot: str = ""
         self.mentions: list[tuple[str, str, dict]] = []  # (user template, bot template, slots)
-        self.values: list[str] = []                      # entities, in order of first mention
+        self.values: list[str] = []  # entities, in order of first mention
         self.answer: int = 0
         self.role: str = ""
         self.prefix: str = ""
-        self.pool: list[str] = []                        # out-of-context distractor candidates
+        self.pool: list[str] = []  # out-of-context distractor candidates
         self.corrected: bool = False
         self.extra: dict[str, Any] = {}
 
@@ -379,15 +431,24 @@ def _fill(template: str, words: dict[str, str]) -> str:
     return template
 
 
-def _mention_roles(sc: _Scene, scene: dict[str, Any], steps: list[str], slot: str, values: list[str],
-                   rng: Random, echo: float, words: dict[str, str] | None = None) -> dict[str, int]:
+def _mention_roles(
+    sc: _Scene,
+    scene: dict[str, Any],
+    steps: list[str],
+    slot: str,
+    values: list[str],
+    rng: Random,
+    echo: float,
+    words: dict[str, str] | None = None,
+) -> dict[str, int]:
     """One mention exchange per step (the customer gives ``values[i]`` in the role ``steps[i]``);
     returns role -> index of its value."""
     roles = {}
     for i, step in enumerate(steps):
         bank = scene["mentions"][step]
-        sc.mentions.append((_fill(rng.choice(bank["user"]), words or {}), _echo(rng, echo, bank["bot"]),
-                            {slot: values[i]}))
+        sc.mentions.append(
+            (_fill(rng.choice(bank["user"]), words or {}), _echo(rng, echo, bank["bot"]), {slot: values[i]})
+        )
         roles[step] = i
     return roles
 
@@ -415,8 +476,11 @@ def _scene_order(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bo
             bot += " " + sg.expand(rng.choice(_RETENTION["ask_more"]), rng)
         sc.mentions.append((user, bot, {"o": orders[i], "p": prods[i]["name"], "s": status}))
     sc.answer, sc.role = t, "order_with_issue"
-    sc.prefix = sg.expand(rng.choice(scene["probe_cued"] if cue else scene["probe"]), rng).replace(
-        "{p}", prods[t]["name"]).replace("{s}", statuses[t])
+    sc.prefix = (
+        sg.expand(rng.choice(scene["probe_cued"] if cue else scene["probe"]), rng)
+        .replace("{p}", prods[t]["name"])
+        .replace("{s}", statuses[t])
+    )
     sc.extra = {"products": [p["name"] for p in prods], "answer_product": prods[t]["name"]}
     return sc
 
@@ -444,9 +508,14 @@ def _scene_product(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: 
 
 
 # Address mentions in order, per layout: a shipping address (maybe corrected by "fix") and a billing one.
-_ADDRESS_LAYOUTS = {2: {"correction": ["ship", "fix"], "ship_bill": ["ship", "bill"], "bill_ship": ["bill", "ship"]},
-                    3: {"ship_bill_fix": ["ship", "bill", "fix"], "bill_ship_fix": ["bill", "ship", "fix"],
-                        "ship_fix_bill": ["ship", "fix", "bill"]}}
+_ADDRESS_LAYOUTS = {
+    2: {"correction": ["ship", "fix"], "ship_bill": ["ship", "bill"], "bill_ship": ["bill", "ship"]},
+    3: {
+        "ship_bill_fix": ["ship", "bill", "fix"],
+        "bill_ship_fix": ["bill", "ship", "fix"],
+        "ship_fix_bill": ["ship", "fix", "bill"],
+    },
+}
 
 
 def _scene_address(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
@@ -494,8 +563,9 @@ def _scene_card(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: boo
 def _scene_email(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: bool) -> _Scene:
     scene, sc = _RETENTION["scenes"]["email"], _Scene()
     first, last = rng.choice(_PEOPLE["first_names"]), rng.choice(_PEOPLE["last_names"])
-    emails = _distinct(lambda r: _email(r, first if r.random() < 0.7 else None, last if r.random() < 0.7 else None),
-                       n + 12, rng)
+    emails = _distinct(
+        lambda r: _email(r, first if r.random() < 0.7 else None, last if r.random() < 0.7 else None), n + 12, rng
+    )
     sc.pool = emails[n:]
     sc.opening = (scene["opening"], {})
     sc.opening_bot = scene["opening_bot"]
@@ -534,8 +604,14 @@ def _scene_name(rng: Random, n: int, kb: sg.KnowledgeBase, echo: float, cue: boo
     return sc
 
 
-_SCENES = {"order_id": _scene_order, "product": _scene_product, "address": _scene_address, "card": _scene_card,
-           "email": _scene_email, "name": _scene_name}
+_SCENES = {
+    "order_id": _scene_order,
+    "product": _scene_product,
+    "address": _scene_address,
+    "card": _scene_card,
+    "email": _scene_email,
+    "name": _scene_name,
+}
 _MENTION_ORDINAL = ("first", "second", "third")
 
 
@@ -555,8 +631,9 @@ def _digression(kind: str, rng: Random, kb: sg.KnowledgeBase) -> tuple[str, str,
     return sg.escape_template(lead + q), sg.escape_template(answer), {"fact": fact.fact_id}
 
 
-def _play_scene(sc: _Scene, style: str, n_between: int, n_after: int, mix: DigressionMix, kb: sg.KnowledgeBase,
-                rng: Random) -> tuple[sg.ConversationBuilder, list[int], list[dict[str, Any]]]:
+def _play_scene(
+    sc: _Scene, style: str, n_between: int, n_after: int, mix: DigressionMix, kb: sg.KnowledgeBase, rng: Random
+) -> tuple[sg.ConversationBuilder, list[int], list[dict[str, Any]]]:
     """(conversation, turn of each mention, digressions): the opening, the mentions with digressions
     between them, then ``n_after`` digressions; the customer's final line is not said yet."""
     c = sg.ConversationBuilder(rng, style)
@@ -612,15 +689,35 @@ def _retention_item(i: int, kb: sg.KnowledgeBase, s: ChatItemSettings) -> dict[s
     choices, answer = picked
     probe_turn = len(c.turns)  # the open assistant turn (without the system turn)
     latest = max(sc.values, key=lambda v: (last_mention_turns[v], sc.values.index(v)))
-    meta = {"probe_type": probe, "role": sc.role, "style": style, "n_entities": n_ent, "restated_cue": cue,
-            "answer_mention": _MENTION_ORDINAL[sc.answer], "answer_is_latest_mention": latest == answer_value,
-            "answer_is_correction": sc.corrected, "n_digressions": n_after, "n_digressions_between": n_between,
-            "digressions": [d["type"] for d in digs], "gap_turns": probe_turn - last_mention_turns[answer_value],
-            "source_turn": mention_turn[sc.answer], "recall_turn": probe_turn, "n_turns": len(c.turns) + 1,
-            "answer_echoed": any(answer_value in t["text"] for t in c.turns if t["role"] == "assistant"),
-            "confusables_in_context": [v for v in confusables if v in context], **sc.extra}
-    return {"item_id": f"chat-rt-{i:04d}", "task": "retention", "turns": turns, "assistant_prefix": prefix,
-            "choices": choices, "answer": answer, "metadata": meta}
+    meta = {
+        "probe_type": probe,
+        "role": sc.role,
+        "style": style,
+        "n_entities": n_ent,
+        "restated_cue": cue,
+        "answer_mention": _MENTION_ORDINAL[sc.answer],
+        "answer_is_latest_mention": latest == answer_value,
+        "answer_is_correction": sc.corrected,
+        "n_digressions": n_after,
+        "n_digressions_between": n_between,
+        "digressions": [d["type"] for d in digs],
+        "gap_turns": probe_turn - last_mention_turns[answer_value],
+        "source_turn": mention_turn[sc.answer],
+        "recall_turn": probe_turn,
+        "n_turns": len(c.turns) + 1,
+        "answer_echoed": any(answer_value in t["text"] for t in c.turns if t["role"] == "assistant"),
+        "confusables_in_context": [v for v in confusables if v in context],
+        **sc.extra,
+    }
+    return {
+        "item_id": f"chat-rt-{i:04d}",
+        "task": "retention",
+        "turns": turns,
+        "assistant_prefix": prefix,
+        "choices": choices,
+        "answer": answer,
+        "metadata": meta,
+    }
 
 
 # =========================================================================== entry points
@@ -661,8 +758,13 @@ def write_chat_items(settings_path: str | Path = DEFAULT_SETTINGS, out: str | Pa
     with dest.open("w", encoding="utf-8", newline="\n") as fh:
         for it in items:
             fh.write(json.dumps(it, ensure_ascii=False) + "\n")
-    return {"out": str(dest), "settings": str(settings_path), "seed": settings.seed, **summarize(items),
-            "bytes": dest.stat().st_size}
+    return {
+        "out": str(dest),
+        "settings": str(settings_path),
+        "seed": settings.seed,
+        **summarize(items),
+        "bytes": dest.stat().st_size,
+    }
 
 
 if __name__ == "__main__":  # python -m quantstudy_demo.chatitems [settings.yaml [out.jsonl]]

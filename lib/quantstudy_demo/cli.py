@@ -7,6 +7,7 @@
 
 Exit codes: 0 ok, 2 bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ def _print_json(value: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantstudy-demo",
-                                     description="Rebuild the offline demo: support data, task items, tiny model, card.")
+    parser = argparse.ArgumentParser(
+        prog="quantstudy-demo", description="Rebuild the offline demo: support data, task items, tiny model, card."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("data", help="write the embedded demo data under data/demo/")
     it = sub.add_parser("items", help="write the chat model's task items (data/demo/task_items_chat.jsonl)")

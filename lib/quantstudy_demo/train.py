@@ -12,6 +12,7 @@ Choices that matter for the study, each recorded in the model card:
 - every linear layer's input width is a multiple of 128, the AWQ group size;
 - weights are saved in float16, like the 16-bit model a team serves.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,14 +67,26 @@ class DemoConfig:
 CONFIGS: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
     # Seconds-long run that exercises the same code (tests).
-    "tiny": DemoConfig(vocab_size=384, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2,
-                       seq_len=64, batch_size=4, steps=6, warmup_steps=2, eval_every=3, eval_windows=4),
+    "tiny": DemoConfig(
+        vocab_size=384,
+        hidden_size=128,
+        intermediate_size=256,
+        num_layers=2,
+        num_heads=2,
+        seq_len=64,
+        batch_size=4,
+        steps=6,
+        warmup_steps=2,
+        eval_every=3,
+        eval_windows=4,
+    ),
 }
 
 
 # --------------------------------------------------------------------------- corpus
-def training_texts(max_wiki: int | None = None, max_conversations: int | None = None,
-                   data_dir: str | Path = "data/demo") -> tuple[list[str], list[str], list[str], list[str]]:
+def training_texts(
+    max_wiki: int | None = None, max_conversations: int | None = None, data_dir: str | Path = "data/demo"
+) -> tuple[list[str], list[str], list[str], list[str]]:
     """(generic_train, indomain_train, generic_eval, indomain_eval) texts."""
     wiki = data.load_wiki()
     generic_train = [t for t, s in zip(wiki["text"], wiki["split"]) if s == "pretrain"]
@@ -89,7 +102,10 @@ def training_texts(max_wiki: int | None = None, max_conversations: int | None = 
     if max_wiki is not None:
         generic_train, generic_eval = generic_train[:max_wiki], generic_eval[: max(2, max_wiki // 8)]
     if max_conversations is not None:
-        indomain_train, indomain_eval = indomain_train[:max_conversations], indomain_eval[: max(2, max_conversations // 8)]
+        indomain_train, indomain_eval = (
+            indomain_train[:max_conversations],
+            indomain_eval[: max(2, max_conversations // 8)],
+        )
     return generic_train, indomain_train, generic_eval, indomain_eval
 
 
@@ -102,14 +118,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
-                                                       special_tokens=[(BOS, bos_id)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   model_max_length=4096)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=4096
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -131,7 +153,7 @@ def _windows(docs: list[list[int]], seq_len: int, bos: int, eos: int) -> torch.T
 def _encode(tokenizer, texts: list[str], desc: str) -> list[list[int]]:
     out = []
     for i in tqdm(range(0, len(texts), 512), desc=f"tokenize {desc}", leave=False):
-        enc = tokenizer(texts[i:i + 512], add_special_tokens=False)["input_ids"]
+        enc = tokenizer(texts[i : i + 512], add_special_tokens=False)["input_ids"]
         out.extend(enc)
     return out
 
@@ -144,10 +166,18 @@ def build_model(cfg: DemoConfig, tokenizer):
         if width % 128:
             raise ValueError(f"layer input width {width} is not a multiple of the AWQ group size 128")
     lcfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=max(512, cfg.seq_len), rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=max(512, cfg.seq_len),
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(lcfg)
 
@@ -166,7 +196,7 @@ def _eval_loss(model, windows: torch.Tensor, batch: int) -> float:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(windows), batch):
-        x = windows[i:i + batch]
+        x = windows[i : i + batch]
         out = model(input_ids=x, labels=x)
         n = x.numel() - x.shape[0]
         total += out.loss.item() * n
@@ -183,8 +213,9 @@ def _lr_at(cfg: DemoConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
 
-def _training_windows(cfg: DemoConfig, tokenizer, g_train: list[str], d_train: list[str], g_eval: list[str],
-                      d_eval: list[str]) -> dict[str, torch.Tensor]:
+def _training_windows(
+    cfg: DemoConfig, tokenizer, g_train: list[str], d_train: list[str], g_eval: list[str], d_eval: list[str]
+) -> dict[str, torch.Tensor]:
     """BOS-led token windows: ``generic`` and ``in_domain`` (documents shuffled) to train on,
     ``generic_eval`` and ``in_domain_eval`` (at most ``cfg.eval_windows`` each) to evaluate on."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -192,10 +223,14 @@ def _training_windows(cfg: DemoConfig, tokenizer, g_train: list[str], d_train: l
     g_docs, d_docs = _encode(tokenizer, g_train, "generic"), _encode(tokenizer, d_train, "in-domain")
     rng.shuffle(g_docs)
     rng.shuffle(d_docs)
-    return {"generic": _windows(g_docs, cfg.seq_len, bos, eos), "in_domain": _windows(d_docs, cfg.seq_len, bos, eos),
-            "generic_eval": _windows(_encode(tokenizer, g_eval, "generic eval"), cfg.seq_len, bos, eos)[: cfg.eval_windows],
-            "in_domain_eval": _windows(_encode(tokenizer, d_eval, "in-domain eval"), cfg.seq_len, bos,
-                                       eos)[: cfg.eval_windows]}
+    return {
+        "generic": _windows(g_docs, cfg.seq_len, bos, eos),
+        "in_domain": _windows(d_docs, cfg.seq_len, bos, eos),
+        "generic_eval": _windows(_encode(tokenizer, g_eval, "generic eval"), cfg.seq_len, bos, eos)[: cfg.eval_windows],
+        "in_domain_eval": _windows(_encode(tokenizer, d_eval, "in-domain eval"), cfg.seq_len, bos, eos)[
+            : cfg.eval_windows
+        ],
+    }
 
 
 def _train_steps(model, opt, cfg: DemoConfig, win: dict[str, torch.Tensor]) -> tuple[list[dict], int, float]:
@@ -225,17 +260,31 @@ def _train_steps(model, opt, cfg: DemoConfig, win: dict[str, torch.Tensor]) -> t
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             gl = _eval_loss(model, win["generic_eval"], cfg.batch_size)
             dl = _eval_loss(model, win["in_domain_eval"], cfg.batch_size)
-            curve.append({"step": step + 1, "tokens": tokens_seen, "train_loss": round(loss.item(), 4),
-                          "generic_eval_ppl": round(math.exp(gl), 3), "indomain_eval_ppl": round(math.exp(dl), 3),
-                          "minutes": round(elapsed / 60, 2)})
-            tqdm.write(f"step {step + 1}: train loss {loss.item():.3f}  eval ppl generic {math.exp(gl):.2f}"
-                       f"  in-domain {math.exp(dl):.3f}")
+            curve.append(
+                {
+                    "step": step + 1,
+                    "tokens": tokens_seen,
+                    "train_loss": round(loss.item(), 4),
+                    "generic_eval_ppl": round(math.exp(gl), 3),
+                    "indomain_eval_ppl": round(math.exp(dl), 3),
+                    "minutes": round(elapsed / 60, 2),
+                }
+            )
+            tqdm.write(
+                f"step {step + 1}: train loss {loss.item():.3f}  eval ppl generic {math.exp(gl):.2f}"
+                f"  in-domain {math.exp(dl):.3f}"
+            )
     return curve, tokens_seen, t_train
 
 
-def train_demo_model(config_name: str = "demo", out_dir: str | Path = "models/demo-support-lm",
-                     data_dir: str | Path = "data/demo", overrides: dict | None = None,
-                     max_wiki: int | None = None, max_conversations: int | None = None) -> dict:
+def train_demo_model(
+    config_name: str = "demo",
+    out_dir: str | Path = "models/demo-support-lm",
+    data_dir: str | Path = "data/demo",
+    overrides: dict | None = None,
+    max_wiki: int | None = None,
+    max_conversations: int | None = None,
+) -> dict:
     """Train tokenizer + model and save them; return the training record (also saved as JSON)."""
     if config_name not in CONFIGS:
         raise ValueError(f"unknown demo config {config_name!r}; choose one of {sorted(CONFIGS)}")
@@ -263,11 +312,17 @@ def train_demo_model(config_name: str = "demo", out_dir: str | Path = "models/de
     model.half().save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     record = {
-        "config_name": config_name, "config": asdict(cfg), "parameters": n_params,
-        "tokens_seen": tokens_seen, "train_windows": {"generic": len(win["generic"]), "in_domain": len(win["in_domain"])},
-        "train_wall_s": round(time.time() - t_train, 1), "total_wall_s": round(time.time() - t0, 1),
-        "tokens_per_s": round(tokens_seen / (time.time() - t_train), 1), "curve": curve,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "config_name": config_name,
+        "config": asdict(cfg),
+        "parameters": n_params,
+        "tokens_seen": tokens_seen,
+        "train_windows": {"generic": len(win["generic"]), "in_domain": len(win["in_domain"])},
+        "train_wall_s": round(time.time() - t_train, 1),
+        "total_wall_s": round(time.time() - t0, 1),
+        "tokens_per_s": round(tokens_seen / (time.time() - t_train), 1),
+        "curve": curve,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     (out_dir / "training_record.json").write_text(json.dumps(record, indent=2))
     return record

@@ -5,6 +5,7 @@ resets the DeprecationWarning filter, and importing it costs seconds. Every use 
 package calls :func:`quiet_awq` first, at the point of use, so the steps that never touch AWQ
 and ``quantstudy validate`` start without it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,11 +25,45 @@ def quiet_awq():
 # The model types AutoAWQ 0.2.9 quantizes (the keys of awq.models.auto.AWQ_CAUSAL_LM_MODEL_MAP),
 # written out so that params validation does not import AutoAWQ (seconds, in every step); a
 # test compares this list with the installed package's map.
-AWQ_MODEL_TYPES = ("RefinedWeb", "RefinedWebModel", "Yi", "aquila", "baichuan", "bloom", "cohere", "deepseek_v2",
-                   "deepseek_v3", "exaone", "falcon", "gemma", "gemma2", "gpt_bigcode", "gpt_neox", "gptj",
-                   "internlm2", "llama", "llava", "llava_next", "minicpm", "minicpm3", "mistral", "mixtral", "mpt",
-                   "opt", "phi3", "phi3_v", "qwen", "qwen2", "qwen2_5_omni", "qwen2_5_vl", "qwen2_vl", "qwen3",
-                   "qwen3_moe", "stablelm", "starcoder2")
+AWQ_MODEL_TYPES = (
+    "RefinedWeb",
+    "RefinedWebModel",
+    "Yi",
+    "aquila",
+    "baichuan",
+    "bloom",
+    "cohere",
+    "deepseek_v2",
+    "deepseek_v3",
+    "exaone",
+    "falcon",
+    "gemma",
+    "gemma2",
+    "gpt_bigcode",
+    "gpt_neox",
+    "gptj",
+    "internlm2",
+    "llama",
+    "llava",
+    "llava_next",
+    "minicpm",
+    "minicpm3",
+    "mistral",
+    "mixtral",
+    "mpt",
+    "opt",
+    "phi3",
+    "phi3_v",
+    "qwen",
+    "qwen2",
+    "qwen2_5_omni",
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "qwen3",
+    "qwen3_moe",
+    "stablelm",
+    "starcoder2",
+)
 
 
 def supported_model_types() -> list[str]:

@@ -5,6 +5,7 @@ Checkpoints are standard AutoAWQ folders: ``quantization_config`` in config.json
 ``qweight``/``qzeros`` and float16 ``scales`` in safetensors, the tokenizer, and the study's own
 record ``quantstudy_quant.json``. The archived baseline is a dense folder with ``SHA256SUMS``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from quantstudy.paths import resolve
 from quantstudy.awqformat.autoawq import quiet_awq
+from quantstudy.paths import resolve
 
 QUANT_META = "quantstudy_quant.json"
 CHECKSUMS = "SHA256SUMS"
@@ -39,8 +40,11 @@ def cast_model(model, dtype: torch.dtype):
     (0.6978 becomes 0.6992), which shifts every rotary angle; a baseline cast that way while the
     checkpoints load through ``from_pretrained`` would differ from them in positions, not weights."""
     saved = set(model.state_dict())
-    keep = {name: buf.detach().clone() for name, buf in model.named_buffers()
-            if name not in saved and buf.is_floating_point()}
+    keep = {
+        name: buf.detach().clone()
+        for name, buf in model.named_buffers()
+        if name not in saved and buf.is_floating_point()
+    }
     model.to(dtype)
     for name, buf in keep.items():
         owner, _, attr = name.rpartition(".")
@@ -70,8 +74,9 @@ def verify_archive(folder: str | Path) -> dict[str, str]:
             raise CheckpointError(f"archive {folder}: {name} is missing")
         actual = sha256_file(path)
         if actual != digest:
-            raise CheckpointError(f"archive {folder}: checksum mismatch for {name} "
-                                f"(expected {digest[:12]}..., found {actual[:12]}...)")
+            raise CheckpointError(
+                f"archive {folder}: checksum mismatch for {name} (expected {digest[:12]}..., found {actual[:12]}...)"
+            )
         sums[name] = digest
     return sums
 
@@ -95,13 +100,17 @@ def checkpoint_size(folder: str | Path) -> dict:
     for name, t in tensors.items():
         if name.endswith(".qweight"):
             prefix = name[: -len(".qweight")]
-            bits_here = t.numel() * 32 + tensors[prefix + ".qzeros"].numel() * 32 + tensors[prefix + ".scales"].numel() * 16
+            bits_here = (
+                t.numel() * 32 + tensors[prefix + ".qzeros"].numel() * 32 + tensors[prefix + ".scales"].numel() * 16
+            )
             n_w = t.shape[0] * t.shape[1] * 8  # 8 x 4-bit values per int32
             q_bits += bits_here
             q_weights += n_w
-    return {"checkpoint_bytes": disk,
-            "effective_bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
-            "quantized_weights": q_weights}
+    return {
+        "checkpoint_bytes": disk,
+        "effective_bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
+        "quantized_weights": q_weights,
+    }
 
 
 def checkpoint_kind(folder: str | Path) -> str:
@@ -117,8 +126,10 @@ def checkpoint_kind(folder: str | Path) -> str:
     method = qc.get("quant_method")
     if method == "awq" and qc.get("bits", qc.get("w_bit")) == 4 and str(qc.get("version", "gemm")).lower() == "gemm":
         return "awq"
-    raise CheckpointError(f"{cfg_path}: quantization_config {qc!r} is not supported here; "
-                        "expected AutoAWQ GEMM 4-bit (quant_method 'awq', bits 4, version 'gemm') or no quantization")
+    raise CheckpointError(
+        f"{cfg_path}: quantization_config {qc!r} is not supported here; "
+        "expected AutoAWQ GEMM 4-bit (quant_method 'awq', bits 4, version 'gemm') or no quantization"
+    )
 
 
 def dequantize_awq_state(tensors: dict[str, torch.Tensor], bits: int, group_size: int) -> dict[str, torch.Tensor]:
@@ -172,11 +183,12 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
         qc = cfg.quantization_config if isinstance(cfg.quantization_config, dict) else cfg.quantization_config.to_dict()
         del cfg.quantization_config
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-        state = dequantize_awq_state(read_tensors(folder), qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size")))
+        state = dequantize_awq_state(
+            read_tensors(folder), qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size"))
+        )
         if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in state:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
-                              strict=True)
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True)
         model.tie_weights() if getattr(cfg, "tie_word_embeddings", False) else None
     model.to(device).eval()
     return model, tokenizer, {"kind": kind, "loader": loader, **meta}

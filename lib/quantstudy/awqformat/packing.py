@@ -1,6 +1,7 @@
 """AutoAWQ's GEMM packing: int4 values, eight per int32 in AutoAWQ's nibble order, with float16
 scales and packed zeros per group; unpacking, a vectorised packer bit-identical to
 ``WQLinear_GEMM.from_linear``, and round-to-nearest with AutoAWQ's own pseudo-quantizer."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,9 @@ def _pack_columns(intvals: torch.Tensor, bits: int = 4) -> torch.Tensor:
     return out
 
 
-def pack_awq_gemm(weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                  bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_awq_gemm(
+    weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Vectorized ``WQLinear_GEMM.from_linear``: bit-identical (qweight, qzeros, scales).
 
     `weight` is the linear's [out, in] weight (already quantized-dequantized, any dtype, as
@@ -67,8 +69,11 @@ def pack_awq_gemm(weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tenso
     scales_h = scales.clone().half()
     scale_zeros = zeros * scales
     w_t = weight.t()  # [in, out]
-    intweight = torch.round((w_t + scale_zeros.repeat_interleave(group_size, 0))
-                            / scales_h.repeat_interleave(group_size, 0)).to(torch.int).to(torch.int32)
+    intweight = (
+        torch.round((w_t + scale_zeros.repeat_interleave(group_size, 0)) / scales_h.repeat_interleave(group_size, 0))
+        .to(torch.int)
+        .to(torch.int32)
+    )
     return _pack_columns(intweight, bits), _pack_columns(zeros.to(torch.int32), bits), scales_h
 
 
@@ -88,10 +93,12 @@ def vectorized_from_linear():
     def from_linear(cls, linear, w_bit, group_size, init_only=False, scales=None, zeros=None):
         if init_only or w_bit != 4:  # AutoAWQ's own path: nothing to pack, or its own error
             return original.__func__(cls, linear, w_bit, group_size, init_only, scales, zeros)
-        module = cls(w_bit, group_size, linear.in_features, linear.out_features, linear.bias is not None,
-                     linear.weight.device)
-        module.qweight, module.qzeros, module.scales = pack_awq_gemm(linear.weight.data, scales, zeros,
-                                                                     group_size, w_bit)
+        module = cls(
+            w_bit, group_size, linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device
+        )
+        module.qweight, module.qzeros, module.scales = pack_awq_gemm(
+            linear.weight.data, scales, zeros, group_size, w_bit
+        )
         if linear.bias is not None:
             module.bias = linear.bias.clone().half()
         return module
@@ -103,8 +110,9 @@ def vectorized_from_linear():
         WQLinear_GEMM.from_linear = original
 
 
-def rtn_quantize_linear(weight: torch.Tensor, group_size: int = 128, bits: int = 4
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rtn_quantize_linear(
+    weight: torch.Tensor, group_size: int = 128, bits: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest exactly as AutoAWQ's ``_apply_quant`` (float16 weight, zero point),
     packed with :func:`pack_awq_gemm`. Returns (qweight, qzeros, scales)."""
     q = pseudo_quantizer(bits, group_size, zero_point=True)

@@ -11,6 +11,7 @@ AWQ's convention is ``w = (q - z) * s`` with q, z in 0..15, so ``scale = s`` and
 
 Everything here is plain tensor arithmetic and runs on a CPU; the kernel itself needs CUDA.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,15 +31,18 @@ def shape_problem(in_features: int, out_features: int, group_size: int, inner_k_
     if in_features % group_size:
         return f"in_features {in_features} is not a multiple of group_size {group_size}"
     if in_features % (16 * inner_k_tiles):
-        return (f"in_features {in_features} is not a multiple of 16 x inner_k_tiles = {16 * inner_k_tiles}; "
-                "use a smaller inner_k_tiles")
+        return (
+            f"in_features {in_features} is not a multiple of 16 x inner_k_tiles = {16 * inner_k_tiles}; "
+            "use a smaller inner_k_tiles"
+        )
     if out_features % 8:
         return f"out_features {out_features} is not a multiple of 8 (the kernel's n-tile)"
     return None
 
 
-def awq_to_tinygemm(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-                    inner_k_tiles: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def awq_to_tinygemm(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int, inner_k_tiles: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """AutoAWQ GEMM (qweight [K, N/8], qzeros [K/g, N/8], scales [K/g, N]) ->
     (uint8 [N, K/2] for ``_convert_weight_to_int4pack``, float32 scales_and_zeros [K/g, N, 2]).
 

@@ -5,6 +5,7 @@ one typed literal per ``<section>_<key>`` of the sections the step receives, wit
 file's own line comments. ``quantstudy sync-notebooks`` rewrites the cells; a test checks
 that they agree.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,10 +57,12 @@ def parameters_source(step: str, params_path: str | Path = "params/default.yaml"
 
     needs = {s.name: s.needs for s in STEPS}[step]
     inputs = {n: f"outputs/lab/{n}" for n in needs}
-    lines = ["# Parameters: papermill overrides these; the defaults equal params/default.yaml.",
-             'run_dir: str = "outputs/lab"  # run folder (relative paths are from the project root)',
-             f'output_dir: str = "outputs/lab/{step}"  # this step\'s artefacts and metrics.json',
-             f"input_dirs: dict = {inputs!r}  # upstream steps' output folders"]
+    lines = [
+        "# Parameters: papermill overrides these; the defaults equal params/default.yaml.",
+        'run_dir: str = "outputs/lab"  # run folder (relative paths are from the project root)',
+        f'output_dir: str = "outputs/lab/{step}"  # this step\'s artefacts and metrics.json',
+        f"input_dirs: dict = {inputs!r}  # upstream steps' output folders",
+    ]
     for section in STEP_SECTIONS[step]:
         lines.append(f"# {section}")
         for key in SECTION_MODELS[section].model_fields:
@@ -70,7 +73,9 @@ def parameters_source(step: str, params_path: str | Path = "params/default.yaml"
     return "\n".join(lines)
 
 
-def sync_notebooks(notebooks_dir: str | Path = "notebooks", params_path: str | Path = "params/default.yaml") -> list[str]:
+def sync_notebooks(
+    notebooks_dir: str | Path = "notebooks", params_path: str | Path = "params/default.yaml"
+) -> list[str]:
     """Rewrite every step notebook's parameters cell; return the notebooks that changed."""
     changed = []
     for step in STEP_SECTIONS:

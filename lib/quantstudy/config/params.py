@@ -8,6 +8,7 @@ JupyterLab is validated exactly like a batch run.
 Every problem becomes a :class:`ParamsError` whose message is one line naming the file, the
 key, what was expected and what was found.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -29,8 +30,10 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {step.name: step.sections for step i
 
 # Fields a step receives but never reads: left out of its skip key, so changing them does not
 # re-run it ("*": every step).
-IGNORED_FIELDS: dict[str, tuple[str, ...]] = {"*": _IGNORED_BY_EVERY_STEP,
-                                              **{step.name: step.ignored for step in _STEPS if step.ignored}}
+IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
+    "*": _IGNORED_BY_EVERY_STEP,
+    **{step.name: step.ignored for step in _STEPS if step.ignored},
+}
 
 # Metrics a quality-budget line may name: quantstudy.metrics.registry defines each one once.
 BUDGET_METRICS = _BUDGET_METRICS
@@ -52,8 +55,11 @@ class StudySection(_Section):
 
 class ModelSection(_Section):
     source: Literal["embedded", "hf", "gguf"] = "embedded"
-    path: str = Field("models/demo-support-lm", min_length=1,
-                      description="local folder, Hugging Face model id, or .gguf file / package resource")
+    path: str = Field(
+        "models/demo-support-lm",
+        min_length=1,
+        description="local folder, Hugging Face model id, or .gguf file / package resource",
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # the AWQ search and the archived baseline
     eval_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # forward passes that score models
     trust_remote_code: bool = False
@@ -72,7 +78,8 @@ class DataSection(_Section):
 
 class CalibrationSection(_Section):
     sources: list[Literal["generic", "in_domain", "mixed"]] = Field(
-        default_factory=lambda: ["generic", "in_domain", "mixed"], min_length=1)
+        default_factory=lambda: ["generic", "in_domain", "mixed"], min_length=1
+    )
     n_samples: int = Field(32, ge=1, le=4096)
     sample_sweep: list[int] = Field(default_factory=list)
     draws: int = Field(2, ge=1, le=20)
@@ -132,15 +139,18 @@ class EvaluateSection(_Section):
     max_items_per_task: int | None = Field(300, ge=10, description="null: every task item")
     bootstrap_samples: int = Field(1000, ge=100, le=100000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    budget: list[BudgetLine] = Field(default_factory=lambda: [
-        BudgetLine(metric="policy_closed_book_acc", max_drop=2.0, unit="points"),
-        BudgetLine(metric="retention_acc", max_drop=2.0, unit="points"),
-        BudgetLine(metric="indomain_ppl", max_drop=3.0, unit="percent"),
-        BudgetLine(metric="satisfaction", max_drop=2.0, unit="points"),
-    ])
+    budget: list[BudgetLine] = Field(
+        default_factory=lambda: [
+            BudgetLine(metric="policy_closed_book_acc", max_drop=2.0, unit="points"),
+            BudgetLine(metric="retention_acc", max_drop=2.0, unit="points"),
+            BudgetLine(metric="indomain_ppl", max_drop=3.0, unit="percent"),
+            BudgetLine(metric="satisfaction", max_drop=2.0, unit="points"),
+        ]
+    )
     lm_eval_tasks: list[str] = Field(default_factory=list)
     reference_tasks: list[Literal["policy_closed_book", "policy_grounded", "retention"]] = Field(
-        default_factory=list, description="scored on the baseline only, against chance; never budgeted")
+        default_factory=list, description="scored on the baseline only, against chance; never budgeted"
+    )
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "EvaluateSection":
@@ -149,19 +159,25 @@ class EvaluateSection(_Section):
         for line in self.budget:
             task = line.metric.removesuffix("_acc")
             if task in self.reference_tasks:
-                raise ValueError(f"budget metric {line.metric} is a reference task (scored on the baseline only); "
-                                 f"remove it from reference_tasks or from the budget")
+                raise ValueError(
+                    f"budget metric {line.metric} is a reference task (scored on the baseline only); "
+                    f"remove it from reference_tasks or from the budget"
+                )
         return self
 
 
 class BenchmarkSection(_Section):
     paths: list[Literal["baseline", "naive4", "fast4", "torchint4"]] = Field(
-        default_factory=lambda: ["baseline", "naive4", "fast4"], min_length=1)
+        default_factory=lambda: ["baseline", "naive4", "fast4"], min_length=1
+    )
     production_paths: list[Literal["baseline", "naive4", "fast4", "torchint4"]] | None = Field(
-        None, min_length=1, description="paths timed on the production-shaped model; null: the same as paths")
+        None, min_length=1, description="paths timed on the production-shaped model; null: the same as paths"
+    )
     modes: list[Literal["eager", "graphed"]] = Field(
-        default_factory=lambda: ["eager"], min_length=1,
-        description="eager: HF forward; graphed: static KV cache, decode step replayed from a CUDA graph")
+        default_factory=lambda: ["eager"],
+        min_length=1,
+        description="eager: HF forward; graphed: static KV cache, decode step replayed from a CUDA graph",
+    )
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)
     context_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
     decode_tokens: int = Field(16, ge=1, le=4096)
@@ -186,25 +202,34 @@ class BenchmarkSection(_Section):
         if self.production_paths is not None and "baseline" not in self.production_paths:
             raise ValueError("production_paths must include baseline: every speed-up is against it")
         if self.prod_hidden_size % self.prod_num_heads:
-            raise ValueError(f"prod_hidden_size ({self.prod_hidden_size}) must be divisible by prod_num_heads ({self.prod_num_heads})")
+            raise ValueError(
+                f"prod_hidden_size ({self.prod_hidden_size}) must be divisible by prod_num_heads ({self.prod_num_heads})"
+            )
         if self.prod_num_heads % self.prod_num_kv_heads:
-            raise ValueError(f"prod_num_heads ({self.prod_num_heads}) must be divisible by prod_num_kv_heads ({self.prod_num_kv_heads})")
+            raise ValueError(
+                f"prod_num_heads ({self.prod_num_heads}) must be divisible by prod_num_kv_heads ({self.prod_num_kv_heads})"
+            )
         if self.prod_bench_layers > self.prod_num_layers:
-            raise ValueError(f"prod_bench_layers ({self.prod_bench_layers}) exceeds prod_num_layers ({self.prod_num_layers})")
+            raise ValueError(
+                f"prod_bench_layers ({self.prod_bench_layers}) exceeds prod_num_layers ({self.prod_num_layers})"
+            )
         return self
 
 
 class ServeSection(_Section):
     """How the 4-bit model is served (``quantstudy.serving``): the configuration step 04 times
     is the one step 03 scores, as a row of its own under the quality budget."""
+
     lm_head: Literal["float", "bfloat16", "int8"] = Field(
-        "float", description="output head of the served 4-bit model: float (as AWQ leaves it), bfloat16, int8")
+        "float", description="output head of the served 4-bit model: float (as AWQ leaves it), bfloat16, int8"
+    )
 
 
 class RolloutSection(_Section):
     class Guardrail(_Section):
         """A support metric watched next to satisfaction: the rollout cuts over only when it is
         non-inferior within ``margin`` (absolute: a share for 0/1 columns, seconds for latency_s)."""
+
         column: Literal["escalated", "resolved", "latency_s"]
         margin: float = Field(..., gt=0.0, description="absolute non-inferiority margin in the column's unit")
         higher_is_better: bool
@@ -213,9 +238,11 @@ class RolloutSection(_Section):
         def _direction_and_unit(self) -> "RolloutSection.Guardrail":
             natural = {"escalated": False, "resolved": True, "latency_s": False}[self.column]
             if self.higher_is_better != natural:
-                why = {"escalated": "escalation to a human: lower is better",
-                       "resolved": "resolved without a follow-up contact: higher is better",
-                       "latency_s": "reply latency: lower is better"}[self.column]
+                why = {
+                    "escalated": "escalation to a human: lower is better",
+                    "resolved": "resolved without a follow-up contact: higher is better",
+                    "latency_s": "reply latency: lower is better",
+                }[self.column]
                 raise ValueError(f"higher_is_better: {str(natural).lower()} for column {self.column} ({why})")
             if self.column != "latency_s" and self.margin >= 1:
                 raise ValueError(f"a margin below 1 for the 0/1 column {self.column} (a share, e.g. 0.02 = 2 points)")
@@ -227,26 +254,55 @@ class RolloutSection(_Section):
     logs: str | None = None  # CSV/Parquet of real rollout logs; null = seeded simulator
     scenario: Literal["measured", "worse", "broken_assignment"] = "measured"
     baseline_satisfaction: float = Field(0.82, gt=0.0, lt=1.0)
-    satisfaction_per_point: float = Field(0.004, ge=0.0, description="simulated satisfaction change per task-accuracy point")
-    worse_drop: float = Field(0.05, gt=0.0, lt=1.0, description="satisfaction drop of the quantized arm in the 'worse' scenario")
-    margin: float | None = Field(None, gt=0.0, lt=1.0, description="null: the budget's satisfaction line sets the non-inferiority margin")
+    satisfaction_per_point: float = Field(
+        0.004, ge=0.0, description="simulated satisfaction change per task-accuracy point"
+    )
+    worse_drop: float = Field(
+        0.05, gt=0.0, lt=1.0, description="satisfaction drop of the quantized arm in the 'worse' scenario"
+    )
+    margin: float | None = Field(
+        None, gt=0.0, lt=1.0, description="null: the budget's satisfaction line sets the non-inferiority margin"
+    )
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     candidate_rule: Literal["best_worst_case", "best_point"] = Field(
-        "best_worst_case", description="how step 05 picks the checkpoint to ship (quantstudy.steps.rollout.CANDIDATE_RULES)")
-    guardrails: list[Guardrail] = Field(default_factory=lambda: [
-        RolloutSection.Guardrail(column="escalated", margin=0.02, higher_is_better=False),
-        RolloutSection.Guardrail(column="resolved", margin=0.02, higher_is_better=True),
-        RolloutSection.Guardrail(column="latency_s", margin=0.25, higher_is_better=False),
-    ], description="every guardrail (and satisfaction) must be non-inferior to cut over")
-    power: float = Field(0.8, gt=0.5, lt=1.0, description="power of the whole ship rule; each metric is planned at 1 - (1 - power) / K")
-    srm_alpha: float = Field(0.001, gt=0.0, lt=0.5, description="sample-ratio-mismatch check: p below this stops the rollout")
-    baseline_escalation: float = Field(0.15, gt=0.0, lt=1.0, description="baseline escalation rate (simulator, power plan)")
-    escalation_per_point: float = Field(0.003, ge=0.0, description="simulated escalation-rate rise per task-accuracy point lost")
-    baseline_resolved: float = Field(0.70, gt=0.0, lt=1.0, description="baseline resolved-without-follow-up rate (simulator, power plan)")
-    resolution_per_point: float = Field(0.003, ge=0.0, description="simulated resolution-rate fall per task-accuracy point lost")
-    baseline_latency_s: float = Field(2.0, gt=0.0, description="baseline mean reply latency, seconds (simulator, power plan)")
-    latency_sd_s: float = Field(1.0, gt=0.0, description="standard deviation of reply latency, seconds (simulator, power plan)")
-    srm_drop: float = Field(0.1, gt=0.0, lt=1.0, description="'broken_assignment': share of the quantized arm's conversations lost")
+        "best_worst_case",
+        description="how step 05 picks the checkpoint to ship (quantstudy.steps.rollout.CANDIDATE_RULES)",
+    )
+    guardrails: list[Guardrail] = Field(
+        default_factory=lambda: [
+            RolloutSection.Guardrail(column="escalated", margin=0.02, higher_is_better=False),
+            RolloutSection.Guardrail(column="resolved", margin=0.02, higher_is_better=True),
+            RolloutSection.Guardrail(column="latency_s", margin=0.25, higher_is_better=False),
+        ],
+        description="every guardrail (and satisfaction) must be non-inferior to cut over",
+    )
+    power: float = Field(
+        0.8, gt=0.5, lt=1.0, description="power of the whole ship rule; each metric is planned at 1 - (1 - power) / K"
+    )
+    srm_alpha: float = Field(
+        0.001, gt=0.0, lt=0.5, description="sample-ratio-mismatch check: p below this stops the rollout"
+    )
+    baseline_escalation: float = Field(
+        0.15, gt=0.0, lt=1.0, description="baseline escalation rate (simulator, power plan)"
+    )
+    escalation_per_point: float = Field(
+        0.003, ge=0.0, description="simulated escalation-rate rise per task-accuracy point lost"
+    )
+    baseline_resolved: float = Field(
+        0.70, gt=0.0, lt=1.0, description="baseline resolved-without-follow-up rate (simulator, power plan)"
+    )
+    resolution_per_point: float = Field(
+        0.003, ge=0.0, description="simulated resolution-rate fall per task-accuracy point lost"
+    )
+    baseline_latency_s: float = Field(
+        2.0, gt=0.0, description="baseline mean reply latency, seconds (simulator, power plan)"
+    )
+    latency_sd_s: float = Field(
+        1.0, gt=0.0, description="standard deviation of reply latency, seconds (simulator, power plan)"
+    )
+    srm_drop: float = Field(
+        0.1, gt=0.0, lt=1.0, description="'broken_assignment': share of the quantized arm's conversations lost"
+    )
 
     @field_validator("stages")
     @classmethod
@@ -266,8 +322,9 @@ class RolloutSection(_Section):
             if extra:
                 close = difflib.get_close_matches(str(extra[0]), known, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"keys {', '.join(known)} in each guardrail (guardrails[{i}] has unknown key "
-                                 f"{extra[0]!r}{hint})")
+                raise ValueError(
+                    f"keys {', '.join(known)} in each guardrail (guardrails[{i}] has unknown key {extra[0]!r}{hint})"
+                )
         return v
 
     @field_validator("guardrails")
@@ -282,6 +339,7 @@ class RolloutSection(_Section):
 
 class TargetsSection(_Section):
     """Performance targets, checked against what each step measures and echoed in the report."""
+
     awq_search_s_max: float = Field(60.0, gt=0, description="slowest AWQ search of one calibration set, seconds")
     steps_01_02_wall_s: float = Field(360.0, gt=0, description="steps 01 + 02 wall time, seconds")
     evaluation_wall_s: float = Field(240.0, gt=0, description="step 03 wall time, seconds")
@@ -303,18 +361,28 @@ class StudyParams(_Section):
 
 
 SECTION_MODELS: dict[str, type[_Section]] = {
-    name: field.annotation for name, field in StudyParams.model_fields.items()  # type: ignore[misc]
+    name: field.annotation
+    for name, field in StudyParams.model_fields.items()  # type: ignore[misc]
 }
 
 
 # --------------------------------------------------------------------------- errors
 # pydantic error types in plain words (the rest: pydantic's message without "Input should be").
 _PLAIN_EXPECTED = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
-    "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
-    "dict_type": "a mapping of keys to values", "model_type": "a mapping of keys to values",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping of keys to values",
+    "model_type": "a mapping of keys to values",
 }
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
@@ -361,13 +429,17 @@ def load_params(path: str | Path, check_files: bool = True) -> StudyParams:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ParamsError(f"{source}: not a UTF-8 text file (byte {exc.start} cannot be decoded); "
-                          "a params file is YAML text, e.g. a copy of params/default.yaml") from None
+        raise ParamsError(
+            f"{source}: not a UTF-8 text file (byte {exc.start} cannot be decoded); "
+            "a params file is YAML text, e.g. a copy of params/default.yaml"
+        ) from None
     except OSError as exc:
         raise ParamsError(f"{source}: cannot be read ({exc.strerror}); check its permissions") from None
     if "\x00" in text:
-        raise ParamsError(f"{source}: not a text file (it contains NUL bytes); a params file is YAML text, "
-                          "e.g. a copy of params/default.yaml")
+        raise ParamsError(
+            f"{source}: not a text file (it contains NUL bytes); a params file is YAML text, "
+            "e.g. a copy of params/default.yaml"
+        )
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -381,8 +453,10 @@ def load_params(path: str | Path, check_files: bool = True) -> StudyParams:
         ctx = getattr(exc, "context", None)
         raise ParamsError(f"{source}: {where}: not valid YAML ({(ctx + ': ') if ctx else ''}{what})") from None
     if raw is None:
-        raise ParamsError(f"{source}: the file is empty; expected the sections of a study (study, model, data, ...), "
-                          "e.g. a copy of params/default.yaml")
+        raise ParamsError(
+            f"{source}: the file is empty; expected the sections of a study (study, model, data, ...), "
+            "e.g. a copy of params/default.yaml"
+        )
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: top level: expected a mapping of sections; found {_describe(raw)}")
     try:
@@ -399,37 +473,59 @@ def check_combinations(p: StudyParams, source: str, sections: tuple[str, ...] | 
     """Impossible or self-defeating combinations, caught before any long work. ``sections``:
     the sections a notebook received (the others hold defaults and are not checked)."""
     if p.model.dtype == "float16" and p.study.device == "cpu":
-        raise ParamsError(f"{source}: model.dtype: expected float32 when study.device is cpu "
-                          "(half-precision matmuls run ~40x slower on this CPU); found 'float16'")
+        raise ParamsError(
+            f"{source}: model.dtype: expected float32 when study.device is cpu "
+            "(half-precision matmuls run ~40x slower on this CPU); found 'float16'"
+        )
     if p.model.eval_dtype == "float16" and p.study.device == "cpu":
-        raise ParamsError(f"{source}: model.eval_dtype: expected float32 or bfloat16 when study.device is cpu "
-                          "(float16 matmuls run ~40x slower on this CPU); found 'float16'")
+        raise ParamsError(
+            f"{source}: model.eval_dtype: expected float32 or bfloat16 when study.device is cpu "
+            "(float16 matmuls run ~40x slower on this CPU); found 'float16'"
+        )
     if p.data.generic_source == "hf" and not p.data.generic_dataset:
-        raise ParamsError(f"{source}: data.generic_dataset: expected a Hugging Face dataset id when "
-                          "data.generic_source is 'hf'; found None")
+        raise ParamsError(
+            f"{source}: data.generic_dataset: expected a Hugging Face dataset id when "
+            "data.generic_source is 'hf'; found None"
+        )
     if p.data.generic_source == "embedded" and p.data.generic_dataset:
-        raise ParamsError(f"{source}: data.generic_dataset: expected null when data.generic_source is "
-                          f"'embedded'; found {p.data.generic_dataset!r} (set generic_source: hf to use it)")
+        raise ParamsError(
+            f"{source}: data.generic_dataset: expected null when data.generic_source is "
+            f"'embedded'; found {p.data.generic_dataset!r} (set generic_source: hf to use it)"
+        )
     if any(b < 4 for b in p.quantize.bits) and p.quantize.version != "GEMM":
-        raise ParamsError(f"{source}: quantize.version: expected GEMM with 3-bit runs (simulated); found {p.quantize.version!r}")
+        raise ParamsError(
+            f"{source}: quantize.version: expected GEMM with 3-bit runs (simulated); found {p.quantize.version!r}"
+        )
     if p.calibration.sample_sweep and max(p.calibration.sample_sweep) > 4096:
-        raise ParamsError(f"{source}: calibration.sample_sweep: expected counts <= 4096; found {max(p.calibration.sample_sweep)}")
+        raise ParamsError(
+            f"{source}: calibration.sample_sweep: expected counts <= 4096; found {max(p.calibration.sample_sweep)}"
+        )
     if "mixed" in p.calibration.sources and not 0 < p.calibration.mixed_in_domain_fraction < 1:
-        raise ParamsError(f"{source}: calibration.mixed_in_domain_fraction: expected a share strictly between 0 "
-                          f"and 1 when sources include 'mixed'; found {p.calibration.mixed_in_domain_fraction}")
+        raise ParamsError(
+            f"{source}: calibration.mixed_in_domain_fraction: expected a share strictly between 0 "
+            f"and 1 when sources include 'mixed'; found {p.calibration.mixed_in_domain_fraction}"
+        )
     if p.rollout.logs is not None and p.rollout.scenario != "measured":
-        raise ParamsError(f"{source}: rollout.scenario: expected 'measured' with real logs (scenarios only "
-                          f"apply to the simulator); found {p.rollout.scenario!r}")
+        raise ParamsError(
+            f"{source}: rollout.scenario: expected 'measured' with real logs (scenarios only "
+            f"apply to the simulator); found {p.rollout.scenario!r}"
+        )
     if p.serve.lm_head != "float" and p.study.device != "cpu":
-        raise ParamsError(f"{source}: serve.lm_head: expected float when study.device is {p.study.device!r} (a served "
-                          f"int8 or bfloat16 head is built for fast4 on a CPU, and step 03 scores what step 04 times); "
-                          f"found {p.serve.lm_head!r}")
+        raise ParamsError(
+            f"{source}: serve.lm_head: expected float when study.device is {p.study.device!r} (a served "
+            f"int8 or bfloat16 head is built for fast4 on a CPU, and step 03 scores what step 04 times); "
+            f"found {p.serve.lm_head!r}"
+        )
     sat = [b for b in p.evaluate.budget if b.metric == "satisfaction"]
     if p.rollout.margin is None and not sat:
-        raise ParamsError(f"{source}: evaluate.budget: expected a line {{metric: satisfaction, max_drop: <points>, "
-                          "unit: points}} to set the rollout's non-inferiority margin (or set rollout.margin); found none")
+        raise ParamsError(
+            f"{source}: evaluate.budget: expected a line {{metric: satisfaction, max_drop: <points>, "
+            "unit: points}} to set the rollout's non-inferiority margin (or set rollout.margin); found none"
+        )
     if sat and sat[0].unit != "points":
-        raise ParamsError(f"{source}: evaluate.budget: expected unit 'points' for the satisfaction line; found {sat[0].unit!r}")
+        raise ParamsError(
+            f"{source}: evaluate.budget: expected unit 'points' for the satisfaction line; found {sat[0].unit!r}"
+        )
     check_model_source(p, source, check_group_size=sections is None or "quantize" in sections)
 
 
@@ -457,8 +553,10 @@ def check_model_source(p: StudyParams, source: str, check_group_size: bool = Tru
         except modelsource.ModelSourceError as exc:
             raise ParamsError(f"{source}: {exc}") from None
     elif mtype is not None and mtype not in supported:
-        raise ParamsError(f"{source}: model.path: expected a model type AutoAWQ supports "
-                          f"({', '.join(supported)}); found {mtype!r} in {where}")
+        raise ParamsError(
+            f"{source}: model.path: expected a model type AutoAWQ supports "
+            f"({', '.join(supported)}); found {mtype!r} in {where}"
+        )
     for key in ("hidden_size", "intermediate_size") if check_group_size else ():
         width = cfg.get(key)
         if isinstance(width, int) and width % p.quantize.group_size:
@@ -466,7 +564,8 @@ def check_model_source(p: StudyParams, source: str, check_group_size: bool = Tru
             raise ParamsError(
                 f"{source}: quantize.group_size: expected a divisor of every quantized layer's input width "
                 f"({key}={width} in {where}; e.g. {', '.join(map(str, divisors)) or 'none of 32-256'}); "
-                f"found {p.quantize.group_size}")
+                f"found {p.quantize.group_size}"
+            )
 
 
 def check_input_files(p: StudyParams, source: str) -> None:
@@ -483,18 +582,28 @@ def check_input_files(p: StudyParams, source: str) -> None:
         if resolve(value).is_dir():
             raise ParamsError(f"{source}: {key}: expected a file; found {value!r}, which is a directory")
         if not resolve(value).is_file():
-            raise ParamsError(f"{source}: {key}: expected an existing file; found {value!r} (missing). "
-                              "Fix the path, or run `make demo-data` for the embedded demo files")
+            raise ParamsError(
+                f"{source}: {key}: expected an existing file; found {value!r} (missing). "
+                "Fix the path, or run `make demo-data` for the embedded demo files"
+            )
     check_input_contents(p, source)
     if p.model.source == "gguf":
         return  # checked with the model itself (check_model_source)
     if p.model.source == "embedded" and not (resolve(p.model.path) / "config.json").is_file():
-        raise ParamsError(f"{source}: model.path: expected a model folder with config.json for "
-                          f"source 'embedded'; found {p.model.path!r}. Run `make demo-model` or fix the path")
+        raise ParamsError(
+            f"{source}: model.path: expected a model folder with config.json for "
+            f"source 'embedded'; found {p.model.path!r}. Run `make demo-model` or fix the path"
+        )
 
 
-_CONFIG_TYPES = {"model_type": str, "hidden_size": int, "intermediate_size": int, "num_hidden_layers": int,
-                 "num_attention_heads": int, "vocab_size": int}
+_CONFIG_TYPES = {
+    "model_type": str,
+    "hidden_size": int,
+    "intermediate_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "vocab_size": int,
+}
 
 
 def check_input_contents(p: StudyParams, source: str) -> None:
@@ -503,17 +612,21 @@ def check_input_contents(p: StudyParams, source: str) -> None:
     several bad lines reports them all (the first 20, and the count)."""
     from quantstudy import data
 
-    checks = [("data.conversations", lambda: data.read_conversations(p.data.conversations)),
-              ("data.task_items", lambda: data.read_task_items(p.data.task_items))]
+    checks = [
+        ("data.conversations", lambda: data.read_conversations(p.data.conversations)),
+        ("data.task_items", lambda: data.read_task_items(p.data.task_items)),
+    ]
     if p.data.domain_lexicon is not None:
         checks.append(("data.domain_lexicon", lambda: data.read_lexicon(p.data.domain_lexicon)))
     if p.rollout.logs is not None:
+
         def logs():
             from quantstudy.rollout_logs import read_logs, require_columns
 
             frame = read_logs(p.rollout.logs)
             require_columns(frame, p.rollout)  # every configured guardrail needs its column
             return frame
+
         checks.append(("rollout.logs", logs))
     for key, check in checks:
         try:
@@ -526,14 +639,20 @@ def check_input_contents(p: StudyParams, source: str) -> None:
             try:
                 cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ParamsError(f"{source}: model.path: {cfg_path} is not valid JSON ({exc}); "
-                                  "restore the model folder's config.json") from None
+                raise ParamsError(
+                    f"{source}: model.path: {cfg_path} is not valid JSON ({exc}); "
+                    "restore the model folder's config.json"
+                ) from None
             if not isinstance(cfg, dict):
-                raise ParamsError(f"{source}: model.path: {cfg_path}: expected a JSON object; found {type(cfg).__name__}")
+                raise ParamsError(
+                    f"{source}: model.path: {cfg_path}: expected a JSON object; found {type(cfg).__name__}"
+                )
             for key, typ in _CONFIG_TYPES.items():
                 if key in cfg and (not isinstance(cfg[key], typ) or isinstance(cfg[key], bool)):
-                    raise ParamsError(f"{source}: model.path: {cfg_path}: {key} must be {'a string' if typ is str else 'an integer'}; "
-                                      f"found {cfg[key]!r}")
+                    raise ParamsError(
+                        f"{source}: model.path: {cfg_path}: {key} must be {'a string' if typ is str else 'an integer'}; "
+                        f"found {cfg[key]!r}"
+                    )
 
 
 # --------------------------------------------------------------------------- notebooks

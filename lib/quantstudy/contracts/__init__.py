@@ -10,15 +10,42 @@ carry more fields than those declared).
 This package depends only on pydantic, the standard library and :mod:`quantstudy.paths`; the
 steps import it, never the other way round (tests/test_package_layout.py checks it).
 """
+
 from quantstudy.contracts._base import CI, Record, StepMetrics, Target
-from quantstudy.contracts._io import (FILENAME, STEPS, ContractError, MetricsMissingError, model_for, problems, read,
-                                      validate, write)
+from quantstudy.contracts._io import (
+    FILENAME,
+    STEPS,
+    ContractError,
+    MetricsMissingError,
+    model_for,
+    problems,
+    read,
+    validate,
+    write,
+)
 from quantstudy.contracts.benchmark import BenchmarkMetrics
 from quantstudy.contracts.calibration import CalibrationMetrics
 from quantstudy.contracts.evaluate import EvaluateMetrics
 from quantstudy.contracts.quantize import QuantizeMetrics
 from quantstudy.contracts.rollout import RolloutMetrics
 
-__all__ = ["CI", "FILENAME", "STEPS", "BenchmarkMetrics", "CalibrationMetrics", "ContractError", "EvaluateMetrics",
-           "MetricsMissingError", "QuantizeMetrics", "Record", "RolloutMetrics", "StepMetrics", "Target", "model_for",
-           "problems", "read", "validate", "write"]
+__all__ = [
+    "CI",
+    "FILENAME",
+    "STEPS",
+    "BenchmarkMetrics",
+    "CalibrationMetrics",
+    "ContractError",
+    "EvaluateMetrics",
+    "MetricsMissingError",
+    "QuantizeMetrics",
+    "Record",
+    "RolloutMetrics",
+    "StepMetrics",
+    "Target",
+    "model_for",
+    "problems",
+    "read",
+    "validate",
+    "write",
+]

@@ -1,4 +1,5 @@
 """Base classes shared by the step contracts."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

@@ -1,4 +1,5 @@
 """Validate, write and read a step's metrics.json against its contract."""
+
 from __future__ import annotations
 
 import json
@@ -84,17 +85,22 @@ def _message(step: str, model: type[BaseModel], source: str | Path, lines: list[
     contract = f"{model.__module__}.{model.__name__}"
     if writing:
         head = f"step {step} would write a {source} that breaks its contract ({contract}):"
-        fix = (f"Fix: the step's writer and {model.__module__} disagree; change them together (and the "
-               "readers of the field, step by step and in the report).")
+        fix = (
+            f"Fix: the step's writer and {model.__module__} disagree; change them together (and the "
+            "readers of the field, step by step and in the report)."
+        )
     else:
         head = f"{source} does not match the contract of step {step} ({contract}):"
-        fix = (f"Fix: re-run step {step} (quantstudy run PARAMS --from {step}) so the current code writes it; "
-               "a file from an older version of the code, or edited by hand, cannot be read as it is.")
+        fix = (
+            f"Fix: re-run step {step} (quantstudy run PARAMS --from {step}) so the current code writes it; "
+            "a file from an older version of the code, or edited by hand, cannot be read as it is."
+        )
     return "\n".join([head, *(f"  - {line}" for line in lines), fix])
 
 
-def write(step: str, folder: str | Path, metrics: dict[str, Any],
-          default: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+def write(
+    step: str, folder: str | Path, metrics: dict[str, Any], default: Callable[[Any], Any] | None = None
+) -> dict[str, Any]:
     """Validate ``metrics`` as it will be written, then write ``folder``/metrics.json: the same
     text as ``json.dumps(metrics, indent=2, default=default)``. Returns ``metrics`` unchanged."""
     path = Path(folder) / FILENAME
@@ -115,7 +121,8 @@ def read(step: str, folder: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ContractError(f"{path} cannot be read as JSON ({exc}); re-run step {step} "
-                            f"(quantstudy run PARAMS --from {step})") from exc
+        raise ContractError(
+            f"{path} cannot be read as JSON ({exc}); re-run step {step} (quantstudy run PARAMS --from {step})"
+        ) from exc
     validate(step, data, path)
     return data

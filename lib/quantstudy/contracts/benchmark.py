@@ -4,6 +4,7 @@ One section per model timed (``demo``: the study's checkpoint; ``production``: t
 production-shaped model), plus the headline ``targets``, every ``traps`` flag and ``wall_s``.
 Read by step 05 (a model's ``timings``: the latency ratio) and the report (speed-ups, memory,
 fleet, agreement, traps, targets, env)."""
+
 from __future__ import annotations
 
 from pydantic import ConfigDict, Field, model_validator

@@ -2,6 +2,7 @@
 
 Read by step 02 (``sets``, and ``wall_s`` for the 01+02 wall-time target) and the report
 (sets, scrub, pools, coverage, overlap, the independent PII check)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@
 Read by step 05 (``summary``, ``budget_declared``, ``budget``, ``verdict_by_checkpoint``: the
 candidate to roll out) and the report (budget, verdicts, effects, matrix, damage, flips,
 reference tasks, lm-eval, the rollback check)."""
+
 from __future__ import annotations
 
 from typing import Literal

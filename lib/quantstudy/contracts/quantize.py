@@ -3,6 +3,7 @@
 Read by step 03 (``checkpoints``: which checkpoints to evaluate), step 04 (``checkpoints``:
 which packed checkpoint to time) and the report (checkpoints, sanity, search settings,
 the worse-than-RTN flags, the archived baseline, targets)."""
+
 from __future__ import annotations
 
 from pydantic import ValidationError, model_validator
@@ -58,8 +59,9 @@ class SanityRow(Record):
                 try:
                     CI.model_validate(value)
                 except ValidationError as exc:
-                    raise ValueError("; ".join(f"{key}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                               for e in exc.errors())) from None
+                    raise ValueError(
+                        "; ".join(f"{key}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    ) from None
         return self
 
 

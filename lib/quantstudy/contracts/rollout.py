@@ -1,4 +1,5 @@
 """Step 05 (rollout analysis): ``05_rollout_analysis/metrics.json``. Read by the report."""
+
 from __future__ import annotations
 
 from typing import Any, Literal

@@ -4,6 +4,7 @@ model-facing measurement (``scoring``: perplexity streams and task-item scoring,
 
 Only the registry is imported here: config reads it through this package, and ``scoring``
 needs torch (import ``quantstudy.metrics.scoring`` where it is used)."""
+
 from quantstudy.metrics.registry import BUDGET_METRICS, METRIC_TASK, METRICS, Metric, label, metric
 
 __all__ = ["BUDGET_METRICS", "METRIC_TASK", "METRICS", "Metric", "label", "metric"]

@@ -4,13 +4,17 @@ the statistic its paired CI uses, and its label in tables and the report.
 A leaf module: it imports nothing from the study, so the params models (which check a budget
 line's metric name) and every step and the report can all read it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 TASKS = ("policy_closed_book", "policy_grounded", "retention")
-TASK_LABELS = {"policy_closed_book": "closed-book policy", "policy_grounded": "grounded policy",
-               "retention": "retention"}
+TASK_LABELS = {
+    "policy_closed_book": "closed-book policy",
+    "policy_grounded": "grounded policy",
+    "retention": "retention",
+}
 
 
 @dataclass(frozen=True)
@@ -35,18 +39,30 @@ def _task_metrics() -> list[Metric]:
     for task in TASKS:
         out.append(Metric(f"{task}_acc", f"{TASK_LABELS[task]} accuracy", "points", True, "mean_diff", task=task))
         # Flip rate: share of items whose correctness differs from the baseline's (either way).
-        out.append(Metric(f"{task}_flip_rate", f"{TASK_LABELS[task]} flip rate", "points", False, "mean_diff",
-                          task=task, budget=False))
+        out.append(
+            Metric(
+                f"{task}_flip_rate",
+                f"{TASK_LABELS[task]} flip rate",
+                "points",
+                False,
+                "mean_diff",
+                task=task,
+                budget=False,
+            )
+        )
     return out
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in [
-    *_task_metrics(),
-    Metric("indomain_ppl", "in-domain perplexity", "percent", False, "ppl_pct", domain="in_domain"),
-    Metric("generic_ppl", "generic perplexity", "percent", False, "ppl_pct", domain="generic"),
-    Metric("indomain_top1_agreement", "in-domain top-1 agreement", "points", True, "mean_diff", domain="in_domain"),
-    Metric("satisfaction", "user satisfaction", "points", True, "mean_diff", live=True),
-]}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        *_task_metrics(),
+        Metric("indomain_ppl", "in-domain perplexity", "percent", False, "ppl_pct", domain="in_domain"),
+        Metric("generic_ppl", "generic perplexity", "percent", False, "ppl_pct", domain="generic"),
+        Metric("indomain_top1_agreement", "in-domain top-1 agreement", "points", True, "mean_diff", domain="in_domain"),
+        Metric("satisfaction", "user satisfaction", "points", True, "mean_diff", live=True),
+    ]
+}
 
 # Metrics a quality-budget line may name, in the order the params docs list them.
 BUDGET_METRICS = tuple(m.name for m in METRICS.values() if m.budget)

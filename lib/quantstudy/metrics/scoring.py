@@ -7,6 +7,7 @@ window scores all its tokens, every later window scores only its last ``stride``
 each token of the stream is scored exactly once with at least ``window - stride`` tokens of
 left context (the Hugging Face "perplexity of fixed-length models" recipe).
 """
+
 from __future__ import annotations
 
 import re
@@ -29,9 +30,10 @@ _ORDINARY = CATEGORIES.index("ordinary")
 @dataclass
 class Stream:
     """A token stream cut into scoring windows; `category` labels each scored token."""
-    input_ids: torch.Tensor      # [n_windows, window]
-    score_mask: torch.Tensor     # [n_windows, window] bool: position t predicts token t (t >= 1)
-    category: np.ndarray         # [n_scored] int index into CATEGORIES
+
+    input_ids: torch.Tensor  # [n_windows, window]
+    score_mask: torch.Tensor  # [n_windows, window] bool: position t predicts token t (t >= 1)
+    category: np.ndarray  # [n_scored] int index into CATEGORIES
     window_of_token: np.ndarray  # [n_scored] window index (bootstrap unit)
 
     @property
@@ -44,7 +46,7 @@ def _char_categories(text: str, lexicon: dict[str, list[str]]) -> np.ndarray:
     lower = text.lower()
     # Order matters: a later category overwrites an earlier one (products win over figures).
     for m in _FIGURE.finditer(text):
-        cats[m.start():m.end()] = CATEGORIES.index("figure")
+        cats[m.start() : m.end()] = CATEGORIES.index("figure")
     for cat in ("figure", "jargon", "product"):
         for term in sorted(set(lexicon.get(cat, [])), key=len, reverse=True):
             t = term.lower()
@@ -52,13 +54,14 @@ def _char_categories(text: str, lexicon: dict[str, list[str]]) -> np.ndarray:
                 continue
             start = lower.find(t)
             while start >= 0:
-                cats[start:start + len(t)] = CATEGORIES.index(cat)
+                cats[start : start + len(t)] = CATEGORIES.index(cat)
                 start = lower.find(t, start + len(t))
     return cats
 
 
-def _labelled_tokens(tokenizer, texts: list[str], max_tokens: int,
-                     lexicon: dict[str, list[str]]) -> tuple[list[int], list[int]]:
+def _labelled_tokens(
+    tokenizer, texts: list[str], max_tokens: int, lexicon: dict[str, list[str]]
+) -> tuple[list[int], list[int]]:
     """The texts' tokens (each with the tokenizer's own special tokens, joined by EOS), at most
     max_tokens, and each token's category."""
     ids: list[int] = []
@@ -89,10 +92,10 @@ def _cut_windows(ids: list[int], cats: list[int], window: int, stride: int) -> S
     rows, masks, tok_cat, tok_win = [], [], [], []
     scored_until = 0  # stream index up to which tokens are already scored (exclusive)
     for w, s in enumerate(starts):
-        row = ids[s:s + window]
+        row = ids[s : s + window]
         mask = torch.zeros(window, dtype=torch.bool)
         first = max(1, scored_until - s)
-        mask[first:len(row)] = True
+        mask[first : len(row)] = True
         for t in range(first, len(row)):
             tok_cat.append(cats[s + t])
             tok_win.append(w)
@@ -102,8 +105,9 @@ def _cut_windows(ids: list[int], cats: list[int], window: int, stride: int) -> S
     return Stream(torch.stack(rows), torch.stack(masks), np.array(tok_cat, dtype=np.int8), np.array(tok_win))
 
 
-def build_stream(tokenizer, texts: list[str], window: int, stride: int, max_tokens: int,
-                 lexicon: dict[str, list[str]] | None = None) -> Stream:
+def build_stream(
+    tokenizer, texts: list[str], window: int, stride: int, max_tokens: int, lexicon: dict[str, list[str]] | None = None
+) -> Stream:
     """Tokenize texts (each with the tokenizer's own special tokens, joined by EOS) into one
     stream of at most max_tokens and cut it into scoring windows."""
     ids, cats = _labelled_tokens(tokenizer, texts, max_tokens, lexicon or {})
@@ -139,9 +143,9 @@ def score_stream(model, stream: Stream, baseline=None, batch_size: int = 8, desc
     nll, kl, agree = [], [], []
     dev = next(model.parameters()).device
     for i in tqdm(range(0, len(stream.input_ids), batch_size), desc=desc, leave=False):
-        x = stream.input_ids[i:i + batch_size].to(dev)
-        m = stream.score_mask[i:i + batch_size].to(dev)
-        lp = _window_logprobs(model, x)[:, :-1]        # predicts tokens 1..T-1
+        x = stream.input_ids[i : i + batch_size].to(dev)
+        m = stream.score_mask[i : i + batch_size].to(dev)
+        lp = _window_logprobs(model, x)[:, :-1]  # predicts tokens 1..T-1
         target = x[:, 1:]
         mask = m[:, 1:]
         nll.append((-lp.gather(-1, target[..., None])[..., 0])[mask].cpu())
@@ -159,8 +163,10 @@ def score_stream(model, stream: Stream, baseline=None, batch_size: int = 8, desc
 # --------------------------------------------------------------------------- tasks
 def _encode_item(tokenizer, item: dict) -> tuple[list[int], list[list[int]]]:
     """An item's context tokens and each choice's tokens (no special tokens on the choices)."""
-    return (encode(tokenizer, item["context"]),
-            [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item["choices"]])
+    return (
+        encode(tokenizer, item["context"]),
+        [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item["choices"]],
+    )
 
 
 def batch_order(items: list[dict], tokenizer) -> list[int]:
@@ -192,16 +198,16 @@ def _packed_batch(rows: list[tuple[list[int], list[list[int]]]], pad: int, sdpa:
         off = width - len(ctx) - sum(map(len, choices))
         allow[r, 0, idx[:off], idx[:off]] = True
         L = len(ctx)
-        x[r, off:off + L] = torch.tensor(ctx)
-        pos[r, off:off + L] = torch.arange(L)
-        allow[r, 0, off:off + L, off:off + L] = torch.ones(L, L, dtype=torch.bool).tril()
+        x[r, off : off + L] = torch.tensor(ctx)
+        pos[r, off : off + L] = torch.arange(L)
+        allow[r, 0, off : off + L, off : off + L] = torch.ones(L, L, dtype=torch.bool).tril()
         starts, s = [], off + L
         for c in choices:
             n = len(c)
-            x[r, s:s + n] = torch.tensor(c)
-            pos[r, s:s + n] = torch.arange(L, L + n)
-            allow[r, 0, s:s + n, off:off + L] = True
-            allow[r, 0, s:s + n, s:s + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            x[r, s : s + n] = torch.tensor(c)
+            pos[r, s : s + n] = torch.arange(L, L + n)
+            allow[r, 0, s : s + n, off : off + L] = True
+            allow[r, 0, s : s + n, s : s + n] = torch.ones(n, n, dtype=torch.bool).tril()
             starts.append(s)
             s += n
         layout.append((off + L - 1, starts))
@@ -229,14 +235,17 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
 
 
 @torch.no_grad()
-def score_items_heads(model, tokenizer, items: list[dict], heads=(), desc: str = "tasks",
-                      batch_items: int = 1) -> list[dict]:
+def score_items_heads(
+    model, tokenizer, items: list[dict], heads=(), desc: str = "tasks", batch_items: int = 1
+) -> list[dict]:
     """``score_items`` for the model's own head and each extra head (same forward passes)."""
     if len(items) > batch_items:
         return _score_in_batches(model, tokenizer, items, heads, desc, batch_items)
     if not items:
-        return [{k: np.zeros(0) for k in ("acc", "acc_norm", "margin")} | {"choice_ll": np.zeros((0, 0))}
-                for _ in range(1 + len(heads))]
+        return [
+            {k: np.zeros(0) for k in ("acc", "acc_norm", "margin")} | {"choice_ll": np.zeros((0, 0))}
+            for _ in range(1 + len(heads))
+        ]
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = [_encode_item(tokenizer, it) for it in items]
@@ -245,20 +254,21 @@ def score_items_heads(model, tokenizer, items: list[dict], heads=(), desc: str =
         raise ValueError(f"task items {empty[:5]}: a choice encodes to no tokens")
     sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
     x, pos, mask, keep, layout = _packed_batch(rows, pad, sdpa, next(model.parameters()).dtype)
-    logits = head_logits(model, heads, keep, input_ids=x.to(dev), position_ids=pos.to(dev),
-                         attention_mask=mask.to(dev), use_cache=False)
+    logits = head_logits(
+        model, heads, keep, input_ids=x.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev), use_cache=False
+    )
     # column j of each log-prob tensor predicts token (width - keep + j + 1)
-    return [_rank_choices(items, rows, layout, F.log_softmax(lg.float(), -1).cpu(), x.shape[1] - keep)
-            for lg in logits]
+    return [_rank_choices(items, rows, layout, F.log_softmax(lg.float(), -1).cpu(), x.shape[1] - keep) for lg in logits]
 
 
 def _score_in_batches(model, tokenizer, items: list[dict], heads, desc: str, batch_items: int) -> list[dict]:
     """``score_items_heads`` over batches of batch_items items, returned in the given order."""
     # Items of similar length together (less padding when batch_items > 1), then the given order.
     order = batch_order(items, tokenizer)
-    parts = [score_items_heads(model, tokenizer, [items[i] for i in order[b:b + batch_items]], heads, desc,
-                               batch_items)
-             for b in tqdm(range(0, len(order), batch_items), desc=desc, leave=False)]
+    parts = [
+        score_items_heads(model, tokenizer, [items[i] for i in order[b : b + batch_items]], heads, desc, batch_items)
+        for b in tqdm(range(0, len(order), batch_items), desc=desc, leave=False)
+    ]
     inverse = np.argsort(order)
     outs = []
     for h in range(1 + len(heads)):
@@ -274,7 +284,7 @@ def _rank_choices(items: list[dict], rows, layout, lp: torch.Tensor, first: int)
     for r, (it, (ctx, choices), (last, starts)) in enumerate(zip(items, rows, layout)):
         sc = []
         for c, s in zip(choices, starts):
-            prev = [last] + list(range(s, s + len(c) - 1))   # the column predicting each choice token
+            prev = [last] + list(range(s, s + len(c) - 1))  # the column predicting each choice token
             sc.append(float(sum(lp[r, p - first, t] for p, t in zip(prev, c))))
         sc = np.array(sc, dtype=np.float64)
         lens = np.array([max(1, len(c)) for c in it["choices"]])
@@ -283,23 +293,35 @@ def _rank_choices(items: list[dict], rows, layout, lp: torch.Tensor, first: int)
         acc_norm.append(float(np.argmax(sc / lens) == ans))
         margin.append(float(sc[ans] - np.delete(sc, ans).max()))
         choice_ll.append(sc)
-    return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "margin": np.array(margin),
-            "choice_ll": _pad_rows(choice_ll)}
+    return {
+        "acc": np.array(acc),
+        "acc_norm": np.array(acc_norm),
+        "margin": np.array(margin),
+        "choice_ll": _pad_rows(choice_ll),
+    }
 
 
 def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
     """Rows of unequal length as one float64 array, NaN-padded on the right."""
     out = np.full((len(rows), max((len(r) for r in rows), default=0)), np.nan)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out
 
 
 # --------------------------------------------------------------------------- one model
 @torch.no_grad()
-def evaluate_model(model, tokenizer, streams: dict[str, Stream], items: dict[str, list[dict]],
-                   baseline_logprobs=None, batch_size: int = 8, name: str = "", keep_logprobs: bool = False,
-                   heads: dict | None = None) -> dict:
+def evaluate_model(
+    model,
+    tokenizer,
+    streams: dict[str, Stream],
+    items: dict[str, list[dict]],
+    baseline_logprobs=None,
+    batch_size: int = 8,
+    name: str = "",
+    keep_logprobs: bool = False,
+    heads: dict | None = None,
+) -> dict:
     """All per-token and per-item arrays of one model. With baseline log-probs (cached per
     batch: {domain: [tensor per batch]}, or the baseline model itself), also KL and top-1
     agreement against the baseline. With ``heads`` ({name: module}, served output heads), the
@@ -324,8 +346,9 @@ def evaluate_model(model, tokenizer, streams: dict[str, Stream], items: dict[str
 
 
 @torch.no_grad()
-def _stream_records(model, stream: Stream, extra: list, baseline, batch_size: int, desc: str,
-                    keep_logprobs: bool) -> list[dict]:
+def _stream_records(
+    model, stream: Stream, extra: list, baseline, batch_size: int, desc: str, keep_logprobs: bool
+) -> list[dict]:
     """Per head (the model's own first, then each of `extra`): each scored token's NLL; given
     `baseline` (the baseline's log-probs per batch, or the baseline model), KL and top-1
     agreement; else with keep_logprobs, the own head's log-probs per batch under ``_logprobs``."""
@@ -333,10 +356,11 @@ def _stream_records(model, stream: Stream, extra: list, baseline, batch_size: in
     cache = []
     dev = next(model.parameters()).device
     for bi, i in enumerate(tqdm(range(0, len(stream.input_ids), batch_size), desc=desc, leave=False)):
-        x = stream.input_ids[i:i + batch_size].to(dev)
-        mask = stream.score_mask[i:i + batch_size][:, 1:].to(dev)
-        lps = [lp[:, :-1] for lp in _window_logprobs(model, x, extra)] if extra else \
-            [_window_logprobs(model, x)[:, :-1]]
+        x = stream.input_ids[i : i + batch_size].to(dev)
+        mask = stream.score_mask[i : i + batch_size][:, 1:].to(dev)
+        lps = (
+            [lp[:, :-1] for lp in _window_logprobs(model, x, extra)] if extra else [_window_logprobs(model, x)[:, :-1]]
+        )
         blp = None
         if baseline is not None:
             # The cached tensor of this batch, or the baseline model when the cache would not fit.

@@ -5,6 +5,7 @@ CI that resamples draws, NLL change per token category, and the per-model summar
 Arrays come from :mod:`quantstudy.metrics.scoring`: a model's record is
 ``{"streams": {domain: {"nll", "kl", "agree"}}, "items": {task: {"acc", "margin", ...}}}``.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,15 @@ def _paired_value(stat: str, base_sum, cand_sum, count):
     raise ValueError(stat)
 
 
-def paired_bootstrap(base: np.ndarray, cand: np.ndarray, stat: str = "mean_diff", n: int = 1000, seed: int = 0,
-                     confidence: float = 0.95, groups: np.ndarray | None = None) -> dict:
+def paired_bootstrap(
+    base: np.ndarray,
+    cand: np.ndarray,
+    stat: str = "mean_diff",
+    n: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    groups: np.ndarray | None = None,
+) -> dict:
     """Paired bootstrap CI of a candidate-vs-baseline statistic over items (or over `groups`,
     e.g. evaluation windows, when items are correlated tokens).
 
@@ -66,14 +74,20 @@ def budget_verdict(line: dict, ci: dict) -> dict:
     """
     metric, limit = line["metric"], float(line["max_drop"])
     if metric.endswith("_ppl"):
-        worst = ci["hi"]                      # % increase, larger is worse
+        worst = ci["hi"]  # % increase, larger is worse
         point = ci["point"]
     else:
-        worst = -ci["lo"]                     # drop in points, larger is worse
+        worst = -ci["lo"]  # drop in points, larger is worse
         point = -ci["point"]
     verdict = "pass" if worst <= limit else ("fail" if point > limit else "inconclusive")
-    return {"metric": metric, "limit": limit, "unit": line.get("unit", "points"), "degradation": round(point, 4),
-            "worst_case": round(worst, 4), "verdict": verdict}
+    return {
+        "metric": metric,
+        "limit": limit,
+        "unit": line.get("unit", "points"),
+        "degradation": round(point, 4),
+        "worst_case": round(worst, 4),
+        "verdict": verdict,
+    }
 
 
 def category_damage(base_nll: np.ndarray, cand_nll: np.ndarray, category: np.ndarray) -> dict[str, dict]:
@@ -83,8 +97,11 @@ def category_damage(base_nll: np.ndarray, cand_nll: np.ndarray, category: np.nda
         sel = category == i
         if sel.any():
             d = cand_nll[sel] - base_nll[sel]
-            out[cat] = {"delta_nll": float(d.mean()), "tokens": int(sel.sum()),
-                        "se": float(d.std(ddof=1) / math.sqrt(sel.sum())) if sel.sum() > 1 else float("nan")}
+            out[cat] = {
+                "delta_nll": float(d.mean()),
+                "tokens": int(sel.sum()),
+                "se": float(d.std(ddof=1) / math.sqrt(sel.sum())) if sel.sum() > 1 else float("nan"),
+            }
     return out
 
 
@@ -92,8 +109,12 @@ def flips(base_acc: np.ndarray, cand_acc: np.ndarray) -> dict:
     """Items whose correctness differs from the baseline's: right->wrong and wrong->right.
     Equal accuracy can hide many flips (Dutta et al., NeurIPS 2024)."""
     b, c = np.asarray(base_acc) > 0.5, np.asarray(cand_acc) > 0.5
-    return {"right_to_wrong": int((b & ~c).sum()), "wrong_to_right": int((~b & c).sum()), "n_items": int(len(b)),
-            "flip_rate": float((b != c).mean()) if len(b) else float("nan")}
+    return {
+        "right_to_wrong": int((b & ~c).sum()),
+        "wrong_to_right": int((~b & c).sum()),
+        "n_items": int(len(b)),
+        "flip_rate": float((b != c).mean()) if len(b) else float("nan"),
+    }
 
 
 def summarize(arrays: dict) -> dict:
@@ -109,8 +130,9 @@ def summarize(arrays: dict) -> dict:
     return s
 
 
-def metric_pair(metric: str, base: dict, cand: dict,
-                streams: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+def metric_pair(
+    metric: str, base: dict, cand: dict, streams: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
     """(baseline array, candidate array, bootstrap statistic, groups) for a metric; `streams`
     are the scored ``Stream``s by domain (their windows group the tokens).
 
@@ -134,11 +156,19 @@ def metric_pair(metric: str, base: dict, cand: dict,
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def source_effect(per_source: dict[str, list[np.ndarray]], a: str, b: str, stat: str = "mean_diff", n: int = 1000,
-                  seed: int = 0, confidence: float = 0.95, groups: np.ndarray | None = None) -> dict:
+def source_effect(
+    per_source: dict[str, list[np.ndarray]],
+    a: str,
+    b: str,
+    stat: str = "mean_diff",
+    n: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    groups: np.ndarray | None = None,
+) -> dict:
     """Effect of calibration source a vs b (mean over draws), with a CI that resamples both the
     evaluation units (paired) and the draws, so draw-to-draw noise widens it."""
-    A, B = np.array(per_source[a]), np.array(per_source[b])   # [draws, units]
+    A, B = np.array(per_source[a]), np.array(per_source[b])  # [draws, units]
     if groups is None:
         groups = np.arange(A.shape[1])
     uniq, inv = np.unique(groups, return_inverse=True)
@@ -162,5 +192,13 @@ def source_effect(per_source: dict[str, list[np.ndarray]], a: str, b: str, stat:
         boots[k] = val(SA[da].mean(0) @ w, SB[db].mean(0) @ w, cnt @ w)
     lo, hi = np.quantile(boots, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     per_draw_a = [float(val(s.sum(), 0 * s.sum(), cnt.sum())) if stat == "mean_diff" else None for s in SA]
-    return {"a": a, "b": b, "point": point, "lo": float(lo), "hi": float(hi), "draws": [len(A), len(B)],
-            "within_noise": bool(lo <= 0 <= hi), "per_draw_a": per_draw_a}
+    return {
+        "a": a,
+        "b": b,
+        "point": point,
+        "lo": float(lo),
+        "hi": float(hi),
+        "draws": [len(A), len(B)],
+        "within_noise": bool(lo <= 0 <= hi),
+        "per_draw_a": per_draw_a,
+    }

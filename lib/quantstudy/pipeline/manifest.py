@@ -14,6 +14,7 @@ and ``hf:<id>`` for a model that is a Hugging Face hub id (value: the id).
 
 The runner (:mod:`quantstudy.pipeline.runner`) writes it; the report reads it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,9 +34,24 @@ from quantstudy.pipeline.steps import STEPS, Step
 DONE_STATUSES = ("completed", "skipped")  # a step whose outputs are valid
 MANIFEST = "manifest.json"
 PACKAGES = (
-    "quantstudy", "torch", "transformers", "autoawq", "accelerate", "safetensors", "tokenizers",
-    "datasets", "numpy", "pandas", "scipy", "pydantic", "PyYAML", "papermill", "nbformat",
-    "nbclient", "ipykernel", "tqdm",
+    "quantstudy",
+    "torch",
+    "transformers",
+    "autoawq",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "datasets",
+    "numpy",
+    "pandas",
+    "scipy",
+    "pydantic",
+    "PyYAML",
+    "papermill",
+    "nbformat",
+    "nbclient",
+    "ipykernel",
+    "tqdm",
 )
 _CHUNK = 1 << 20
 
@@ -62,8 +78,11 @@ def sha256_file(path: Path) -> str:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def hash_tree(root: Path, base: Path | None = None) -> dict[str, str]:
@@ -219,7 +238,11 @@ def code_sha256(package_dir: Path | None = None) -> str:
     root = Path(package_dir or Path(quantstudy.__file__).parent)
     h = hashlib.sha256()
     for f in sorted(root.rglob("*")):
-        if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".j2", ".css", ".json", ".yaml", ".txt"):
+        if (
+            f.is_file()
+            and "__pycache__" not in f.parts
+            and f.suffix in (".py", ".j2", ".css", ".json", ".yaml", ".txt")
+        ):
             h.update(str(f.relative_to(root)).encode() + b"\0")
             h.update(f.read_bytes() + b"\0")
     h.update(json.dumps(package_versions(KEY_PACKAGES), sort_keys=True).encode())
@@ -236,8 +259,13 @@ def record_budget(manifest: dict[str, Any], p: StudyParams, step: str, results_e
     history = manifest.setdefault("budget_history", [])
     if history and history[-1].get("sha256") == digest:
         return None
-    entry = {"budget": budget, "sha256": digest, "recorded": _now(), "step": step,
-             "after_results": bool(results_existed or history)}
+    entry = {
+        "budget": budget,
+        "sha256": digest,
+        "recorded": _now(),
+        "step": step,
+        "after_results": bool(results_existed or history),
+    }
     history.append(entry)
     return entry
 
@@ -258,9 +286,11 @@ def mark_report_out_of_date(run_dir: Path, why: str) -> None:
     if not report.is_file():
         return
     text = report.read_text(encoding="utf-8")
-    banner = (f'<div id="{OUT_OF_DATE}" style="background:#fdecea;border:2px solid #d62728;padding:12px;margin:12px;'
-              f'font-weight:bold">This report is out of date: {html.escape(why)} ({_now()}). '
-              "Re-run the study to rebuild it.</div>")
+    banner = (
+        f'<div id="{OUT_OF_DATE}" style="background:#fdecea;border:2px solid #d62728;padding:12px;margin:12px;'
+        f'font-weight:bold">This report is out of date: {html.escape(why)} ({_now()}). '
+        "Re-run the study to rebuild it.</div>"
+    )
     if f'id="{OUT_OF_DATE}"' in text:
         return
     at = text.find("<body")

@@ -10,6 +10,7 @@ and the outputs of the steps it needs) are unchanged since a completed run, and 
 output it recorded still exists with the same hash. ``force=True`` re-runs; a step that
 re-runs makes the steps that need it re-run too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,10 +26,25 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from quantstudy.config.params import IGNORED_FIELDS, STEP_SECTIONS, StudyParams, flatten, load_params, to_yaml
 from quantstudy.paths import OUTPUTS, project_root
-from quantstudy.pipeline.manifest import (DONE_STATUSES, MANIFEST, _now, _rel, _umask, code_sha256, git_info,
-                                          hash_tree, input_hashes, mark_report_out_of_date, notebook_source_sha256,
-                                          package_versions, params_sha256, read_manifest, record_budget,
-                                          sha256_file, write_manifest)
+from quantstudy.pipeline.manifest import (
+    DONE_STATUSES,
+    MANIFEST,
+    _now,
+    _rel,
+    _umask,
+    code_sha256,
+    git_info,
+    hash_tree,
+    input_hashes,
+    mark_report_out_of_date,
+    notebook_source_sha256,
+    package_versions,
+    params_sha256,
+    read_manifest,
+    record_budget,
+    sha256_file,
+    write_manifest,
+)
 from quantstudy.pipeline.steps import STEPS, Step
 
 # --------------------------------------------------------------------------- steps
@@ -38,11 +54,12 @@ from quantstudy.pipeline.steps import STEPS, Step
 @dataclass(frozen=True)
 class Pipeline:
     """What to run and where. The default is the real study; tests pass fixture steps."""
+
     steps: tuple[Step, ...] = STEPS
     sections: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(STEP_SECTIONS))
     notebooks_dir: Path | None = None  # default: <project root>/notebooks
-    outputs_dir: Path | None = None    # default: <project root>/outputs
-    report: bool = True                # build the report once every step is done
+    outputs_dir: Path | None = None  # default: <project root>/outputs
+    report: bool = True  # build the report once every step is done
 
     def notebooks(self) -> Path:
         return Path(self.notebooks_dir) if self.notebooks_dir else project_root() / "notebooks"
@@ -76,14 +93,13 @@ def resolve_step_name(name: str, steps: Sequence[Step] = STEPS) -> str:
     raise StepSelectionError(f"unknown step {name!r}; valid steps: {valid}")
 
 
-def select_steps(steps: Sequence[Step], only: Iterable[str] | None = None,
-                 from_step: str | None = None) -> list[Step]:
+def select_steps(steps: Sequence[Step], only: Iterable[str] | None = None, from_step: str | None = None) -> list[Step]:
     """The steps to run, in pipeline order."""
     chosen = list(steps)
     if from_step is not None:
         start = resolve_step_name(from_step, steps)
         names = [s.name for s in steps]
-        chosen = chosen[names.index(start):]
+        chosen = chosen[names.index(start) :]
     if only:
         wanted = {resolve_step_name(n, steps) for n in only}
         chosen = [s for s in chosen if s.name in wanted]
@@ -121,8 +137,10 @@ def acquire_lock(run_dir: Path) -> Path:
             except (OSError, ValueError, IndexError):
                 holder = -1
             if holder > 0 and holder != os.getpid() and _pid_alive(holder):
-                raise RunLockedError(f"{run_dir}: another run (process {holder}) is using this run folder; "
-                                     f"wait for it to finish, or use another --run-id") from None
+                raise RunLockedError(
+                    f"{run_dir}: another run (process {holder}) is using this run folder; "
+                    f"wait for it to finish, or use another --run-id"
+                ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as fh:
@@ -172,8 +190,13 @@ class RunResult:
 class _TqdmHandler(logging.Handler):
     """Papermill's log (cell outputs, warnings) printed above our progress bar."""
 
-    _NOISE = ("Input Notebook:", "Output Notebook:", "Working directory:", "Executing notebook with kernel",
-              "Ending Cell ")
+    _NOISE = (
+        "Input Notebook:",
+        "Output Notebook:",
+        "Working directory:",
+        "Executing notebook with kernel",
+        "Ending Cell ",
+    )
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
@@ -206,8 +229,14 @@ def _kernel_name(nb_path: Path) -> str | None:
     return "python3"
 
 
-def _skip_reason(record: Mapping[str, Any] | None, nb_hash: str, p_hash: str,
-                 inputs: Mapping[str, str], run_dir: Path, code_hash: str | None = None) -> str | None:
+def _skip_reason(
+    record: Mapping[str, Any] | None,
+    nb_hash: str,
+    p_hash: str,
+    inputs: Mapping[str, str],
+    run_dir: Path,
+    code_hash: str | None = None,
+) -> str | None:
     """Why the step must run, or None when it can be skipped."""
     if not record:
         return "no earlier run"
@@ -267,6 +296,7 @@ def key_parameters(p: StudyParams, step: str, sections: Sequence[str]) -> dict[s
 @dataclass
 class _Run:
     """What every step of one run shares: the run folder, its manifest and the skip key's parts."""
+
     run_dir: Path
     manifest: dict[str, Any]
     records: dict[str, Any]
@@ -314,8 +344,17 @@ def run_study(
         manifest = read_manifest(run_dir)
         records: dict[str, Any] = dict(manifest.get("steps") or {})
         _check_selection(selected, records, pipeline.notebooks(), run_dir)
-        run = _Run(run_dir, manifest, records, p, pipeline, code_sha256(), git_info(),
-                   on_message or (lambda msg: tqdm.write(msg, file=sys.stderr)), log_cells)
+        run = _Run(
+            run_dir,
+            manifest,
+            records,
+            p,
+            pipeline,
+            code_sha256(),
+            git_info(),
+            on_message or (lambda msg: tqdm.write(msg, file=sys.stderr)),
+            log_cells,
+        )
         _open_manifest(run, run_id, params_path)
         outcomes: list[StepOutcome] = []
         rerun: set[str] = set()
@@ -348,27 +387,29 @@ def _check_selection(selected: Sequence[Step], records: Mapping[str, Any], nb_di
             rec = records.get(need) or {}
             if rec.get("status") not in DONE_STATUSES or not (run_dir / need).is_dir():
                 raise StepSelectionError(
-                    f"step {s.name} needs {need}, which has not completed in {run_dir}; "
-                    f"run it too (e.g. --from {need})")
+                    f"step {s.name} needs {need}, which has not completed in {run_dir}; run it too (e.g. --from {need})"
+                )
 
 
 def _open_manifest(run: _Run, run_id: str, params_path: Path) -> None:
     """Write the resolved params and the run's provenance before any step starts."""
     (run.run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run.run_dir / "params.yaml").write_text(to_yaml(run.p), encoding="utf-8")
-    run.manifest.update({
-        "run_id": run_id,
-        "params_file": _rel(params_path, project_root()),
-        "params": run.p.model_dump(mode="json"),
-        "git": run.git_now,
-        "python": sys.version.split()[0],
-        "python_full": sys.version,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "packages": package_versions(),
-        "updated": _now(),
-        "steps": run.records,
-    })
+    run.manifest.update(
+        {
+            "run_id": run_id,
+            "params_file": _rel(params_path, project_root()),
+            "params": run.p.model_dump(mode="json"),
+            "git": run.git_now,
+            "python": sys.version.split()[0],
+            "python_full": sys.version,
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "packages": package_versions(),
+            "updated": _now(),
+            "steps": run.records,
+        }
+    )
     run.manifest.setdefault("created", run.manifest["updated"])
     run.manifest["step_order"] = [s.name for s in run.pipeline.steps]
     write_manifest(run.run_dir, run.manifest)
@@ -419,42 +460,38 @@ def _run_or_skip(run: _Run, step: Step, force: bool, rerun: set[str]) -> StepOut
     return _run_step(run, step, src, executed, prev, key)
 
 
-def _run_step(run: _Run, step: Step, src: Path, executed: Path, prev: Mapping[str, Any] | None,
-              key: Mapping[str, Any]) -> StepOutcome:
+def _run_step(
+    run: _Run, step: Step, src: Path, executed: Path, prev: Mapping[str, Any] | None, key: Mapping[str, Any]
+) -> StepOutcome:
     """Execute one notebook into a fresh output folder; on failure keep an earlier good result."""
     out_dir = run.run_dir / step.name
-    # Fresh output folder: stale files from an older run must not become outputs. A good
-    # earlier result is moved aside, not deleted, until this run succeeds.
-    backup = run.run_dir / f".{step.name}.previous"
-    shutil.rmtree(backup, ignore_errors=True)
-    had_good = bool(prev and prev.get("status") in DONE_STATUSES and out_dir.is_dir())
-    if out_dir.exists():
-        if had_good:
-            out_dir.rename(backup)
-            if executed.is_file():
-                shutil.copy2(executed, backup / ".executed.ipynb")
-        else:
-            shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    rec: dict[str, Any] = {
-        "status": "running", "source_notebook": _rel(src, project_root()), "notebook": _rel(executed, run.run_dir),
-        "notebook_sha256": key["notebook_sha256"], "params_sha256": key["params_sha256"], "code_sha256": run.code_hash,
-        "git_commit": run.git_now.get("commit"), "git_dirty": run.git_now.get("dirty"), "inputs": key["inputs"],
-        "outputs": {}, "start": _now(), "end": None, "duration_s": None, "reason": key["reason"], "error": None,
-    }
+    backup, had_good = _fresh_output_folder(out_dir, executed, prev)
+    rec = _running_record(run, src, executed, key)
     run.records[step.name] = rec
     sections = run.pipeline.sections
     if "evaluate" in sections[step.name] and step.name == next(
-            (s.name for s in run.pipeline.steps if "evaluate" in sections[s.name]), None):
+        (s.name for s in run.pipeline.steps if "evaluate" in sections[s.name]), None
+    ):
         record_budget(run.manifest, run.p, step.name, results_existed=bool(prev and prev.get("outputs")))
     write_manifest(run.run_dir, run.manifest)
-    parameters = {**flatten(run.p, tuple(sections[step.name])), "run_dir": str(run.run_dir),
-                  "output_dir": str(out_dir), "input_dirs": {n: str(run.run_dir / n) for n in step.needs}}
+    parameters = {
+        **flatten(run.p, tuple(sections[step.name])),
+        "run_dir": str(run.run_dir),
+        "output_dir": str(out_dir),
+        "input_dirs": {n: str(run.run_dir / n) for n in step.needs},
+    }
     t0 = time.perf_counter()
     error, interrupted = _execute(src, executed, parameters, run.log_cells)
     duration = time.perf_counter() - t0
-    rec.update({"status": "failed" if error else "completed", "end": _now(), "duration_s": round(duration, 3),
-                "outputs": hash_tree(out_dir, base=run.run_dir), "error": error})
+    rec.update(
+        {
+            "status": "failed" if error else "completed",
+            "end": _now(),
+            "duration_s": round(duration, 3),
+            "outputs": hash_tree(out_dir, base=run.run_dir),
+            "error": error,
+        }
+    )
     if error and had_good and backup.is_dir():
         executed = _restore_previous(run, step, rec, prev, backup, executed)
     else:
@@ -465,19 +502,70 @@ def _run_step(run: _Run, step: Step, src: Path, executed: Path, prev: Mapping[st
     return StepOutcome(step.name, "failed" if error else rec["status"], executed, duration, error)
 
 
-def _execute(src: Path, executed: Path, parameters: Mapping[str, Any],
-             log_cells: bool) -> tuple[dict[str, Any] | None, BaseException | None]:
+def _fresh_output_folder(out_dir: Path, executed: Path, prev: Mapping[str, Any] | None) -> tuple[Path, bool]:
+    """Empty the step's output folder: stale files from an older run must not become outputs. A
+    good earlier result is moved aside, not deleted, until this run succeeds. Returns (where it
+    went, whether there was one)."""
+    backup = out_dir.parent / f".{out_dir.name}.previous"
+    shutil.rmtree(backup, ignore_errors=True)
+    had_good = bool(prev and prev.get("status") in DONE_STATUSES and out_dir.is_dir())
+    if out_dir.exists():
+        if had_good:
+            out_dir.rename(backup)
+            if executed.is_file():
+                shutil.copy2(executed, backup / ".executed.ipynb")
+        else:
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    return backup, had_good
+
+
+def _running_record(run: _Run, src: Path, executed: Path, key: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest record of a step that starts now (completed or failed when it ends)."""
+    return {
+        "status": "running",
+        "source_notebook": _rel(src, project_root()),
+        "notebook": _rel(executed, run.run_dir),
+        "notebook_sha256": key["notebook_sha256"],
+        "params_sha256": key["params_sha256"],
+        "code_sha256": run.code_hash,
+        "git_commit": run.git_now.get("commit"),
+        "git_dirty": run.git_now.get("dirty"),
+        "inputs": key["inputs"],
+        "outputs": {},
+        "start": _now(),
+        "end": None,
+        "duration_s": None,
+        "reason": key["reason"],
+        "error": None,
+    }
+
+
+def _execute(
+    src: Path, executed: Path, parameters: Mapping[str, Any], log_cells: bool
+) -> tuple[dict[str, Any] | None, BaseException | None]:
     """Run one notebook with papermill: (error record or None, an interrupt to re-raise or None)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        pm.execute_notebook(str(src), str(executed), parameters=dict(parameters), cwd=str(project_root()),
-                            kernel_name=_kernel_name(src), log_output=log_cells, progress_bar=False,
-                            request_save_on_cell_execute=True)
+        pm.execute_notebook(
+            str(src),
+            str(executed),
+            parameters=dict(parameters),
+            cwd=str(project_root()),
+            kernel_name=_kernel_name(src),
+            log_output=log_cells,
+            progress_bar=False,
+            request_save_on_cell_execute=True,
+        )
     except PapermillExecutionError as exc:
-        return {"ename": exc.ename, "evalue": exc.evalue, "cell_index": exc.cell_index,
-                "exec_count": exc.exec_count}, None
+        return {
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+            "cell_index": exc.cell_index,
+            "exec_count": exc.exec_count,
+        }, None
     except Exception as exc:  # kernel died, missing kernel, unreadable notebook...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {"ename": type(exc).__name__, "evalue": first, "cell_index": None, "exec_count": None}, None
@@ -486,8 +574,9 @@ def _execute(src: Path, executed: Path, parameters: Mapping[str, Any],
     return None, None
 
 
-def _restore_previous(run: _Run, step: Step, rec: Mapping[str, Any], prev: Mapping[str, Any],
-                      backup: Path, executed: Path) -> Path:
+def _restore_previous(
+    run: _Run, step: Step, rec: Mapping[str, Any], prev: Mapping[str, Any], backup: Path, executed: Path
+) -> Path:
     """A re-run failed: keep the failed attempt for diagnosis, bring the good result back.
     Returns where the failed attempt's notebook now is."""
     out_dir = run.run_dir / step.name
@@ -501,20 +590,27 @@ def _restore_previous(run: _Run, step: Step, rec: Mapping[str, Any], prev: Mappi
         (backup / ".executed.ipynb").replace(executed)
     backup.rename(out_dir)
     attempt = {k: rec[k] for k in ("start", "end", "duration_s", "reason", "error")}
-    attempt.update(status="failed", notebook=_rel(failed_nb, run.run_dir), outputs_kept_in=_rel(failed_dir, run.run_dir))
+    attempt.update(
+        status="failed", notebook=_rel(failed_nb, run.run_dir), outputs_kept_in=_rel(failed_dir, run.run_dir)
+    )
     run.records[step.name] = {**prev, "failed_attempt": attempt}
     error = rec["error"] or {}
-    mark_report_out_of_date(run.run_dir, f"step {step.name} failed on re-run ({error.get('ename')}: "
-                                         f"{error.get('evalue')}); the results shown are the previous ones")
+    mark_report_out_of_date(
+        run.run_dir,
+        f"step {step.name} failed on re-run ({error.get('ename')}: "
+        f"{error.get('evalue')}); the results shown are the previous ones",
+    )
     return failed_nb
 
 
 def _close_manifest(run: _Run, run_id: str, outcomes: list[StepOutcome]) -> RunResult:
     """Flag stale steps, record whether the run is complete, and say how it went."""
     stale = mark_stale(run.records, run.pipeline, run.p, run.code_hash)
-    complete = not stale and all((run.records.get(s.name) or {}).get("status") in DONE_STATUSES
-                                 and "failed_attempt" not in (run.records.get(s.name) or {})
-                                 for s in run.pipeline.steps)
+    complete = not stale and all(
+        (run.records.get(s.name) or {}).get("status") in DONE_STATUSES
+        and "failed_attempt" not in (run.records.get(s.name) or {})
+        for s in run.pipeline.steps
+    )
     run.manifest["complete"] = complete
     run.manifest["stale_steps"] = stale
     write_manifest(run.run_dir, run.manifest)

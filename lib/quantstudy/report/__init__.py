@@ -31,15 +31,41 @@ sections), :mod:`~quantstudy.report.answer` (the answer box), :mod:`~quantstudy.
 (``quantstudy compare``: runs side by side) and :mod:`~quantstudy.report.benchdoc`
 (``quantstudy bench-doc``: the tables of the ``docs/`` benchmark pages).
 """
+
 from __future__ import annotations
 
 from quantstudy.report.answer import answer_html
-from quantstudy.report.build import (REPORT_FILE, ReportError, build_notebook, build_report, check_complete,
-                                     execute_notebook, export_html, load_metrics, render_step_notebooks)
+from quantstudy.report.build import (
+    REPORT_FILE,
+    ReportError,
+    build_notebook,
+    build_report,
+    check_complete,
+    execute_notebook,
+    export_html,
+    load_metrics,
+    render_step_notebooks,
+)
 from quantstudy.report.compare import CompareError, compare_runs
 from quantstudy.report.lookups import METRIC_LABELS, STEP_NAMES, stale_steps
 from quantstudy.report.pdf import PDF_FILE, write_pdf
 
-__all__ = ["ReportError", "answer_html", "build_report", "build_notebook", "check_complete", "execute_notebook",
-           "export_html", "load_metrics", "render_step_notebooks", "write_pdf", "REPORT_FILE", "PDF_FILE",
-           "METRIC_LABELS", "STEP_NAMES", "stale_steps", "CompareError", "compare_runs"]
+__all__ = [
+    "ReportError",
+    "answer_html",
+    "build_report",
+    "build_notebook",
+    "check_complete",
+    "execute_notebook",
+    "export_html",
+    "load_metrics",
+    "render_step_notebooks",
+    "write_pdf",
+    "REPORT_FILE",
+    "PDF_FILE",
+    "METRIC_LABELS",
+    "STEP_NAMES",
+    "stale_steps",
+    "CompareError",
+    "compare_runs",
+]

@@ -15,6 +15,7 @@ width, KV heads and vocabulary, the params file a run used) comes from the small
 :data:`PAGES` mapping below, which a test checks against the params files it names.
 Rendering reads JSON only: no torch, no model loading.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,20 +39,20 @@ class BenchDocError(ValueError):
 class Shape:
     """What metrics.json does not record about a production-shaped model (its layer count it does)."""
 
-    name: str               # "Llama-3.2-1B shape"
+    name: str  # "Llama-3.2-1B shape"
     intermediate_size: int  # the params' benchmark.prod_intermediate_size
-    num_kv_heads: int       # benchmark.prod_num_kv_heads
-    vocab_size: int         # benchmark.prod_vocab_size
-    params: str             # the params file whose benchmark section has this shape
+    num_kv_heads: int  # benchmark.prod_num_kv_heads
+    vocab_size: int  # benchmark.prod_vocab_size
+    params: str  # the params file whose benchmark section has this shape
 
 
 @dataclass(frozen=True)
 class Run:
     """One ``quantstudy bench`` run of a page: its metrics.json and the command that wrote it."""
 
-    subfolder: str   # metrics.json lives in FOLDER/subfolder ("" = FOLDER itself)
-    shape: Shape     # the model of the run: the production-shaped one, or the checkpoint's (model="demo")
-    command: str     # writes that metrics.json; "{out}" is the metrics folder
+    subfolder: str  # metrics.json lives in FOLDER/subfolder ("" = FOLDER itself)
+    shape: Shape  # the model of the run: the production-shaped one, or the checkpoint's (model="demo")
+    command: str  # writes that metrics.json; "{out}" is the metrics folder
     model: str = "production"  # the metrics.json section the page reads: "production" or "demo" (--checkpoint)
 
 
@@ -105,8 +106,10 @@ class _Model:
         self.section = section
 
     def error(self, what: str) -> BenchDocError:
-        return BenchDocError(f"{self.source}: {what}; it is not a metrics.json written by `quantstudy bench`, "
-                             "rerun the benchmark or restore the file from git")
+        return BenchDocError(
+            f"{self.source}: {what}; it is not a metrics.json written by `quantstudy bench`, "
+            "rerun the benchmark or restore the file from git"
+        )
 
     def records(self, key: str, **match: Any) -> list[dict[str, Any]]:
         recs = self.section.get(key)
@@ -168,8 +171,9 @@ def _load_metrics(path: Path, fix: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise BenchDocError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); rerun `{fix}` "
-                            "or restore it from git") from None
+        raise BenchDocError(
+            f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); rerun `{fix}` or restore it from git"
+        ) from None
     if not isinstance(data, dict):
         raise BenchDocError(f"{path}: expected a JSON object written by `quantstudy bench`; rerun `{fix}`")
     return data
@@ -177,8 +181,10 @@ def _load_metrics(path: Path, fix: str) -> dict[str, Any]:
 
 # =========================================================================== the CPU page
 def _shape_label(m: _Model, shape: Shape) -> str:
-    return (f"{shape.name}: {m.layers()} layers, MLP {shape.intermediate_size}, {shape.num_kv_heads} KV heads, "
-            f"vocabulary {shape.vocab_size:,} (`{shape.params}`)")
+    return (
+        f"{shape.name}: {m.layers()} layers, MLP {shape.intermediate_size}, {shape.num_kv_heads} KV heads, "
+        f"vocabulary {shape.vocab_size:,} (`{shape.params}`)"
+    )
 
 
 def render_cpu_shapes(page: Page, metrics: _Metrics) -> str:
@@ -192,11 +198,22 @@ def render_cpu_shapes(page: Page, metrics: _Metrics) -> str:
         for batch, context in m.shapes():
             whole = m.record("speedups", path="fast4", batch=batch, context=context, scope="full_model")
             layers = m.record("speedups", path="fast4", batch=batch, context=context, scope="layers")
-            rows.append([_shape_label(m, run.shape), batch, *([context] if many_contexts else []),
-                         _range(m.value(whole, "decode_speedup", "speedups"), whole["decode_speedup_low"],
-                                whole["decode_speedup_high"], 2, "x"),
-                         f"{m.value(layers, 'decode_speedup', 'speedups'):.2f}x",
-                         f"{m.value(whole, 'prefill_speedup', 'speedups'):.2f}x"])
+            rows.append(
+                [
+                    _shape_label(m, run.shape),
+                    batch,
+                    *([context] if many_contexts else []),
+                    _range(
+                        m.value(whole, "decode_speedup", "speedups"),
+                        whole["decode_speedup_low"],
+                        whole["decode_speedup_high"],
+                        2,
+                        "x",
+                    ),
+                    f"{m.value(layers, 'decode_speedup', 'speedups'):.2f}x",
+                    f"{m.value(whole, 'prefill_speedup', 'speedups'):.2f}x",
+                ]
+            )
     timed = ", ".join(f"{m.timed_layers()} of {m.layers()} ({run.shape.name})" for m, run in models)
     lines = [
         f"Median of {_one_value(m.setting('repeats') for m, _ in models)} repeats, with the range of the repeats "
@@ -205,8 +222,17 @@ def render_cpu_shapes(page: Page, metrics: _Metrics) -> str:
         f"torch {_one_value(m.env.get('torch') for m, _ in models)}, "
         f"{_one_value(m.env.get('threads') for m, _ in models)} threads.",
         "",
-        *_table(["production shape", "batch", *(["context"] if many_contexts else []),
-                 "fast4 decode vs float32, whole model", "decoder layers only", "fast4 prefill vs float32"], rows),
+        *_table(
+            [
+                "production shape",
+                "batch",
+                *(["context"] if many_contexts else []),
+                "fast4 decode vs float32, whole model",
+                "decoder layers only",
+                "fast4 prefill vs float32",
+            ],
+            rows,
+        ),
     ]
     notes = [(run, n) for (m, run) in models for n in (m.section.get("notes") or [])]
     if notes:
@@ -216,32 +242,47 @@ def render_cpu_shapes(page: Page, metrics: _Metrics) -> str:
 
 
 # =========================================================================== the lm_head page
+def _lm_head_row(run, src, data) -> list[Any]:
+    """One model's row of the lm_head page: fast4 with its served head against the float32 baseline."""
+    m = _Model(src, run.model, data.get(run.model))
+    head = m.env.get("lm_head")
+    if head is None:
+        raise m.error("'env' lacks 'lm_head' (written by quantstudy bench since serve.lm_head)")
+    batch, context = min(m.shapes())
+    whole = m.record("speedups", path="fast4", batch=batch, context=context, scope="full_model")
+    tok = m.record(
+        "timings", path="fast4", batch=batch, context=context, scope="full_model", mode=whole.get("mode", "eager")
+    )
+    mem = m.record("memory", path="fast4")
+    agree = m.record("agreement", path="fast4")
+    label = (
+        _shape_label(m, run.shape)
+        if run.model == "production"
+        else f"{run.shape.name}: {m.layers()} layers, vocabulary {run.shape.vocab_size:,} (`{run.shape.params}`)"
+    )
+    return [
+        label,
+        f"`{head}`",
+        batch,
+        _range(
+            m.value(whole, "decode_speedup", "speedups"),
+            whole["decode_speedup_low"],
+            whole["decode_speedup_high"],
+            2,
+            "x",
+        ),
+        _range(m.value(tok, "decode_tok_s_median", "timings"), tok["decode_tok_s_min"], tok["decode_tok_s_max"], 2),
+        _f(m.value(mem, "weight_bytes_full_model", "memory") / 1e6, 1),
+        f"{m.value(agree, 'rel_rms_diff', 'agreement'):.4f}",
+    ]
+
+
 def render_lm_head(page: Page, metrics: _Metrics) -> str:
     """fast4 with each served output head (serve.lm_head) against the float32 baseline, per
     model: whole-model decode at batch 1 (median [min, max] of the repeats), tokens/s, the
     weights a full model holds in memory, and how far fast4's logits move from the
     dequantized checkpoint's on the probe prompt."""
-    rows = []
-    for run, src, data in metrics:
-        m = _Model(src, run.model, data.get(run.model))
-        head = m.env.get("lm_head")
-        if head is None:
-            raise m.error("'env' lacks 'lm_head' (written by quantstudy bench since serve.lm_head)")
-        batch, context = min(m.shapes())
-        whole = m.record("speedups", path="fast4", batch=batch, context=context, scope="full_model")
-        tok = m.record("timings", path="fast4", batch=batch, context=context, scope="full_model",
-                       mode=whole.get("mode", "eager"))
-        mem = m.record("memory", path="fast4")
-        agree = m.record("agreement", path="fast4")
-        label = (_shape_label(m, run.shape) if run.model == "production"
-                 else f"{run.shape.name}: {m.layers()} layers, vocabulary {run.shape.vocab_size:,} (`{run.shape.params}`)")
-        rows.append([label, f"`{head}`", batch,
-                     _range(m.value(whole, "decode_speedup", "speedups"), whole["decode_speedup_low"],
-                            whole["decode_speedup_high"], 2, "x"),
-                     _range(m.value(tok, "decode_tok_s_median", "timings"), tok["decode_tok_s_min"],
-                            tok["decode_tok_s_max"], 2),
-                     _f(m.value(mem, "weight_bytes_full_model", "memory") / 1e6, 1),
-                     f"{m.value(agree, 'rel_rms_diff', 'agreement'):.4f}"])
+    rows = [_lm_head_row(run, src, data) for run, src, data in metrics]
     models = [_Model(src, run.model, data.get(run.model)) for run, src, data in metrics]
     lines = [
         f"Median of {_one_value(m.setting('repeats') for m in models)} repeats, with the range of the repeats in "
@@ -249,9 +290,18 @@ def render_lm_head(page: Page, metrics: _Metrics) -> str:
         f"{_one_value(min(m.shapes())[1] for m in models)}; torch {_one_value(m.env.get('torch') for m in models)}, "
         f"{_one_value(m.env.get('threads') for m in models)} threads. Baseline: float32, its own float32 head.",
         "",
-        *_table(["model", "fast4 lm_head", "batch", "fast4 decode vs float32, whole model", "fast4 decode tokens/s",
-                 "fast4 weights in memory, full model (MB)", "fast4 logits vs dequantized checkpoint (rel. RMS)"],
-                rows),
+        *_table(
+            [
+                "model",
+                "fast4 lm_head",
+                "batch",
+                "fast4 decode vs float32, whole model",
+                "fast4 decode tokens/s",
+                "fast4 weights in memory, full model (MB)",
+                "fast4 logits vs dequantized checkpoint (rel. RMS)",
+            ],
+            rows,
+        ),
     ]
     notes = [(run, n) for (run, _, data) in metrics for n in (data.get(run.model) or {}).get("notes") or []]
     if notes:
@@ -273,17 +323,31 @@ def _gpu_speed_rows(models: dict[str, _Model], label: dict[str, str], with_modes
                 # eager rows: the whole model (scaled to full depth); graphed rows are measured whole
                 scope = "measured" if mode == "graphed" else "full_model"
                 for batch, context in m.shapes():
-                    key = dict(path=path, batch=batch, context=context, scope=scope,
-                               **({"mode": mode} if mode else {}))
+                    key = dict(path=path, batch=batch, context=context, scope=scope, **({"mode": mode} if mode else {}))
                     sp, t = m.record("speedups", **key), m.record("timings", **key)
-                    rows.append([
-                        label[name], path, *([mode] if with_modes else []), batch, context,
-                        _range(m.value(t, "decode_tok_s_median", "timings"), t["decode_tok_s_min"],
-                               t["decode_tok_s_max"], 1),
-                        _range(m.value(sp, "decode_speedup", "speedups"), sp["decode_speedup_low"],
-                               sp["decode_speedup_high"], 2),
-                        _f(m.value(t, "prefill_tok_s_median", "timings"), 0),
-                        _f(m.value(sp, "prefill_speedup", "speedups"), 2)])
+                    rows.append(
+                        [
+                            label[name],
+                            path,
+                            *([mode] if with_modes else []),
+                            batch,
+                            context,
+                            _range(
+                                m.value(t, "decode_tok_s_median", "timings"),
+                                t["decode_tok_s_min"],
+                                t["decode_tok_s_max"],
+                                1,
+                            ),
+                            _range(
+                                m.value(sp, "decode_speedup", "speedups"),
+                                sp["decode_speedup_low"],
+                                sp["decode_speedup_high"],
+                                2,
+                            ),
+                            _f(m.value(t, "prefill_tok_s_median", "timings"), 0),
+                            _f(m.value(sp, "prefill_speedup", "speedups"), 2),
+                        ]
+                    )
     return rows
 
 
@@ -295,8 +359,15 @@ def _gpu_agreement_rows(models: dict[str, _Model], order: list[str]) -> tuple[li
         for path in m.paths("agreement"):
             a = m.record("agreement", path=path)
             tokens.add(a.get("tokens"))
-            rows.append([name, path, f"{m.value(a, 'rel_rms_diff', 'agreement'):.4f}",
-                         f"{m.value(a, 'top1_agreement', 'agreement'):.3f}", a.get("loader", "")])
+            rows.append(
+                [
+                    name,
+                    path,
+                    f"{m.value(a, 'rel_rms_diff', 'agreement'):.4f}",
+                    f"{m.value(a, 'top1_agreement', 'agreement'):.3f}",
+                    a.get("loader", ""),
+                ]
+            )
     return rows, tokens
 
 
@@ -308,8 +379,14 @@ def _gpu_memory_rows(models: dict[str, _Model], order: list[str]) -> list[list[A
         for path in m.paths("memory"):
             r = m.record("memory", path=path)
             cuda = r.get("cuda_max_allocated_mb")
-            rows.append([name, path, _f(m.value(r, "weight_bytes_full_model", "memory") / 1e6, 1),
-                         "n/a" if cuda is None else _f(cuda, 1)])
+            rows.append(
+                [
+                    name,
+                    path,
+                    _f(m.value(r, "weight_bytes_full_model", "memory") / 1e6, 1),
+                    "n/a" if cuda is None else _f(cuda, 1),
+                ]
+            )
     return rows
 
 
@@ -319,10 +396,15 @@ def _gpu_fleet_rows(prod: _Model) -> tuple[list[list[Any]], set[Any]]:
     for path in prod.paths("fleet"):
         for f in sorted(prod.records("fleet", path=path), key=lambda r: r.get("batch_size", 0)):
             contexts.add(f.get("context"))
-            rows.append([path, prod.value(f, "batch_size", "fleet"),
-                         _f(prod.value(f, "decode_tokens_per_s_per_device", "fleet"), 1),
-                         f"{prod.value(f, 'devices_at_peak', 'fleet'):,}",
-                         f"${prod.value(f, 'cost_per_1000_conversations', 'fleet'):,.2f}"])
+            rows.append(
+                [
+                    path,
+                    prod.value(f, "batch_size", "fleet"),
+                    _f(prod.value(f, "decode_tokens_per_s_per_device", "fleet"), 1),
+                    f"{prod.value(f, 'devices_at_peak', 'fleet'):,}",
+                    f"${prod.value(f, 'cost_per_1000_conversations', 'fleet'):,.2f}",
+                ]
+            )
     return rows, contexts
 
 
@@ -353,9 +435,20 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
         f"## Speed (median [min, max] of {_one_value(m.setting('repeats') for m in every)} repeats; "
         f"{_one_value(m.setting('decode_tokens') for m in every)} decode tokens)",
         "",
-        *_table(["model", "path", *(["mode"] if with_modes else []), "batch", "context", "decode tok/s",
-                 f"decode x baseline{' (same mode)' if with_modes else ''}", "prefill tok/s",
-                 "prefill x baseline"], speed_rows),
+        *_table(
+            [
+                "model",
+                "path",
+                *(["mode"] if with_modes else []),
+                "batch",
+                "context",
+                "decode tok/s",
+                f"decode x baseline{' (same mode)' if with_modes else ''}",
+                "prefill tok/s",
+                "prefill x baseline",
+            ],
+            speed_rows,
+        ),
         "",
         *_harness_section(models, label),
         f"## Do the paths compute the same thing? (logits on one {_one_value(sorted(tokens, key=str))}-token "
@@ -373,8 +466,9 @@ def render_gpu(page: Page, metrics: _Metrics) -> str:
             f"## Fleet ({run.shape.name}, context {_one_value(sorted(fleet_ctx, key=str))}, price and traffic from "
             f"{run.shape.params}: assumptions)",
             "",
-            *_table(["path", "batch", "decode tok/s per GPU", "GPUs at peak", "cost per 1,000 conversations"],
-                    fleet_rows),
+            *_table(
+                ["path", "batch", "decode tok/s per GPU", "GPUs at peak", "cost per 1,000 conversations"], fleet_rows
+            ),
         ]
     notes = [n for m in every for n in (m.section.get("notes") or [])]
     if notes:
@@ -393,70 +487,141 @@ def _harness_section(models: dict[str, _Model], label: dict[str, str]) -> list[s
     rows = []
     for name, m in models.items():
         for h in m.section.get("harness") or []:
-            rows.append([label[name], h["batch"], h["context"],
-                         _range(m.value(h, "decode_graphed_over_eager", "harness"),
-                                h["decode_graphed_over_eager_low"], h["decode_graphed_over_eager_high"], 2, "x"),
-                         f"{m.value(h, 'prefill_graphed_over_eager', 'harness'):.2f}x"])
+            rows.append(
+                [
+                    label[name],
+                    h["batch"],
+                    h["context"],
+                    _range(
+                        m.value(h, "decode_graphed_over_eager", "harness"),
+                        h["decode_graphed_over_eager_low"],
+                        h["decode_graphed_over_eager_high"],
+                        2,
+                        "x",
+                    ),
+                    f"{m.value(h, 'prefill_graphed_over_eager', 'harness'):.2f}x",
+                ]
+            )
     if not rows:
         return []
-    lines = ["## What the harness costs (float16 baseline: CUDA-graphed decode vs HF eager, same weights)", "",
-             *_table(["model", "batch", "context", "decode graphed / eager", "prefill graphed / eager"], rows), ""]
+    lines = [
+        "## What the harness costs (float16 baseline: CUDA-graphed decode vs HF eager, same weights)",
+        "",
+        *_table(["model", "batch", "context", "decode graphed / eager", "prefill graphed / eager"], rows),
+        "",
+    ]
     for name, m in models.items():
         goal = (m.section.get("targets") or {}).get("gpu_graphed_4bit_decode_speedup_b1")
         if goal:
             by_path = ", ".join(f"{p} {v:.2f}x" for p, v in sorted((goal.get("by_path") or {}).items()))
-            lines += [f"Target ({label[name]}): graphed 4-bit decode at batch 1 at least {goal['target']:.1f}x the "
-                      f"graphed float16 baseline; measured {goal['measured']:.2f}x ({goal['where']}; by path: "
-                      f"{by_path}): **{'met' if goal['met'] else 'missed'}**.", ""]
+            lines += [
+                f"Target ({label[name]}): graphed 4-bit decode at batch 1 at least {goal['target']:.1f}x the "
+                f"graphed float16 baseline; measured {goal['measured']:.2f}x ({goal['where']}; by path: "
+                f"{by_path}): **{'met' if goal['met'] else 'missed'}**.",
+                "",
+            ]
     return lines
 
 
 # =========================================================================== the pages
-LLAMA_1B = Shape("Llama-3.2-1B shape", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
-                 params="params/tiny.yaml")
-TINYLLAMA = Shape("TinyLlama-1.1B shape", intermediate_size=5632, num_kv_heads=4, vocab_size=32000,
-                  params="params/cpu-tinyllama-shape.yaml")
-GPU_1B = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
-               params="params/gpu-demo.yaml")
-GPU_1B_DEFAULT = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
-                       params="params/gpu-default.yaml")
+LLAMA_1B = Shape(
+    "Llama-3.2-1B shape", intermediate_size=8192, num_kv_heads=8, vocab_size=128256, params="params/tiny.yaml"
+)
+TINYLLAMA = Shape(
+    "TinyLlama-1.1B shape",
+    intermediate_size=5632,
+    num_kv_heads=4,
+    vocab_size=32000,
+    params="params/cpu-tinyllama-shape.yaml",
+)
+GPU_1B = Shape("~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256, params="params/gpu-demo.yaml")
+GPU_1B_DEFAULT = Shape(
+    "~1B-shaped", intermediate_size=8192, num_kv_heads=8, vocab_size=128256, params="params/gpu-default.yaml"
+)
 
-LLAMA_1B_DEFAULT = Shape("Llama-3.2-1B shape", intermediate_size=8192, num_kv_heads=8, vocab_size=128256,
-                         params="params/default.yaml")
-SMOLLM2 = Shape("SmolLM2-135M-Instruct (the default study's model)", intermediate_size=1536, num_kv_heads=3,
-                vocab_size=49152, params="params/default.yaml")
-_SMOL_CKPT = "--checkpoint outputs/default/02_quantize/checkpoints/awq-w4-g64-indomain-d0 " \
-             "--baseline outputs/default/02_quantize/baseline --no-production"
+LLAMA_1B_DEFAULT = Shape(
+    "Llama-3.2-1B shape", intermediate_size=8192, num_kv_heads=8, vocab_size=128256, params="params/default.yaml"
+)
+SMOLLM2 = Shape(
+    "SmolLM2-135M-Instruct (the default study's model)",
+    intermediate_size=1536,
+    num_kv_heads=3,
+    vocab_size=49152,
+    params="params/default.yaml",
+)
+_SMOL_CKPT = (
+    "--checkpoint outputs/default/02_quantize/checkpoints/awq-w4-g64-indomain-d0 "
+    "--baseline outputs/default/02_quantize/baseline --no-production"
+)
 
 
 def _head_runs() -> tuple[Run, ...]:
     """Each model with each served head (float, bfloat16, int8), one `quantstudy bench` run each."""
     heads = ("float", "bfloat16", "int8")
     return tuple(
-        [Run(f"llama-1b-{h}", LLAMA_1B_DEFAULT, f"quantstudy bench params/default.yaml --lm-head {h} --out {{out}}")
-         for h in heads]
-        + [Run(f"tinyllama-{h}", TINYLLAMA, f"quantstudy bench params/cpu-tinyllama-shape.yaml --lm-head {h} --out {{out}}")
-           for h in heads]
-        + [Run(f"smollm2-{h}", SMOLLM2, f"quantstudy bench params/default.yaml --lm-head {h} {_SMOL_CKPT} --out {{out}}",
-               model="demo") for h in heads])
+        [
+            Run(f"llama-1b-{h}", LLAMA_1B_DEFAULT, f"quantstudy bench params/default.yaml --lm-head {h} --out {{out}}")
+            for h in heads
+        ]
+        + [
+            Run(
+                f"tinyllama-{h}",
+                TINYLLAMA,
+                f"quantstudy bench params/cpu-tinyllama-shape.yaml --lm-head {h} --out {{out}}",
+            )
+            for h in heads
+        ]
+        + [
+            Run(
+                f"smollm2-{h}",
+                SMOLLM2,
+                f"quantstudy bench params/default.yaml --lm-head {h} {_SMOL_CKPT} --out {{out}}",
+                model="demo",
+            )
+            for h in heads
+        ]
+    )
 
 
-PAGES: dict[str, Page] = {p.folder.rsplit("/", 1)[-1]: p for p in (
-    Page("docs/cpu-lm-head", _head_runs(), render_lm_head),
-    Page("docs/cpu-benchmark-1b-shapes", (
-        Run("default", LLAMA_1B, "quantstudy bench params/tiny.yaml --out {out}"),
-        Run("cpu-tinyllama-shape", TINYLLAMA, "quantstudy bench params/cpu-tinyllama-shape.yaml --out {out}"),
-    ), render_cpu_shapes),
-    Page("docs/gpu-benchmark-h100", (
-        Run("", GPU_1B, "quantstudy bench params/gpu-demo.yaml "
-                        "--checkpoint outputs/smoke/02_quantize/checkpoints/awq-w4-g128-indomain-d0 --out {out}"
-                        " (on a CUDA GPU)"),
-    ), render_gpu),
-    Page("docs/gpu-benchmark-h100-graphed", (
-        Run("", GPU_1B_DEFAULT, "quantstudy bench params/gpu-default.yaml --out {out} (on a CUDA GPU; this run: "
-                                "batch sizes [1, 32] and 2 repeats, to fit the lent machine's time)"),
-    ), render_gpu),
-)}
+PAGES: dict[str, Page] = {
+    p.folder.rsplit("/", 1)[-1]: p
+    for p in (
+        Page("docs/cpu-lm-head", _head_runs(), render_lm_head),
+        Page(
+            "docs/cpu-benchmark-1b-shapes",
+            (
+                Run("default", LLAMA_1B, "quantstudy bench params/tiny.yaml --out {out}"),
+                Run("cpu-tinyllama-shape", TINYLLAMA, "quantstudy bench params/cpu-tinyllama-shape.yaml --out {out}"),
+            ),
+            render_cpu_shapes,
+        ),
+        Page(
+            "docs/gpu-benchmark-h100",
+            (
+                Run(
+                    "",
+                    GPU_1B,
+                    "quantstudy bench params/gpu-demo.yaml "
+                    "--checkpoint outputs/smoke/02_quantize/checkpoints/awq-w4-g128-indomain-d0 --out {out}"
+                    " (on a CUDA GPU)",
+                ),
+            ),
+            render_gpu,
+        ),
+        Page(
+            "docs/gpu-benchmark-h100-graphed",
+            (
+                Run(
+                    "",
+                    GPU_1B_DEFAULT,
+                    "quantstudy bench params/gpu-default.yaml --out {out} (on a CUDA GPU; this run: "
+                    "batch sizes [1, 32] and 2 repeats, to fit the lent machine's time)",
+                ),
+            ),
+            render_gpu,
+        ),
+    )
+}
 
 
 def page_for(folder: str | Path) -> Page:
@@ -464,8 +629,10 @@ def page_for(folder: str | Path) -> Page:
     name = Path(folder).resolve().name
     if name not in PAGES:
         known = ", ".join(p.folder for p in PAGES.values())
-        raise BenchDocError(f"{folder}: no bench-doc page for a folder named {name!r}; known pages: {known} "
-                            "(add one to quantstudy.report.benchdoc.PAGES)")
+        raise BenchDocError(
+            f"{folder}: no bench-doc page for a folder named {name!r}; known pages: {known} "
+            "(add one to quantstudy.report.benchdoc.PAGES)"
+        )
     return PAGES[name]
 
 
@@ -483,17 +650,21 @@ def render_block(folder: str | Path) -> str:
 def _split(readme: Path, page: Page) -> tuple[list[str], list[str]]:
     """(lines up to and including BEGIN, lines from END on) of the README."""
     if not readme.is_file():
-        raise BenchDocError(f"{readme} not found: bench-doc fills the generated block of a hand-written page; "
-                            f"restore it from git or write one with the lines {page.begin!r} and {END!r}")
+        raise BenchDocError(
+            f"{readme} not found: bench-doc fills the generated block of a hand-written page; "
+            f"restore it from git or write one with the lines {page.begin!r} and {END!r}"
+        )
     lines = readme.read_text(encoding="utf-8").splitlines()
     begins = [i for i, line in enumerate(lines) if line.strip() == page.begin]
     ends = [i for i, line in enumerate(lines) if line.strip() == END]
     if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
         stray = [line.strip() for line in lines if line.strip().startswith(_BEGIN_PREFIX)]
         found = f" (found {stray[0]!r})" if stray and not begins else ""
-        raise BenchDocError(f"{readme}: expected one line {page.begin!r} and, after it, one line {END!r} around the "
-                            f"generated tables{found}; add them (the tables go between)")
-    return lines[: begins[0] + 1], lines[ends[0]:]
+        raise BenchDocError(
+            f"{readme}: expected one line {page.begin!r} and, after it, one line {END!r} around the "
+            f"generated tables{found}; add them (the tables go between)"
+        )
+    return lines[: begins[0] + 1], lines[ends[0] :]
 
 
 def render_doc(folder: str | Path) -> str:
@@ -523,5 +694,7 @@ def check_doc(folder: str | Path) -> str | None:
         return None
     old, new = current.splitlines(), text.splitlines()
     first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-    return (f"{readme} differs from its metrics.json (first at line {first + 1}); "
-            f"run `quantstudy bench-doc {folder}` and commit the result")
+    return (
+        f"{readme} differs from its metrics.json (first at line {first + 1}); "
+        f"run `quantstudy bench-doc {folder}` and commit the result"
+    )

@@ -12,6 +12,7 @@ Each executed step notebook is rendered beside its ``.ipynb`` with
 ``templates/step_notebook.html.j2``, and ``report.pdf`` is printed next to the page
 (:mod:`quantstudy.report.pdf`).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from jinja2 import FileSystemLoader
 from quantstudy import contracts
 from quantstudy.paths import project_root
 from quantstudy.pipeline.manifest import DONE_STATUSES, MANIFEST, mark_report_out_of_date
-
 from quantstudy.report import outcome, sections
 from quantstudy.report.answer import answer_html
 from quantstudy.report.lookups import METRICS, STEP_NAMES, stale_steps
@@ -76,13 +76,18 @@ def check_complete(run_dir: str | Path, allow_stale: bool = False) -> dict[str, 
         if why:
             problems.append(f"{name} ({'; '.join(why)})")
     if problems:
-        raise ReportError(f"{run_dir}: incomplete run, no report built: " + ", ".join(problems)
-                          + ". Run the missing steps first (quantstudy run PARAMS --from STEP).")
+        raise ReportError(
+            f"{run_dir}: incomplete run, no report built: "
+            + ", ".join(problems)
+            + ". Run the missing steps first (quantstudy run PARAMS --from STEP)."
+        )
     stale = stale_steps(manifest)
     if stale and not allow_stale:
-        raise ReportError(f"{run_dir}: stale steps, no report built: "
-                          + ", ".join(f"{k} ({v})" for k, v in stale.items())
-                          + ". Re-run them (quantstudy run PARAMS), or render anyway with --allow-stale.")
+        raise ReportError(
+            f"{run_dir}: stale steps, no report built: "
+            + ", ".join(f"{k} ({v})" for k, v in stale.items())
+            + ". Re-run them (quantstudy run PARAMS), or render anyway with --allow-stale."
+        )
     return manifest
 
 
@@ -150,8 +155,9 @@ def execute_notebook(nb, cwd: str | Path | None = None, timeout: int = CELL_TIME
     from nbclient import NotebookClient  # lazy: start-up time (see build_notebook)
 
     cwd = Path(cwd) if cwd is not None else project_root()
-    NotebookClient(nb, kernel_name=KERNEL, timeout=timeout, allow_errors=False,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(
+        nb, kernel_name=KERNEL, timeout=timeout, allow_errors=False, resources={"metadata": {"path": str(cwd)}}
+    ).execute()
     return nb
 
 
@@ -164,8 +170,9 @@ def read_template(name: str) -> str:
 def _exporter(template_file: str, **kwargs):
     from nbconvert import HTMLExporter  # lazy: start-up time (see build_notebook)
 
-    return HTMLExporter(template_name="lab", template_file=template_file,
-                        extra_loaders=[FileSystemLoader(str(TEMPLATES))], **kwargs)
+    return HTMLExporter(
+        template_name="lab", template_file=template_file, extra_loaders=[FileSystemLoader(str(TEMPLATES))], **kwargs
+    )
 
 
 def export_html(nb) -> str:
@@ -218,6 +225,8 @@ def build_report(run_dir: str | Path, allow_stale: bool = False) -> Path:
     _write_atomic(out, export_html(nb))
     stale = stale_steps(manifest)
     if stale:
-        mark_report_out_of_date(run_dir, "rendered with stale steps: " + "; ".join(f"{k}: {v}" for k, v in stale.items()))
+        mark_report_out_of_date(
+            run_dir, "rendered with stale steps: " + "; ".join(f"{k}: {v}" for k, v in stale.items())
+        )
     print(write_pdf(out))
     return out

@@ -8,6 +8,7 @@ calibration effects with their CIs, the budgets and verdicts, speed and memory.
 Runs whose quality budgets differ are refused (:class:`CompareError`) unless ``force``:
 their pass/fail verdicts answer different questions.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,12 @@ class CompareError(ValueError):
 # --------------------------------------------------------------------------- params and budgets
 def flat_params(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """{"section.key": value} of a run's resolved params (from its manifest)."""
-    return {f"{sec}.{key}": value for sec, values in (manifest.get("params") or {}).items()
-            if isinstance(values, dict) for key, value in values.items()}
+    return {
+        f"{sec}.{key}": value
+        for sec, values in (manifest.get("params") or {}).items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
 
 
 def params_diff(manifests: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -101,16 +106,21 @@ def _diff_section(names: Sequence[str], diff: Mapping[str, list]) -> str:
     if not diff:
         return '<section id="params"><h2>Params</h2><p>Identical in every run.</p></section>'
     rows = [[f"<code>{escape_html(k)}</code>", *(_value(v) for v in vals)] for k, vals in diff.items()]
-    return ('<section id="params"><h2>Params that differ</h2>'
-            + _table(["field", *map(escape_html, names)], rows) + "</section>")
+    return (
+        '<section id="params"><h2>Params that differ</h2>'
+        + _table(["field", *map(escape_html, names)], rows)
+        + "</section>"
+    )
 
 
 def _answers(runs: Sequence[Mapping[str, Any]], names: Sequence[str], out_dir: Path) -> str:
     cols = []
     for i, (M, name) in enumerate(zip(runs, names)):
         report = Path(os.path.relpath(Path(M["run_dir"]) / REPORT_FILE, out_dir)).as_posix()
-        cols.append(f'<div class="run"><h3>{escape_html(name)}</h3><p><small><code>{escape_html(M["run_dir"])}</code> &middot; '
-                    f'<a href="{escape_html(report)}">report</a></small></p>{answer_html(M, escape_html(report), f"answer-{i}")}</div>')
+        cols.append(
+            f'<div class="run"><h3>{escape_html(name)}</h3><p><small><code>{escape_html(M["run_dir"])}</code> &middot; '
+            f'<a href="{escape_html(report)}">report</a></small></p>{answer_html(M, escape_html(report), f"answer-{i}")}</div>'
+        )
     return f'<section id="answers"><h2>Answers</h2><div class="runs">{"".join(cols)}</div></section>'
 
 
@@ -120,18 +130,23 @@ def _effect_cell(e: Mapping[str, Any] | None, ci: str) -> str:
     unit = str(e.get("unit", ""))
     u = "%" if unit.startswith("%") else f" {unit}"
     reading = "within noise" if e.get("within_noise") else "CI excludes 0"
-    return (f"{fmt(e['point'], 2, True)}{u} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}] "
-            f"<small>({escape_html(ci)}, draws {escape_html(' vs '.join(map(str, e.get('draws') or [])))}; {reading})</small>")
+    return (
+        f"{fmt(e['point'], 2, True)}{u} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}] "
+        f"<small>({escape_html(ci)}, draws {escape_html(' vs '.join(map(str, e.get('draws') or [])))}; {reading})</small>"
+    )
 
 
 def _effects_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
     per_run = [{e["metric"]: e for e in calibration_effects(M)} for M in runs]
     metrics = list(dict.fromkeys(m for p in per_run for m in p))
-    rows = [[escape_html(label(m)), *(_effect_cell(p.get(m), ci_level(M)) for p, M in zip(per_run, runs))]
-            for m in metrics]
-    return ('<section id="effects"><h2>Calibration effects: in-domain minus generic</h2>'
-            + (_table(["metric", *map(escape_html, names)], rows) if rows else "<p>No run compared the two sources.</p>")
-            + "</section>")
+    rows = [
+        [escape_html(label(m)), *(_effect_cell(p.get(m), ci_level(M)) for p, M in zip(per_run, runs))] for m in metrics
+    ]
+    return (
+        '<section id="effects"><h2>Calibration effects: in-domain minus generic</h2>'
+        + (_table(["metric", *map(escape_html, names)], rows) if rows else "<p>No run compared the two sources.</p>")
+        + "</section>"
+    )
 
 
 def _verdict_cell(M: Mapping[str, Any]) -> str:
@@ -140,9 +155,11 @@ def _verdict_cell(M: Mapping[str, Any]) -> str:
     name = cand.get("checkpoint", "n/a")
     go = verdicts.get(name) == "pass"
     rule = f"; rule <code>{escape_html(cand['rule'])}</code>" if cand.get("rule") else ""
-    return (f'<span class="{"go" if go else "nogo"}">{"GO" if go else "NO-GO"}</span> '
-            f"{sum(v == 'pass' for v in verdicts.values())} of {len(verdicts)} pass; candidate <code>{escape_html(name)}</code>"
-            f"{rule}; decided by {escape_html(line_text(deciding_line(M, name)))}")
+    return (
+        f'<span class="{"go" if go else "nogo"}">{"GO" if go else "NO-GO"}</span> '
+        f"{sum(v == 'pass' for v in verdicts.values())} of {len(verdicts)} pass; candidate <code>{escape_html(name)}</code>"
+        f"{rule}; decided by {escape_html(line_text(deciding_line(M, name)))}"
+    )
 
 
 def _budget_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
@@ -150,25 +167,39 @@ def _budget_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> 
     rollout = []
     for M in runs:
         main = M["05_rollout_analysis"].get("rollout") or {}
-        rollout.append(("SIMULATED " if main.get("simulated") else "") + escape_html(str(main.get("decision", "n/a")).upper()))
+        rollout.append(
+            ("SIMULATED " if main.get("simulated") else "") + escape_html(str(main.get("decision", "n/a")).upper())
+        )
     rows = [["declared budget", *budgets], ["offline verdict", *map(_verdict_cell, runs)], ["rollout", *rollout]]
-    return '<section id="budget"><h2>Budgets and verdicts</h2>' + _table(["", *map(escape_html, names)], rows) + "</section>"
+    return (
+        '<section id="budget"><h2>Budgets and verdicts</h2>'
+        + _table(["", *map(escape_html, names)], rows)
+        + "</section>"
+    )
 
 
 def _speed_cell(M: Mapping[str, Any]) -> str:
     name, r = main_bench(M)
     hw = (r.get("env") or {}).get("hardware_label") or "n/a"
-    parts = [f"{escape_html(s['path'])}: decode {fmt(s.get('decode_speedup'))}x, prefill {fmt(s.get('prefill_speedup'))}x "
-             f"(batch {s.get('batch')}, context {s.get('context')})" for s in speed_rows(r)]
+    parts = [
+        f"{escape_html(s['path'])}: decode {fmt(s.get('decode_speedup'))}x, prefill {fmt(s.get('prefill_speedup'))}x "
+        f"(batch {s.get('batch')}, context {s.get('context')})"
+        for s in speed_rows(r)
+    ]
     mem = [f"{escape_html(m['path'])} {size(m.get('weight_bytes_full_model'))}" for m in r.get("memory") or []]
     traps = len(M["04_benchmark"].get("traps") or [])
-    return (f"<strong>{escape_html(name)}</strong> on {escape_html(hw)}<br>{'<br>'.join(parts) or 'no speed rows'}<br>weights: "
-            f"{', '.join(mem) or 'n/a'}<br>{'<span class=nogo>TRAP</span> ' if traps else ''}{traps} trap flag(s)")
+    return (
+        f"<strong>{escape_html(name)}</strong> on {escape_html(hw)}<br>{'<br>'.join(parts) or 'no speed rows'}<br>weights: "
+        f"{', '.join(mem) or 'n/a'}<br>{'<span class=nogo>TRAP</span> ' if traps else ''}{traps} trap flag(s)"
+    )
 
 
 def _speed_section(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    return ('<section id="speed"><h2>Speed and memory (step 04)</h2>'
-            + _table(list(map(escape_html, names)), [[_speed_cell(M) for M in runs]]) + "</section>")
+    return (
+        '<section id="speed"><h2>Speed and memory (step 04)</h2>'
+        + _table(list(map(escape_html, names)), [[_speed_cell(M) for M in runs]])
+        + "</section>"
+    )
 
 
 PAGE_WIDTH_RULE = "main { max-width: 1200px; margin: 0 auto; }"  # page.css's; the comparison is wider
@@ -178,17 +209,33 @@ def render(runs: Sequence[Mapping[str, Any]], out: Path, forced_budgets: bool) -
     """The comparison page (styles from ``templates/``: page.css less its width rule, report.css, compare.css)."""
     names = labels(runs)
     diff = params_diff([M["manifest"] for M in runs])
-    warn = ('<p class="warn"><strong>The runs have different quality budgets</strong> (compared with --force): '
-            "their pass/fail verdicts answer different questions.</p>" if forced_budgets else "")
-    body = "".join([
-        f"<h1>Run comparison: {escape_html(', '.join(names))}</h1>", warn,
-        f'<p>{len(runs)} runs, side by side; {len(diff)} params field(s) differ (<a href="#params">which</a>).</p>',
-        _answers(runs, names, out.parent), _effects_section(runs, names), _budget_section(runs, names),
-        _speed_section(runs, names), _diff_section(names, diff)])
-    css = (read_template("page.css").replace(PAGE_WIDTH_RULE, "") + read_template("report.css")
-           + read_template("compare.css"))
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Run comparison: '
-            f"{escape_html(', '.join(names))}</title><style>{css}</style></head><body><main>{body}</main></body></html>")
+    warn = (
+        '<p class="warn"><strong>The runs have different quality budgets</strong> (compared with --force): '
+        "their pass/fail verdicts answer different questions.</p>"
+        if forced_budgets
+        else ""
+    )
+    body = "".join(
+        [
+            f"<h1>Run comparison: {escape_html(', '.join(names))}</h1>",
+            warn,
+            f'<p>{len(runs)} runs, side by side; {len(diff)} params field(s) differ (<a href="#params">which</a>).</p>',
+            _answers(runs, names, out.parent),
+            _effects_section(runs, names),
+            _budget_section(runs, names),
+            _speed_section(runs, names),
+            _diff_section(names, diff),
+        ]
+    )
+    css = (
+        read_template("page.css").replace(PAGE_WIDTH_RULE, "")
+        + read_template("report.css")
+        + read_template("compare.css")
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Run comparison: '
+        f"{escape_html(', '.join(names))}</title><style>{css}</style></head><body><main>{body}</main></body></html>"
+    )
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, force: bool = False) -> tuple[Path, str]:
@@ -200,9 +247,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, force: bool = 
     diff = params_diff([M["manifest"] for M in runs])
     if differ and not force:
         names = labels(runs)
-        raise CompareError("the runs' quality budgets differ (" + "; ".join(
-            f"{n}: {_budget_text(b)}" for n, b in zip(names, budgets)) + "), so their verdicts are not comparable; "
-            f"{diff_line(diff)}; pass --force to compare anyway")
+        raise CompareError(
+            "the runs' quality budgets differ ("
+            + "; ".join(f"{n}: {_budget_text(b)}" for n, b in zip(names, budgets))
+            + "), so their verdicts are not comparable; "
+            f"{diff_line(diff)}; pass --force to compare anyway"
+        )
     out = Path(out)
     if out.is_dir():
         raise CompareError(f"--out {out}: is a folder; give the HTML file to write")

@@ -7,6 +7,7 @@ this module as ``R`` and draws each figure with ``R.show(R.fig_x(M), R.CAPTIONS[
 (:func:`quantstudy.report.sections.figure_cell`), which numbers it ``figure-N`` and gives it a
 one-sentence caption from :data:`CAPTIONS`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,36 +19,35 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import HTML, display
 
-from quantstudy.steps.rollout import plot_guardrails, plot_power, plot_sequential
-
 from quantstudy.report.formatting import escape_html, money, num
 from quantstudy.report.lookups import bench_models, ci_level, fleet_row, label, lower_is_better, main_bench
+from quantstudy.steps.rollout import plot_guardrails, plot_power, plot_sequential
 
 CAPTIONS = {  # one sentence per figure: what to look at
     "calibration": "Look at whether the in-domain sets cover more domain terms than the generic ones, and at the "
-                   "overlap with the evaluation text, which should stay low (no leakage).",
+    "overlap with the evaluation text, which should stay low (no leakage).",
     "search_settings": "Look at whether the extra AutoAWQ search settings buy a lower perplexity for their longer "
-                       "search time.",
+    "search time.",
     "budget": "Look at the worse end of each interval against the dashed budget line: a line passes only when the "
-              "whole interval stays inside it.",
+    "whole interval stays inside it.",
     "effects": "Look at whether each interval crosses the dashed zero line: grey points are within noise, blue ones "
-               "are real differences between calibration sources.",
+    "are real differences between calibration sources.",
     "matrix": "Look along each row for the evaluation domain a calibration source hurts least and most.",
     "category_damage": "Look at which token categories lose the most under quantization, and whether in-domain "
-                       "calibration shrinks that loss.",
+    "calibration shrinks that loss.",
     "speedups": "Look for bars below 1x: those paths run slower than the float baseline (the trap).",
     "memory_cost": "Look at how far the 4-bit paths cut weight memory, and whether that buys fewer devices and a "
-                   "lower cost per 1,000 conversations.",
+    "lower cost per 1,000 conversations.",
     "rollout": "Look at the one-sided lower bound against the dotted margin line: cut over needs it above the "
-               "margin at the final stage.",
+    "margin at the final stage.",
     "worse_scenario": "Look at where the 'worse' scenario stops: the rollback trigger must fire before the full "
-                      "cut-over.",
+    "cut-over.",
     "power_plan": "Look at the day each metric's power crosses the dotted per-metric target, against the dashed end "
-                  "of the schedule: a crossing after it means the rollout will likely end in hold.",
+    "of the schedule: a crossing after it means the rollout will likely end in hold.",
     "guardrails": "Look at each metric's one-sided bound against its dotted margin on the metric's bad side: cut over "
-                  "needs every bound on the good side at the final stage; shaded looks failed the SRM check.",
+    "needs every bound on the good side at the final stage; shaded looks failed the SRM check.",
     "broken_assignment_scenario": "Look at the shaded looks: with a logging bug that loses part of the quantized arm, "
-                                  "the SRM check must stop the rollout before any verdict.",
+    "the SRM check must stop the rollout before any verdict.",
 }
 _figures = {"n": 0}
 
@@ -73,9 +73,13 @@ def show(fig, caption: str | None = None) -> None:
     else:
         _figures["n"] += 1
         n = _figures["n"]
-        display(HTML(f'<figure id="figure-{n}" class="report-figure"><img src="data:image/png;base64,'
-                     f'{_png_base64(fig)}" alt="Figure {n}: {escape_html(caption)}"><figcaption><strong>Figure {n}.</strong> '
-                     f"{escape_html(caption)}</figcaption></figure>"))
+        display(
+            HTML(
+                f'<figure id="figure-{n}" class="report-figure"><img src="data:image/png;base64,'
+                f'{_png_base64(fig)}" alt="Figure {n}: {escape_html(caption)}"><figcaption><strong>Figure {n}.</strong> '
+                f"{escape_html(caption)}</figcaption></figure>"
+            )
+        )
     try:
         plt.close(fig)
     except Exception:  # noqa: BLE001 - a bare Figure is not managed by pyplot
@@ -93,8 +97,13 @@ def fig_calibration(M: Mapping[str, Any]):
     y = range(len(names))
     ax = axes[0]
     ax.barh([i + 0.2 for i in y], [s.get("tokens") or 0 for s in sets], height=0.4, color="#9ecae1", label="drawn")
-    ax.barh([i - 0.2 for i in y], [s.get("kept_by_autoawq") or 0 for s in sets], height=0.4, color="#3182bd",
-            label="kept by AutoAWQ")
+    ax.barh(
+        [i - 0.2 for i in y],
+        [s.get("kept_by_autoawq") or 0 for s in sets],
+        height=0.4,
+        color="#3182bd",
+        label="kept by AutoAWQ",
+    )
     ax.set_yticks(list(y), names, fontsize=8)
     ax.set(title="Calibration tokens per set", xlabel="tokens")
     ax.legend(fontsize=8, loc="lower right")
@@ -104,8 +113,12 @@ def fig_calibration(M: Mapping[str, Any]):
     if cats:
         h = 0.8 / len(cats)
         for k, c in enumerate(cats):
-            ax.barh([i - 0.4 + h * (k + 0.5) for i in y], [100 * ((cov.get(n) or {}).get(c, {}).get("share") or 0)
-                                                           for n in names], height=h, label=c)
+            ax.barh(
+                [i - 0.4 + h * (k + 0.5) for i in y],
+                [100 * ((cov.get(n) or {}).get(c, {}).get("share") or 0) for n in names],
+                height=h,
+                label=c,
+            )
         ax.legend(title="term category", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no domain lexicon", ha="center", transform=ax.transAxes)
@@ -158,13 +171,19 @@ def fig_effects(M: Mapping[str, Any]):
         sub = [e for e in effects if e.get("unit", "") == unit]
         for i, e in enumerate(sub):
             color = "#7f7f7f" if e.get("within_noise") else "#1f77b4"
-            ax.errorbar(e["point"], i, xerr=[[e["point"] - e["lo"]], [e["hi"] - e["point"]]], fmt="o", color=color,
-                        capsize=3)
+            ax.errorbar(
+                e["point"], i, xerr=[[e["point"] - e["lo"]], [e["hi"] - e["point"]]], fmt="o", color=color, capsize=3
+            )
         ax.axvline(0, color="black", lw=1, ls="--", label="no effect")
         ax.set_yticks(range(len(sub)), [f"{e['a']} vs {e['b']}: {label(e['metric'])}" for e in sub], fontsize=8)
         directions = {lower_is_better(e["metric"], unit) for e in sub}
-        better = ("lower = better" if directions == {True} else "higher = better" if directions == {False}
-                  else "flip rate: lower = better; accuracy: higher = better")
+        better = (
+            "lower = better"
+            if directions == {True}
+            else "higher = better"
+            if directions == {False}
+            else "flip rate: lower = better; accuracy: higher = better"
+        )
         ax.set(title=f"Calibration-source effect ({unit})", xlabel=f"difference a - b ({unit}, {ci}; {better})")
         ax.plot([], [], "o", color="#7f7f7f", label="within noise (CI includes 0)")
         ax.plot([], [], "o", color="#1f77b4", label="CI excludes 0")
@@ -201,12 +220,13 @@ def fig_category_damage(M: Mapping[str, Any]):
         return None
     df = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(9, 4.2))
-    sns.barplot(data=df, x="category", y="delta_nll_mnats", hue="calibration", ax=ax, errorbar=("pi", 100),
-                capsize=0.1)
+    sns.barplot(data=df, x="category", y="delta_nll_mnats", hue="calibration", ax=ax, errorbar=("pi", 100), capsize=0.1)
     ax.axhline(0, color="grey", lw=1)
-    ax.set(title="Where quantization hurts: NLL increase per token category (in-domain text)",
-           xlabel="token category (scored tokens)",
-           ylabel="mean NLL change vs baseline\n(millinats/token; bars: range over draws)")
+    ax.set(
+        title="Where quantization hurts: NLL increase per token category (in-domain text)",
+        xlabel="token category (scored tokens)",
+        ylabel="mean NLL change vs baseline\n(millinats/token; bars: range over draws)",
+    )
     ax.legend(title="calibration source", fontsize=8)
     fig.tight_layout()
     return fig
@@ -250,26 +270,47 @@ def fig_memory_cost(M: Mapping[str, Any]):
     fp = [f["path"] for f in fleet]
     axes[1].bar(fp, [f.get("devices_at_peak") or 0 for f in fleet], color=[colors.get(p, "#1f77b4") for p in fp])
     for x, f in zip(fp, fleet):
-        axes[1].text(x, f.get("devices_at_peak") or 0, f"{f.get('devices_at_peak')} ({f.get('bound_by')})",
-                     ha="center", va="bottom", fontsize=8)
+        axes[1].text(
+            x,
+            f.get("devices_at_peak") or 0,
+            f"{f.get('devices_at_peak')} ({f.get('bound_by')})",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     axes[1].set(title="Devices needed at peak", ylabel="devices (label: what bounds the fleet)")
-    axes[2].bar(fp, [f.get("cost_per_1000_conversations") or 0 for f in fleet],
-                color=[colors.get(p, "#1f77b4") for p in fp])
+    axes[2].bar(
+        fp, [f.get("cost_per_1000_conversations") or 0 for f in fleet], color=[colors.get(p, "#1f77b4") for p in fp]
+    )
     for x, f in zip(fp, fleet):
-        axes[2].text(x, f.get("cost_per_1000_conversations") or 0, money(f.get("cost_per_1000_conversations")),
-                     ha="center", va="bottom", fontsize=8)
+        axes[2].text(
+            x,
+            f.get("cost_per_1000_conversations") or 0,
+            money(f.get("cost_per_1000_conversations")),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     axes[2].set(title="Cost per 1,000 conversations", ylabel="$ per 1,000 conversations (fleet sized for peak)")
     hw = (r.get("env") or {}).get("hardware_label") or ""
-    fig.suptitle(f"Memory, fleet and cost per inference path ({name} model on {hw}; batch "
-                 f"{fleet[0].get('batch_size') if fleet else 'n/a'})", fontsize=10)
+    fig.suptitle(
+        f"Memory, fleet and cost per inference path ({name} model on {hw}; batch "
+        f"{fleet[0].get('batch_size') if fleet else 'n/a'})",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
 
 def looks_frame(summary: Mapping[str, Any]):
     looks = pd.DataFrame(summary.get("looks") or [])
-    looks.attrs.update({"stopped_at_look": summary.get("stopped_at_look"), "method": summary.get("method"),
-                        "metrics": summary.get("guardrails") or []})
+    looks.attrs.update(
+        {
+            "stopped_at_look": summary.get("stopped_at_look"),
+            "method": summary.get("method"),
+            "metrics": summary.get("guardrails") or [],
+        }
+    )
     return looks
 
 
@@ -280,8 +321,11 @@ def fig_rollout(M: Mapping[str, Any], scenario: str = "rollout"):
         return None
     looks = looks_frame(summary)
     fig = plot_sequential(looks, float(summary.get("margin") or 0.0), bool(summary.get("simulated")))
-    which = ("Rollback-trigger check, 'worse' scenario" if scenario == "worse_scenario"
-             else f"Rollout of the candidate, scenario '{summary.get('scenario') or 'real logs'}'")
+    which = (
+        "Rollback-trigger check, 'worse' scenario"
+        if scenario == "worse_scenario"
+        else f"Rollout of the candidate, scenario '{summary.get('scenario') or 'real logs'}'"
+    )
     for ax in fig.axes[:1]:
         ax.set_title(f"{which}\n{ax.get_title()}", fontsize=10)
     return fig
@@ -294,9 +338,13 @@ def fig_guardrails(M: Mapping[str, Any], scenario: str = "rollout"):
     if not summary or not summary.get("looks") or not summary.get("guardrails"):
         return None
     fig = plot_guardrails(looks_frame(summary), bool(summary.get("simulated")))
-    which = ("SRM check, 'broken_assignment' scenario" if scenario == "broken_assignment_scenario"
-             else "Rollback-trigger check, 'worse' scenario" if scenario == "worse_scenario"
-             else f"Rollout of the candidate, scenario '{summary.get('scenario') or 'real logs'}'")
+    which = (
+        "SRM check, 'broken_assignment' scenario"
+        if scenario == "broken_assignment_scenario"
+        else "Rollback-trigger check, 'worse' scenario"
+        if scenario == "worse_scenario"
+        else f"Rollout of the candidate, scenario '{summary.get('scenario') or 'real logs'}'"
+    )
     fig.suptitle(f"{which}\n{fig.get_suptitle()}", fontsize=10)
     return fig
 

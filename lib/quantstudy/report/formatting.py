@@ -3,6 +3,7 @@
 Pure functions of their arguments, shared by the report's sections, its answer box and the
 comparison page.
 """
+
 from __future__ import annotations
 
 import html

@@ -5,6 +5,7 @@ steps computed at an older commit.
 ``M`` is the dict :func:`quantstudy.report.build.load_metrics` returns: {step name: metrics
 dict, "manifest": manifest, "run_dir": str}.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -12,7 +13,6 @@ from typing import Any, Mapping
 from quantstudy.metrics.registry import METRICS as METRIC_REGISTRY
 from quantstudy.metrics.registry import label as metric_label
 from quantstudy.pipeline.steps import STEPS
-
 from quantstudy.report.formatting import num
 
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)

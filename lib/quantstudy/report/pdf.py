@@ -1,6 +1,7 @@
 """``report.pdf`` next to ``report.html``: headless Chromium's print-to-PDF (the report's
 print style sets A4 pages), skipped in one line when Chromium is missing or fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,22 @@ def write_pdf(html_path: str | Path) -> str:
         return f"PDF skipped: Chromium not found (install chromium to get {PDF_FILE} next to the HTML)"
     with tempfile.TemporaryDirectory(prefix="quantstudy-pdf-") as tmp:
         tmp_pdf = Path(tmp) / PDF_FILE
-        cmd = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               "--disable-extensions", "--disable-background-networking", "--disable-sync", f"--user-data-dir={tmp}",
-               "--no-pdf-header-footer", "--print-to-pdf-no-header", f"--print-to-pdf={tmp_pdf}", html_path.as_uri()]
+        cmd = [
+            chrome,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-sync",
+            f"--user-data-dir={tmp}",
+            "--no-pdf-header-footer",
+            "--print-to-pdf-no-header",
+            f"--print-to-pdf={tmp_pdf}",
+            html_path.as_uri(),
+        ]
         try:
             subprocess.run(cmd, capture_output=True, timeout=PDF_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:

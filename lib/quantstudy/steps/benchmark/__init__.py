@@ -49,12 +49,36 @@ loops), ``timing``, ``traps`` (speed-ups and the trap detector), ``fleet`` (devi
 ``goals`` (the targets), ``views`` (tables and figures) and ``run`` (the step's driver). This
 package re-exports what the step-04 notebook, the report and ``quantstudy bench`` call.
 """
-from quantstudy.steps.benchmark.devices import BenchError, available_paths
-from quantstudy.steps.benchmark.run import (benchmark_checkpoint, pick_checkpoint, production_benchmark, run_benchmark,
-                                            write_metrics)
-from quantstudy.steps.benchmark.views import (agreement_table, fleet_table, plot_decode_scaling, plot_memory,
-                                              plot_speedups, speed_table)
 
-__all__ = ["BenchError", "available_paths", "benchmark_checkpoint", "pick_checkpoint", "production_benchmark",
-           "run_benchmark", "write_metrics", "agreement_table", "fleet_table", "plot_decode_scaling", "plot_memory",
-           "plot_speedups", "speed_table"]
+from quantstudy.steps.benchmark.devices import BenchError, available_paths
+from quantstudy.steps.benchmark.run import (
+    benchmark_checkpoint,
+    pick_checkpoint,
+    production_benchmark,
+    run_benchmark,
+    write_metrics,
+)
+from quantstudy.steps.benchmark.views import (
+    agreement_table,
+    fleet_table,
+    plot_decode_scaling,
+    plot_memory,
+    plot_speedups,
+    speed_table,
+)
+
+__all__ = [
+    "BenchError",
+    "available_paths",
+    "benchmark_checkpoint",
+    "pick_checkpoint",
+    "production_benchmark",
+    "run_benchmark",
+    "write_metrics",
+    "agreement_table",
+    "fleet_table",
+    "plot_decode_scaling",
+    "plot_memory",
+    "plot_speedups",
+    "speed_table",
+]

@@ -1,6 +1,7 @@
 """A checkpoint -> the model one inference path times: ``baseline`` (dense, or the AWQ
 checkpoint dequantized), ``naive4``, ``fast4`` (with the served output head on a CPU) and
 ``torchint4``, each quantized linear replaced by its path's module (:mod:`.linears`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,12 @@ def _awq_config(cfg) -> dict | None:
     if qc is None:
         return None
     qc = qc if isinstance(qc, dict) else qc.to_dict()
-    return {"bits": qc.get("bits", qc.get("w_bit", 4)), "group_size": qc.get("group_size", qc.get("q_group_size", 128)),
-            "version": str(qc.get("version", "gemm")).lower(), "method": qc.get("quant_method", "awq")}
+    return {
+        "bits": qc.get("bits", qc.get("w_bit", 4)),
+        "group_size": qc.get("group_size", qc.get("q_group_size", 128)),
+        "version": str(qc.get("version", "gemm")).lower(),
+        "method": qc.get("quant_method", "awq"),
+    }
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -97,8 +102,9 @@ def _autoawq_model(folder: Path, device: str) -> tuple[nn.Module | None, str | N
         return None, f"from_quantized failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})"
 
 
-def _load_dense(model: nn.Module, tensors: dict[str, torch.Tensor], qc: dict | None, tied: bool,
-                dtype: torch.dtype) -> nn.Module:
+def _load_dense(
+    model: nn.Module, tensors: dict[str, torch.Tensor], qc: dict | None, tied: bool, dtype: torch.dtype
+) -> nn.Module:
     """The baseline: the checkpoint's tensors (dequantized when AWQ) in `dtype`."""
     state = dequantize_awq_state(tensors, qc["bits"], qc["group_size"]) if qc else tensors
     if tied and "lm_head.weight" not in state:
@@ -109,22 +115,27 @@ def _load_dense(model: nn.Module, tensors: dict[str, torch.Tensor], qc: dict | N
     return model
 
 
-def _linear_builder(path: str, device: str, qc: dict, dtype: torch.dtype, inner_k_tiles: int,
-                    compute_dtype: torch.dtype) -> Callable[..., nn.Module]:
+def _linear_builder(
+    path: str, device: str, qc: dict, dtype: torch.dtype, inner_k_tiles: int, compute_dtype: torch.dtype
+) -> Callable[..., nn.Module]:
     """(qweight, qzeros, scales, bias) -> the module `path` runs that linear with."""
     group, bits = qc["group_size"], qc["bits"]
     if path == "naive4":
-        return lambda qw, qz, sc, bias: NaiveAWQLinear(qw, qz, sc, None if bias is None else bias.to(dtype), group, bits)
+        return lambda qw, qz, sc, bias: NaiveAWQLinear(
+            qw, qz, sc, None if bias is None else bias.to(dtype), group, bits
+        )
     if path == "torchint4":
         return lambda qw, qz, sc, bias: Int4CUDALinear.from_awq(qw, qz, sc, bias, group, bits, device=device)
     if device == "cuda":  # pragma: no cover - needs a GPU
         return lambda qw, qz, sc, bias: wqlinear_gemm(qw, qz, sc, bias, group, bits)
-    return lambda qw, qz, sc, bias: Int4CPULinear.from_awq(qw, qz, sc, bias, group, bits, inner_k_tiles=inner_k_tiles,
-                                                           compute_dtype=compute_dtype)
+    return lambda qw, qz, sc, bias: Int4CPULinear.from_awq(
+        qw, qz, sc, bias, group, bits, inner_k_tiles=inner_k_tiles, compute_dtype=compute_dtype
+    )
 
 
-def _swap_quantized_linears(model: nn.Module, tensors: dict[str, torch.Tensor],
-                            build: Callable[..., nn.Module]) -> list[str]:
+def _swap_quantized_linears(
+    model: nn.Module, tensors: dict[str, torch.Tensor], build: Callable[..., nn.Module]
+) -> list[str]:
     """Pop every ``*.qweight`` triple (and its bias) off `tensors` into a built module -> their prefixes."""
     prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
     for prefix in prefixes:
@@ -134,25 +145,35 @@ def _swap_quantized_linears(model: nn.Module, tensors: dict[str, torch.Tensor],
     return prefixes
 
 
-def _load_unquantized(model: nn.Module, rest: dict[str, torch.Tensor], prefixes: list[str], tied: bool,
-                      dtype: torch.dtype, folder: Path) -> None:
+def _load_unquantized(
+    model: nn.Module, rest: dict[str, torch.Tensor], prefixes: list[str], tied: bool, dtype: torch.dtype, folder: Path
+) -> None:
     """Load the tensors left (embeddings, norms, lm_head) in `dtype`; every other key must be a quantized module's."""
     rest = {k: v.to(dtype) if v.is_floating_point() else v for k, v in rest.items()}
     if tied and "lm_head.weight" not in rest:
         rest["lm_head.weight"] = rest["model.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(rest, strict=False)
-    quant_keys = {f"{p}.{n}" for p in prefixes for n in ("qweight", "qzeros", "scales", "packed", "scales_and_zeros", "bias")}
+    quant_keys = {
+        f"{p}.{n}" for p in prefixes for n in ("qweight", "qzeros", "scales", "packed", "scales_and_zeros", "bias")
+    }
     missing = [k for k in missing if k not in quant_keys]
     if missing or unexpected:
-        raise BenchError(f"{folder}: checkpoint does not match its config (missing {missing[:5]}, "
-                         f"unexpected {list(unexpected)[:5]})")
+        raise BenchError(
+            f"{folder}: checkpoint does not match its config (missing {missing[:5]}, unexpected {list(unexpected)[:5]})"
+        )
     if tied:
         model.tie_weights()
 
 
-def convert_model(source: str | Path | nn.Module, path: str, device: str = "cpu", *,
-                  inner_k_tiles: int = 2, compute_dtype: torch.dtype = torch.bfloat16,
-                  lm_head: str = "float") -> nn.Module:
+def convert_model(
+    source: str | Path | nn.Module,
+    path: str,
+    device: str = "cpu",
+    *,
+    inner_k_tiles: int = 2,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    lm_head: str = "float",
+) -> nn.Module:
     """Build the model for inference `path` from an AutoAWQ GEMM checkpoint folder.
 
     `source` may also be a dense folder or a dense ``nn.Module``, for ``baseline`` only.

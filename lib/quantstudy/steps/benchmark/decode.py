@@ -17,6 +17,7 @@ put in place of a linear (nn.Linear, an int4 kernel, AutoAWQ's WQLinear_GEMM) si
   eagerly (the same logic, which the tests cover).
 * :func:`generate` is greedy decoding with either.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,9 @@ def _check_llama(model: nn.Module) -> None:
     cfg = getattr(model, "config", None)
     inner = getattr(model, "model", None)
     if getattr(cfg, "model_type", None) not in ("llama", "mistral"):
-        raise DecodeError(f"static-cache decoding supports Llama-family models; found model_type "
-                          f"{getattr(cfg, 'model_type', None)!r}")
+        raise DecodeError(
+            f"static-cache decoding supports Llama-family models; found model_type {getattr(cfg, 'model_type', None)!r}"
+        )
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     if inner is None or any(not hasattr(inner, n) for n in needed) or not hasattr(model, "lm_head"):
         raise DecodeError(f"model lacks one of model.{{{', '.join(needed)}}} or lm_head")
@@ -88,8 +90,9 @@ class Decoder:
         """Fill positions 0..T-1 from `ids` [B, T] (eager, causal) -> last-position logits [B, V]."""
         b, t = ids.shape
         if b != self.batch or t > self.max_len:
-            raise DecodeError(f"prefill of {tuple(ids.shape)} does not fit a cache of batch {self.batch}, "
-                              f"max_len {self.max_len}")
+            raise DecodeError(
+                f"prefill of {tuple(ids.shape)} does not fit a cache of batch {self.batch}, max_len {self.max_len}"
+            )
         h = self.embed(ids)
         cos, sin = self.cos[:t], self.sin[:t]
         for i, layer in enumerate(self.layers):
@@ -97,8 +100,9 @@ class Decoder:
             q, k, v = self._qkv(attn, layer.input_layernorm(h), cos, sin)
             self.k[i][:, :, :t] = k
             self.v[i][:, :, :t] = v
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
-                                               enable_gqa=self.n_kv != self.n_heads)
+            o = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+            )
             h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self._logits(h)

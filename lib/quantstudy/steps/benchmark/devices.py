@@ -1,5 +1,6 @@
 """Where the benchmark runs: the device, the inference paths available there (and why not),
 the dtype each path computes in; the step's error type and how a failure is noted."""
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,9 @@ def _int4_cpu_reason() -> str | None:
             return f"torch {torch.__version__} has no aten.{op} (needs torch >= 2.6)"
     try:  # smoke test: the op may exist but lack a kernel for this CPU build
         packed = ops._convert_weight_to_int4pack_for_cpu(torch.zeros(16, 128, dtype=torch.int32), 2)
-        ops._weight_int4pack_mm_for_cpu(torch.zeros(1, 128, dtype=torch.bfloat16), packed, 128,
-                                        torch.ones(1, 16, 2, dtype=torch.bfloat16))
+        ops._weight_int4pack_mm_for_cpu(
+            torch.zeros(1, 128, dtype=torch.bfloat16), packed, 128, torch.ones(1, 16, 2, dtype=torch.bfloat16)
+        )
     except Exception as exc:  # pragma: no cover - depends on the torch build
         return f"torch int4 CPU kernel fails here: {exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}"
     return None
@@ -55,8 +57,11 @@ def _autoawq_gpu_reason() -> str | None:  # pragma: no cover - needs a GPU
         from awq.modules.linear.gemm import TRITON_AVAILABLE, awq_ext  # lazy: awq costs seconds to import
     except Exception as exc:
         return f"autoawq GEMM module not importable ({exc.__class__.__name__})"
-    return None if (awq_ext is not None or TRITON_AVAILABLE) else (
-        "AutoAWQ GPU kernels missing: install autoawq-kernels (awq_ext) or triton")
+    return (
+        None
+        if (awq_ext is not None or TRITON_AVAILABLE)
+        else ("AutoAWQ GPU kernels missing: install autoawq-kernels (awq_ext) or triton")
+    )
 
 
 def _int4_cuda_reason(device: str) -> str | None:
@@ -80,6 +85,7 @@ def available_paths(device: str = "cpu") -> dict[str, str | None]:
     try:
         quiet_awq()
         from awq.utils.packing_utils import dequantize_gemm  # noqa: F401  (lazy: awq costs seconds to import)
+
         out["naive4"] = None
     except Exception as exc:  # pragma: no cover - autoawq is a dependency
         out["naive4"] = f"autoawq is not importable ({exc.__class__.__name__}); install autoawq"

@@ -1,5 +1,6 @@
 """Fleet sizing: devices needed at peak and cost per 1000 conversations, per inference path,
 from its measured decode speed and its weights' memory."""
+
 from __future__ import annotations
 
 import math
@@ -23,23 +24,32 @@ def _positive(name: str, value: Any, integer: bool = False) -> float:
     return v
 
 
-def _conversations_per_device(mem: float, wb: float, kv_tok: float, tokens: float, p: BenchmarkSection,
-                              label: str) -> int:
+def _conversations_per_device(
+    mem: float, wb: float, kv_tok: float, tokens: float, p: BenchmarkSection, label: str
+) -> int:
     """How many conversations' KV cache fit beside the weights on one device (at least one, or ValueError)."""
     if wb >= mem:
-        raise ValueError(f"device_memory_gb: {p.device_memory_gb} GB cannot hold the weights of {label!r} "
-                         f"({wb / 1e9:.2f} GB)")
+        raise ValueError(
+            f"device_memory_gb: {p.device_memory_gb} GB cannot hold the weights of {label!r} ({wb / 1e9:.2f} GB)"
+        )
     kv_conv = kv_tok * tokens
     capacity = math.floor((mem - wb) / kv_conv)
     if capacity < 1:
-        raise ValueError(f"kv_bytes_per_token: {kv_tok:.0f} B x tokens_per_conversation {tokens:.0f} = "
-                         f"{kv_conv / 1e9:.2f} GB of KV per conversation does not fit beside the weights "
-                         f"({(mem - wb) / 1e9:.2f} GB free per device)")
+        raise ValueError(
+            f"kv_bytes_per_token: {kv_tok:.0f} B x tokens_per_conversation {tokens:.0f} = "
+            f"{kv_conv / 1e9:.2f} GB of KV per conversation does not fit beside the weights "
+            f"({(mem - wb) / 1e9:.2f} GB free per device)"
+        )
     return capacity
 
 
-def fleet_cost(weight_bytes: int | float, decode_tokens_per_s: float,
-               bench_params: BenchmarkSection | Mapping[str, Any], label: str, batch_size: int = 1) -> dict[str, Any]:
+def fleet_cost(
+    weight_bytes: int | float,
+    decode_tokens_per_s: float,
+    bench_params: BenchmarkSection | Mapping[str, Any],
+    label: str,
+    batch_size: int = 1,
+) -> dict[str, Any]:
     """Devices needed at peak and cost per 1000 conversations, for one inference path.
 
     Model (one replica per device, serving `batch_size` conversations at once, throughput
@@ -74,12 +84,21 @@ def fleet_cost(weight_bytes: int | float, decode_tokens_per_s: float,
     d_m = concurrent / capacity
     devices = max(math.ceil(max(d_t, d_m) - 1e-9), 1)
     return {
-        "label": label, "hardware": p.hardware_label, "weight_gb": wb / 1e9, "batch_size": batch,
-        "decode_tokens_per_s_per_device": tps, "required_tokens_per_s": required,
-        "kv_gb_per_conversation": kv_tok * tokens / 1e9, "conversations_per_device_by_memory": capacity,
-        "concurrent_conversations": concurrent, "devices_throughput_bound": d_t, "devices_memory_bound": d_m,
-        "bound_by": "memory" if d_m > d_t else "throughput", "devices_at_peak": devices,
-        "cost_per_hour": devices * price, "cost_per_1000_conversations": devices * price / (peak * 3600) * 1000,
+        "label": label,
+        "hardware": p.hardware_label,
+        "weight_gb": wb / 1e9,
+        "batch_size": batch,
+        "decode_tokens_per_s_per_device": tps,
+        "required_tokens_per_s": required,
+        "kv_gb_per_conversation": kv_tok * tokens / 1e9,
+        "conversations_per_device_by_memory": capacity,
+        "concurrent_conversations": concurrent,
+        "devices_throughput_bound": d_t,
+        "devices_memory_bound": d_m,
+        "bound_by": "memory" if d_m > d_t else "throughput",
+        "devices_at_peak": devices,
+        "cost_per_hour": devices * price,
+        "cost_per_1000_conversations": devices * price / (peak * 3600) * 1000,
     }
 
 
@@ -98,8 +117,14 @@ def fleet_rows(timings: pd.DataFrame, memory: pd.DataFrame, p: BenchmarkSection,
     for _, r in rows[(rows["scope"] == scope) & (rows["context"] == ctx)].iterrows():
         wb = memory.loc[memory["path"] == r["path"], "weight_bytes_full_model"].iloc[0]
         try:
-            out.append({"path": r["path"], "mode": fleet_mode, "context": ctx,
-                        **fleet_cost(wb, r["decode_tok_s_median"], p, r["path"], int(r["batch"]))})
+            out.append(
+                {
+                    "path": r["path"],
+                    "mode": fleet_mode,
+                    "context": ctx,
+                    **fleet_cost(wb, r["decode_tok_s_median"], p, r["path"], int(r["batch"])),
+                }
+            )
         except ValueError as exc:
             notes.append(f"fleet for {r['path']} batch {r['batch']}: {exc}")
     return out

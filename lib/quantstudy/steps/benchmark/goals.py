@@ -1,6 +1,7 @@
 """The benchmark's targets: the fast 4-bit path's decode speed-up at batch 1, the quantized
 linears' bytes against float16, and on a GPU the graphed 4-bit decode speed-up; each with its
 goal, whether it is met and where it was measured."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,13 @@ def _graphed_target(speedups) -> dict[str, Any] | None:
         return None
     best = max(found, key=lambda k: found[k][0])
     sp, where = found[best]
-    return {"measured": sp, "target": TARGET_GRAPHED_DECODE_SPEEDUP, "met": sp >= TARGET_GRAPHED_DECODE_SPEEDUP,
-            "where": f"{best}, {where}", "by_path": {k: v[0] for k, v in found.items()}}
+    return {
+        "measured": sp,
+        "target": TARGET_GRAPHED_DECODE_SPEEDUP,
+        "met": sp >= TARGET_GRAPHED_DECODE_SPEEDUP,
+        "where": f"{best}, {where}",
+        "by_path": {k: v[0] for k, v in found.items()},
+    }
 
 
 def targets(speedups, bytes_ratio: float | None, device: str = "cpu", goals: Any = None) -> dict[str, dict[str, Any]]:
@@ -53,16 +59,28 @@ def targets(speedups, bytes_ratio: float | None, device: str = "cpu", goals: Any
     if not isinstance(speedups, (int, float, type(None))) and "scope" in speedups.columns:
         t = speedups[(speedups["path"] == "fast4") & (speedups["batch"] == 1) & (speedups["scope"] == "layers")]
         layers_only = float(t.sort_values("context")["decode_speedup"].iloc[0]) if not t.empty else None
-    speed = {"measured": sp, "target": goal_speed,
-             "met": sp is not None and sp >= goal_speed, "where": where, "layers_only": layers_only}
+    speed = {
+        "measured": sp,
+        "target": goal_speed,
+        "met": sp is not None and sp >= goal_speed,
+        "where": where,
+        "layers_only": layers_only,
+    }
     if device != "cpu":  # the speed-up target is the CPU int4 kernel's; on a GPU report the ratio only
-        speed.update(target=None, met=None, where=f"{where}; on {device} (fast4 = AutoAWQ's kernels vs float16): "
-                     f"the {goal_speed}x target applies to the CPU path, so none is set here")
+        speed.update(
+            target=None,
+            met=None,
+            where=f"{where}; on {device} (fast4 = AutoAWQ's kernels vs float16): "
+            f"the {goal_speed}x target applies to the CPU path, so none is set here",
+        )
     out = {
         "cpu_fast_decode_speedup_1b_b1": speed,
-        "quantized_linear_bytes_vs_fp16": {"measured": bytes_ratio, "target": goal_bytes,
-                                           "met": bytes_ratio is not None and bytes_ratio >= goal_bytes,
-                                           "where": "AutoAWQ GEMM layout (qweight + qzeros + fp16 scales)"},
+        "quantized_linear_bytes_vs_fp16": {
+            "measured": bytes_ratio,
+            "target": goal_bytes,
+            "met": bytes_ratio is not None and bytes_ratio >= goal_bytes,
+            "where": "AutoAWQ GEMM layout (qweight + qzeros + fp16 scales)",
+        },
     }
     graphed = _graphed_target(speedups) if device == "cuda" else None
     if graphed:

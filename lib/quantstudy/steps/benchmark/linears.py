@@ -1,6 +1,7 @@
 """The quantized linear modules each inference path puts in place of ``nn.Linear``:
 ``NaiveAWQLinear`` (naive4), ``Int4CPULinear`` (fast4 on a CPU), ``Int4CUDALinear``
 (torchint4) and AutoAWQ's own ``WQLinear_GEMM`` (fast4 on a GPU)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,15 @@ def _int4_cuda_ops():
 class NaiveAWQLinear(nn.Module):
     """Packed AWQ GEMM tensors, unpacked with ``dequantize_gemm`` on every call (no kernel)."""
 
-    def __init__(self, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor | None, group_size: int, bits: int = 4):
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        qzeros: torch.Tensor,
+        scales: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+        bits: int = 4,
+    ):
         super().__init__()
         self.in_features, self.out_features = qweight.shape[0], qweight.shape[1] * (32 // bits)
         self.group_size, self.bits = group_size, bits
@@ -50,8 +58,16 @@ class Int4CPULinear(nn.Module):
     The kernel needs out % 16 == 0; other widths are zero-padded and the output sliced.
     """
 
-    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int, out_features: int, group_size: int, compute_dtype: torch.dtype):
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scales_and_zeros: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_features: int,
+        out_features: int,
+        group_size: int,
+        compute_dtype: torch.dtype,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.compute_dtype = group_size, compute_dtype
@@ -60,9 +76,17 @@ class Int4CPULinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.contiguous())
 
     @classmethod
-    def from_awq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor | None, group_size: int, bits: int = 4, inner_k_tiles: int = 2,
-                 compute_dtype: torch.dtype = torch.bfloat16) -> "Int4CPULinear":
+    def from_awq(
+        cls,
+        qweight: torch.Tensor,
+        qzeros: torch.Tensor,
+        scales: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+        bits: int = 4,
+        inner_k_tiles: int = 2,
+        compute_dtype: torch.dtype = torch.bfloat16,
+    ) -> "Int4CPULinear":
         if bits != 4:
             raise BenchError("fast4 supports 4-bit AWQ weights only")
         iweight, izeros = unpack_awq_gemm(qweight, qzeros, bits)  # [in, out], [in/g, out]
@@ -87,8 +111,10 @@ class Int4CPULinear(nn.Module):
         return out + self.bias.to(x.dtype) if self.bias is not None else out
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"group_size={self.group_size}, compute_dtype={self.compute_dtype}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"group_size={self.group_size}, compute_dtype={self.compute_dtype}"
+        )
 
 
 class Int4CUDALinear(nn.Module):
@@ -107,8 +133,15 @@ class Int4CUDALinear(nn.Module):
 
     dense_min_rows = 1024
 
-    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int, out_features: int, group_size: int):
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scales_and_zeros: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_features: int,
+        out_features: int,
+        group_size: int,
+    ):
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("packed", packed)
@@ -116,17 +149,26 @@ class Int4CUDALinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.contiguous())
 
     @classmethod
-    def from_awq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor | None, group_size: int, bits: int = 4, inner_k_tiles: int | None = None,
-                 device: str | torch.device = "cuda") -> "Int4CUDALinear":
+    def from_awq(
+        cls,
+        qweight: torch.Tensor,
+        qzeros: torch.Tensor,
+        scales: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+        bits: int = 4,
+        inner_k_tiles: int | None = None,
+        device: str | torch.device = "cuda",
+    ) -> "Int4CUDALinear":
         """`inner_k_tiles` (2, 4 or 8: k-tiles per load) defaults to the largest that divides in_features / 16."""
         if bits != 4:
             raise BenchError("torchint4 supports 4-bit AWQ weights only")
         if inner_k_tiles is None:
             inner_k_tiles = next((t for t in (8, 4, 2) if qweight.shape[0] % (16 * t) == 0), 8)
         try:
-            w_uint8, sz = awq_to_tinygemm(qweight.to(device), qzeros.to(device), scales.to(device),
-                                          group_size, inner_k_tiles)
+            w_uint8, sz = awq_to_tinygemm(
+                qweight.to(device), qzeros.to(device), scales.to(device), group_size, inner_k_tiles
+            )
         except PackingError as exc:
             raise BenchError(f"torchint4: torch's int4 CUDA kernel cannot hold this layer: {exc}") from None
         convert, _ = _int4_cuda_ops()
@@ -154,7 +196,6 @@ class Int4CUDALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
-
 
 
 def wqlinear_gemm(qweight, qzeros, scales, bias, group_size: int, bits: int):  # pragma: no cover - GPU

@@ -1,5 +1,6 @@
 """Memory: exact bytes of a model's weights (whole, per quantized linear, extrapolated to the
 full layer count, on disk), one path's memory row, and freeing memory between paths."""
+
 from __future__ import annotations
 
 import gc
@@ -55,9 +56,11 @@ def disk_bytes(folder: str | Path) -> int:
 
 
 def _quantized_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (NaiveAWQLinear, Int4CPULinear, Int4CUDALinear))
-            or type(m).__name__.startswith("WQLinear")]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (NaiveAWQLinear, Int4CPULinear, Int4CUDALinear)) or type(m).__name__.startswith("WQLinear")
+    ]
 
 
 def quantized_linear_bytes(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -72,7 +75,9 @@ def quantized_linear_bytes(model_or_state: nn.Module | Mapping[str, torch.Tensor
     if isinstance(model_or_state, nn.Module):
         for _, m in _quantized_linears(model_or_state):
             q_bytes += tensor_bytes(m)
-            fp16_bytes += 2 * m.in_features * m.out_features + (2 * m.out_features if getattr(m, "bias", None) is not None else 0)
+            fp16_bytes += 2 * m.in_features * m.out_features + (
+                2 * m.out_features if getattr(m, "bias", None) is not None else 0
+            )
             n += 1
     else:
         st = model_or_state
@@ -87,8 +92,12 @@ def quantized_linear_bytes(model_or_state: nn.Module | Mapping[str, torch.Tensor
                 q_bytes += tensor_bytes(parts)
                 fp16_bytes += 2 * in_f * out_f + (2 * out_f if bias is not None else 0)
                 n += 1
-    return {"linears": n, "quantized_bytes": q_bytes, "fp16_bytes": fp16_bytes,
-            "ratio_vs_fp16": round(fp16_bytes / q_bytes, 4) if q_bytes else None}
+    return {
+        "linears": n,
+        "quantized_bytes": q_bytes,
+        "fp16_bytes": fp16_bytes,
+        "ratio_vs_fp16": round(fp16_bytes / q_bytes, 4) if q_bytes else None,
+    }
 
 
 def model_weight_bytes(model: nn.Module, full_num_layers: int | None = None) -> int:
@@ -101,21 +110,33 @@ def model_weight_bytes(model: nn.Module, full_num_layers: int | None = None) -> 
     return total - per_layer * len(layers) + per_layer * full_num_layers
 
 
-def memory_row(path: str, model: nn.Module, disk: int | None, full_num_layers: int | None, device: str,
-               rss_before: int, build_mem: PeakRSS, rss_built: int, run_mem: PeakRSS) -> dict[str, Any]:
+def memory_row(
+    path: str,
+    model: nn.Module,
+    disk: int | None,
+    full_num_layers: int | None,
+    device: str,
+    rss_before: int,
+    build_mem: PeakRSS,
+    rss_built: int,
+    run_mem: PeakRSS,
+) -> dict[str, Any]:
     """One path's memory: weights (in memory, whole model, on disk, quantized linears) and process RSS."""
     qlb = quantized_linear_bytes(model)
     return {
-        "path": path, "lm_head": getattr(model, "quantstudy_lm_head", "float"), "weight_bytes_in_memory": tensor_bytes(model),
+        "path": path,
+        "lm_head": getattr(model, "quantstudy_lm_head", "float"),
+        "weight_bytes_in_memory": tensor_bytes(model),
         "weight_bytes_full_model": model_weight_bytes(model, full_num_layers),
         "weight_bytes_on_disk": disk,
         "quantized_linear_bytes": qlb["quantized_bytes"] if qlb["linears"] else None,
         "quantized_linear_ratio_vs_fp16": qlb["ratio_vs_fp16"],
         # process RSS: before building, peak while building (skeleton + checkpoint tensors),
         # after building, and peak while timing (the inference footprint: weights, activations, KV)
-        "rss_before_mb": round(rss_before / 2**20, 1), "peak_rss_build_mb": build_mem.peak_mb,
-        "rss_built_mb": round(rss_built / 2**20, 1), "peak_rss_run_mb": run_mem.peak_mb,
+        "rss_before_mb": round(rss_before / 2**20, 1),
+        "peak_rss_build_mb": build_mem.peak_mb,
+        "rss_built_mb": round(rss_built / 2**20, 1),
+        "peak_rss_run_mb": run_mem.peak_mb,
         "peak_rss_run_delta_mb": round((run_mem.peak - rss_before) / 2**20, 1),
-        "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                                  if device == "cuda" else None),
+        "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None),
     }

@@ -1,5 +1,6 @@
 """Does a path compute what the baseline computes? Logits of one fixed random prompt per
 built model, and how far a path's are from the baseline's."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,7 +25,10 @@ def agreement(path: str, logits: torch.Tensor, base: torch.Tensor) -> dict[str, 
     nearly flat, so tiny rounding flips near-ties and top-1 agreement is the weaker check.
     """
     diff = logits - base
-    return {"path": path, "tokens": int(base.shape[0]),
-            "rel_rms_diff": float(diff.pow(2).mean().sqrt() / base.pow(2).mean().sqrt().clamp_min(1e-12)),
-            "max_abs_diff": float(diff.abs().max()),
-            "top1_agreement": float((logits.argmax(-1) == base.argmax(-1)).float().mean())}
+    return {
+        "path": path,
+        "tokens": int(base.shape[0]),
+        "rel_rms_diff": float(diff.pow(2).mean().sqrt() / base.pow(2).mean().sqrt().clamp_min(1e-12)),
+        "max_abs_diff": float(diff.abs().max()),
+        "top1_agreement": float((logits.argmax(-1) == base.argmax(-1)).float().mean()),
+    }

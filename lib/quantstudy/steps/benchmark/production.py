@@ -1,6 +1,7 @@
 """The production-shaped model: a ~1B-shaped Llama with random weights, round-to-nearest
 quantized and packed as an AutoAWQ GEMM checkpoint, with only ``prod_bench_layers`` decoder
 layers instantiated (the timings extrapolate to ``prod_num_layers``)."""
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,17 @@ def production_config(bench_params: BenchmarkSection | Mapping[str, Any], num_la
 
     p = bench_section(bench_params)
     max_pos = max(2048, max(p.context_lengths) + p.decode_tokens + 8)
-    return LlamaConfig(hidden_size=p.prod_hidden_size, intermediate_size=p.prod_intermediate_size,
-                       num_hidden_layers=num_layers or p.prod_bench_layers, num_attention_heads=p.prod_num_heads,
-                       num_key_value_heads=p.prod_num_kv_heads, vocab_size=p.prod_vocab_size,
-                       max_position_embeddings=max_pos, tie_word_embeddings=False, use_cache=True)
+    return LlamaConfig(
+        hidden_size=p.prod_hidden_size,
+        intermediate_size=p.prod_intermediate_size,
+        num_hidden_layers=num_layers or p.prod_bench_layers,
+        num_attention_heads=p.prod_num_heads,
+        num_key_value_heads=p.prod_num_kv_heads,
+        vocab_size=p.prod_vocab_size,
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=False,
+        use_cache=True,
+    )
 
 
 @torch.no_grad()
@@ -52,23 +60,47 @@ def _rtn_awq_state(dense: nn.Module, group_size: int) -> dict[str, torch.Tensor]
     return state
 
 
-def _write_awq_folder(folder: Path, state: dict[str, torch.Tensor], cfg, group_size: int, seed: int,
-                      p: BenchmarkSection) -> None:
+def _write_awq_folder(
+    folder: Path, state: dict[str, torch.Tensor], cfg, group_size: int, seed: int, p: BenchmarkSection
+) -> None:
     """model.safetensors, config.json (with AutoAWQ's quantization_config) and quantstudy_quant.json."""
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     cfg_dict = cfg.to_dict()
     cfg_dict["torch_dtype"] = "float16"
-    cfg_dict["quantization_config"] = {"quant_method": "awq", "zero_point": True, "group_size": group_size,
-                                       "bits": 4, "version": "gemm", "modules_to_not_convert": None}
+    cfg_dict["quantization_config"] = {
+        "quant_method": "awq",
+        "zero_point": True,
+        "group_size": group_size,
+        "bits": 4,
+        "version": "gemm",
+        "modules_to_not_convert": None,
+    }
     (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2))
-    (folder / "quantstudy_quant.json").write_text(json.dumps({
-        "method": "rtn", "bits": 4, "group_size": group_size, "zero_point": True, "version": "GEMM",
-        "simulated": False, "synthetic": True, "seed": seed, "full_num_layers": p.prod_num_layers,
-        "instantiated_layers": p.prod_bench_layers}, indent=2))
+    (folder / "quantstudy_quant.json").write_text(
+        json.dumps(
+            {
+                "method": "rtn",
+                "bits": 4,
+                "group_size": group_size,
+                "zero_point": True,
+                "version": "GEMM",
+                "simulated": False,
+                "synthetic": True,
+                "seed": seed,
+                "full_num_layers": p.prod_num_layers,
+                "instantiated_layers": p.prod_bench_layers,
+            },
+            indent=2,
+        )
+    )
 
 
-def production_model(bench_params: BenchmarkSection | Mapping[str, Any], out_dir: str | Path | None = None,
-                     group_size: int = 128, seed: int = 0) -> tuple[nn.Module, Path]:
+def production_model(
+    bench_params: BenchmarkSection | Mapping[str, Any],
+    out_dir: str | Path | None = None,
+    group_size: int = 128,
+    seed: int = 0,
+) -> tuple[nn.Module, Path]:
     """A ~1B-shaped Llama with random weights -> (dense float32 model, AWQ GEMM folder).
 
     Only ``prod_bench_layers`` decoder layers are instantiated (the full vocabulary's

@@ -1,6 +1,7 @@
 """The step's driver: benchmark every requested path of a checkpoint (:func:`run_benchmark`)
 or of the production-shaped model (:func:`production_benchmark`), pick step 02's served
 checkpoint, write step 04's metrics.json, and the ``quantstudy bench`` entry point."""
+
 from __future__ import annotations
 
 import gc
@@ -56,8 +57,9 @@ def _load_average() -> float | None:
         return None
 
 
-def _plan_paths(p: BenchmarkSection, device: str, avail: dict[str, str | None],
-                lm_head: str) -> tuple[list[str], list[str], float | None]:
+def _plan_paths(
+    p: BenchmarkSection, device: str, avail: dict[str, str | None], lm_head: str
+) -> tuple[list[str], list[str], float | None]:
     """(the paths to run, baseline first; the notes on what was added, skipped or disturbs the
     timing; the load average before timing). Raises :class:`BenchError` without a baseline."""
     ok = [k for k, v in avail.items() if v is None]
@@ -67,17 +69,23 @@ def _plan_paths(p: BenchmarkSection, device: str, avail: dict[str, str | None],
         notes.append("baseline added: speed-ups need it")
     requested = ["baseline", *(q for q in requested if q != "baseline")]  # first: the others compare to it
     if avail["baseline"] is not None:
-        raise BenchError(f"required path 'baseline' is unavailable on {device}: {avail['baseline']}; "
-                         f"available paths: {', '.join(ok) or 'none'}")
+        raise BenchError(
+            f"required path 'baseline' is unavailable on {device}: {avail['baseline']}; "
+            f"available paths: {', '.join(ok) or 'none'}"
+        )
     load = _load_average()
     cores = os.cpu_count() or 1
     if load is not None and load > 0.5 * cores:
-        notes.append(f"machine busy before timing (1-min load average {load:.2f} on {cores} cores): other "
-                     "processes compete for the cores and memory bandwidth, so absolute tokens/s are low and noisy; "
-                     "ratios between paths are more robust but still affected")
+        notes.append(
+            f"machine busy before timing (1-min load average {load:.2f} on {cores} cores): other "
+            "processes compete for the cores and memory bandwidth, so absolute tokens/s are low and noisy; "
+            "ratios between paths are more robust but still affected"
+        )
     if lm_head != "float" and "fast4" in requested and device == "cpu":
-        notes.append(f"fast4 serves its output head as {lm_head} (serve.lm_head; in a study, step 03 scores that "
-                     "configuration as its own row)")
+        notes.append(
+            f"fast4 serves its output head as {lm_head} (serve.lm_head; in a study, step 03 scores that "
+            "configuration as its own row)"
+        )
     paths = []
     for path in requested:
         if avail.get(path):
@@ -85,8 +93,10 @@ def _plan_paths(p: BenchmarkSection, device: str, avail: dict[str, str | None],
         else:
             paths.append(path)
     if "graphed" in p.modes and device == "cpu":
-        notes.append("graphed mode on cpu: the static-cache loop of quantstudy.steps.benchmark.decode runs without "
-                     "CUDA graphs (a CPU has none), so it measures the loop, not graph replay")
+        notes.append(
+            "graphed mode on cpu: the static-cache loop of quantstudy.steps.benchmark.decode runs without "
+            "CUDA graphs (a CPU has none), so it measures the loop, not graph replay"
+        )
     return paths, notes, load
 
 
@@ -105,11 +115,33 @@ def _time_path(model: nn.Module, path: str, req: _Request, bar, notes: list[str]
     p = req.p
     timings: list[dict[str, Any]] = []
     if "eager" in p.modes:
-        timings += time_model(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup, p.repeats,
-                              req.device, full_num_layers=req.full_num_layers, seed=req.seed, progress=bar)
+        timings += time_model(
+            model,
+            path,
+            p.batch_sizes,
+            p.context_lengths,
+            p.decode_tokens,
+            p.warmup,
+            p.repeats,
+            req.device,
+            full_num_layers=req.full_num_layers,
+            seed=req.seed,
+            progress=bar,
+        )
     if "graphed" in p.modes:  # a shape that fails costs its graphed row only (noted), not the run
-        timings += time_graphed(model, path, p.batch_sizes, p.context_lengths, p.decode_tokens, p.warmup,
-                                p.repeats, req.device, seed=req.seed, progress=bar, notes=notes)
+        timings += time_graphed(
+            model,
+            path,
+            p.batch_sizes,
+            p.context_lengths,
+            p.decode_tokens,
+            p.warmup,
+            p.repeats,
+            req.device,
+            seed=req.seed,
+            progress=bar,
+            notes=notes,
+        )
     return timings
 
 
@@ -176,8 +208,13 @@ def _measure_paths(paths: list[str], req: _Request, bar, notes: list[str]) -> tu
         if path == "baseline":
             base_logits = logits
             ref_logits = ref_logits if ref_logits is not None else logits
-        agree_rows.append({**agreement(path, logits, ref_logits), "loader": measured["loader"],
-                           "rel_rms_diff_vs_baseline": agreement(path, logits, base_logits)["rel_rms_diff"]})
+        agree_rows.append(
+            {
+                **agreement(path, logits, ref_logits),
+                "loader": measured["loader"],
+                "rel_rms_diff_vs_baseline": agreement(path, logits, base_logits)["rel_rms_diff"],
+            }
+        )
     return rows, mem_rows, agree_rows
 
 
@@ -191,27 +228,50 @@ def _tables(rows: list, mem_rows: list, agree_rows: list, req: _Request, notes: 
     awq_ratio = quantized_linear_bytes(load_tensors(req.folder))["ratio_vs_fp16"]
     fleet = fleet_rows(timings, memory, req.p, notes)
     return {
-        "timings": timings, "memory": memory, "speedups": speedups, "traps": traps,
-        "agreement": pd.DataFrame(agree_rows), "harness": harness,
-        "fleet": pd.DataFrame(fleet), "bytes_ratio": awq_ratio,
-        "targets": with_head(targets(speedups, awq_ratio, req.device), req.lm_head, req.device), "notes": notes,
+        "timings": timings,
+        "memory": memory,
+        "speedups": speedups,
+        "traps": traps,
+        "agreement": pd.DataFrame(agree_rows),
+        "harness": harness,
+        "fleet": pd.DataFrame(fleet),
+        "bytes_ratio": awq_ratio,
+        "targets": with_head(targets(speedups, awq_ratio, req.device), req.lm_head, req.device),
+        "notes": notes,
     }
 
 
 def _env(req: _Request, threads_used: int, load: float | None, avail: dict[str, str | None]) -> dict[str, Any]:
     """Where and how the run measured: device, torch, threads, load before and after, paths."""
-    return {"device": req.device, "hardware_label": req.p.hardware_label, "torch": torch.__version__,
-            "threads": threads_used, "cpu": platform.processor() or platform.machine(),
-            "load_average_before": load, "load_average_after": _load_average(),
-            "paths_available": avail, "checkpoint": str(req.folder), "full_num_layers": req.full_num_layers,
-            "lm_head": req.lm_head,
-            "gpu": torch.cuda.get_device_name() if req.device == "cuda" else None}
+    return {
+        "device": req.device,
+        "hardware_label": req.p.hardware_label,
+        "torch": torch.__version__,
+        "threads": threads_used,
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_before": load,
+        "load_average_after": _load_average(),
+        "paths_available": avail,
+        "checkpoint": str(req.folder),
+        "full_num_layers": req.full_num_layers,
+        "lm_head": req.lm_head,
+        "gpu": torch.cuda.get_device_name() if req.device == "cuda" else None,
+    }
 
 
-def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection | Mapping[str, Any],
-                  device: str = "cpu", progress: bool = True, *, baseline: str | Path | nn.Module | None = None,
-                  full_num_layers: int | None = None, seed: int = 0, inner_k_tiles: int = 2,
-                  threads: int | None = None, lm_head: str = "float") -> dict[str, Any]:
+def run_benchmark(
+    checkpoint_folder: str | Path,
+    bench_params: BenchmarkSection | Mapping[str, Any],
+    device: str = "cpu",
+    progress: bool = True,
+    *,
+    baseline: str | Path | nn.Module | None = None,
+    full_num_layers: int | None = None,
+    seed: int = 0,
+    inner_k_tiles: int = 2,
+    threads: int | None = None,
+    lm_head: str = "float",
+) -> dict[str, Any]:
     """Benchmark every requested path of one AWQ checkpoint; returns a dict of tables.
 
     ``lm_head`` is the served output head of ``fast4`` on a CPU (``serve.lm_head``: the
@@ -252,9 +312,15 @@ def run_benchmark(checkpoint_folder: str | Path, bench_params: BenchmarkSection 
     return result
 
 
-def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], device: str = "cpu",
-                         progress: bool = True, out_dir: str | Path | None = None, seed: int = 0,
-                         threads: int | None = None, lm_head: str = "float") -> dict[str, Any]:
+def production_benchmark(
+    bench_params: BenchmarkSection | Mapping[str, Any],
+    device: str = "cpu",
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    lm_head: str = "float",
+) -> dict[str, Any]:
     """:func:`.production.production_model` + :func:`run_benchmark`, extrapolated to ``prod_num_layers``.
 
     The baseline is the dequantized checkpoint (same shapes and dtype as the random dense
@@ -266,8 +332,9 @@ def production_benchmark(bench_params: BenchmarkSection | Mapping[str, Any], dev
     dense, folder = production_model(p, out_dir=out_dir, seed=seed)
     del dense
     gc.collect()
-    result = run_benchmark(folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads,
-                           lm_head=lm_head)
+    result = run_benchmark(
+        folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads, lm_head=lm_head
+    )
     result["env"]["production_folder"] = str(folder)
     return result
 
@@ -286,15 +353,21 @@ def pick_checkpoint(quantize_dir: str | Path) -> Path:
 
 def _records(r: dict[str, Any]) -> dict[str, Any]:
     """One model's results as JSON-ready records (the raw per-repeat speeds left out)."""
-    return {"speedups": json.loads(r["speedups"].to_json(orient="records")),
-            "timings": json.loads(r["timings"].drop(columns=[c for c in r["timings"].columns if c.endswith("_raw")])
-                                  .to_json(orient="records")),
-            "memory": json.loads(r["memory"].to_json(orient="records")),
-            "agreement": json.loads(r["agreement"].to_json(orient="records")) if "agreement" in r else [],
-            "harness": json.loads(r["harness"].to_json(orient="records")) if len(r.get("harness", [])) else [],
-            "fleet": json.loads(r["fleet"].to_json(orient="records")),
-            "traps": r["traps"], "targets": r["targets"], "bytes_ratio": r["bytes_ratio"],
-            "notes": r["notes"], "env": r["env"]}
+    return {
+        "speedups": json.loads(r["speedups"].to_json(orient="records")),
+        "timings": json.loads(
+            r["timings"].drop(columns=[c for c in r["timings"].columns if c.endswith("_raw")]).to_json(orient="records")
+        ),
+        "memory": json.loads(r["memory"].to_json(orient="records")),
+        "agreement": json.loads(r["agreement"].to_json(orient="records")) if "agreement" in r else [],
+        "harness": json.loads(r["harness"].to_json(orient="records")) if len(r.get("harness", [])) else [],
+        "fleet": json.loads(r["fleet"].to_json(orient="records")),
+        "traps": r["traps"],
+        "targets": r["targets"],
+        "bytes_ratio": r["bytes_ratio"],
+        "notes": r["notes"],
+        "env": r["env"],
+    }
 
 
 def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wall_s: float, goals: Any = None) -> dict:
@@ -302,8 +375,11 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
     if goals is not None:
         for r in results.values():
             env = r.get("env") or {}
-            r["targets"] = with_head(targets(r["speedups"], r["bytes_ratio"], env.get("device", "cpu"), goals),
-                                     env.get("lm_head", "float"), env.get("device", "cpu"))
+            r["targets"] = with_head(
+                targets(r["speedups"], r["bytes_ratio"], env.get("device", "cpu"), goals),
+                env.get("lm_head", "float"),
+                env.get("device", "cpu"),
+            )
     metrics = {name: _records(r) for name, r in results.items()}
     prod = results.get("production")
     metrics["targets"] = prod["targets"] if prod else next(iter(results.values()))["targets"]
@@ -312,8 +388,14 @@ def write_metrics(output_dir: str | Path, results: dict[str, dict[str, Any]], wa
     return contracts.write("04_benchmark", output_dir, metrics, default=str)
 
 
-def benchmark_checkpoint(params, checkpoint: str | Path | None, out_dir: str | Path, baseline: str | Path | None = None,
-                         production: bool = True, progress: bool = True) -> dict:
+def benchmark_checkpoint(
+    params,
+    checkpoint: str | Path | None,
+    out_dir: str | Path,
+    baseline: str | Path | None = None,
+    production: bool = True,
+    progress: bool = True,
+) -> dict:
     """Step 04 outside papermill (``quantstudy bench``): a checkpoint (``demo``) and/or the
     production-shaped model on ``params.study.device``; writes metrics.json and the two
     figures to `out_dir` and returns the metrics."""
@@ -336,6 +418,7 @@ def benchmark_checkpoint(params, checkpoint: str | Path | None, out_dir: str | P
     plot_memory(results).savefig(out_dir / "memory.png", dpi=110)
     if "graphed" in params.benchmark.modes:
         for name, r in results.items():
-            plot_decode_scaling(r, f"{name}: decode scaling on {label}").savefig(out_dir / f"decode_scaling_{name}.png",
-                                                                                 dpi=110)
+            plot_decode_scaling(r, f"{name}: decode scaling on {label}").savefig(
+                out_dir / f"decode_scaling_{name}.png", dpi=110
+            )
     return metrics

@@ -1,4 +1,5 @@
 """The ``benchmark`` params section every entry point accepts, as a model or a plain mapping."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping

@@ -18,6 +18,7 @@ Mode ``graphed`` (:func:`time_graphed`) runs the static-cache loop of :mod:`.dec
 decode step replayed from a CUDA graph (on a CPU the same loop without a graph); scope
 ``measured`` only.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _one_round(model: nn.Module, input_ids: torch.Tensor, decode_tokens: int, device: str,
-               timer: _LayerTimer | None) -> dict[str, float]:
+def _one_round(
+    model: nn.Module, input_ids: torch.Tensor, decode_tokens: int, device: str, timer: _LayerTimer | None
+) -> dict[str, float]:
     """One prefill + `decode_tokens` greedy steps -> seconds (total and inside decoder layers)."""
     if timer:
         timer.total = 0.0
@@ -92,23 +94,50 @@ def _one_round(model: nn.Module, input_ids: torch.Tensor, decode_tokens: int, de
     _sync(device)
     decode = time.perf_counter() - t0
     decode_layers = timer.total if timer else math.nan
-    return {"prefill_s": prefill, "prefill_layers_s": prefill_layers, "decode_s": decode, "decode_layers_s": decode_layers}
+    return {
+        "prefill_s": prefill,
+        "prefill_layers_s": prefill_layers,
+        "decode_s": decode,
+        "decode_layers_s": decode_layers,
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float]:
     return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
-def _timing_row(path: str, mode: str, batch: int, context: int, scope: str, decode_tokens: int, repeats: int,
-                timed_layers: int, model_layers: int, pre_t: list[float], dec_t: list[float]) -> dict[str, Any]:
+def _timing_row(
+    path: str,
+    mode: str,
+    batch: int,
+    context: int,
+    scope: str,
+    decode_tokens: int,
+    repeats: int,
+    timed_layers: int,
+    model_layers: int,
+    pre_t: list[float],
+    dec_t: list[float],
+) -> dict[str, Any]:
     ps, ds = _stats(pre_t), _stats(dec_t)
     return {
-        "path": path, "mode": mode, "batch": batch, "context": context, "scope": scope,
-        "decode_tokens": decode_tokens, "repeats": repeats,
-        "timed_layers": timed_layers, "model_layers": model_layers,
-        "prefill_tok_s_median": ps["median"], "prefill_tok_s_min": ps["min"], "prefill_tok_s_max": ps["max"],
-        "decode_tok_s_median": ds["median"], "decode_tok_s_min": ds["min"], "decode_tok_s_max": ds["max"],
-        "prefill_tok_s_raw": pre_t, "decode_tok_s_raw": dec_t,
+        "path": path,
+        "mode": mode,
+        "batch": batch,
+        "context": context,
+        "scope": scope,
+        "decode_tokens": decode_tokens,
+        "repeats": repeats,
+        "timed_layers": timed_layers,
+        "model_layers": model_layers,
+        "prefill_tok_s_median": ps["median"],
+        "prefill_tok_s_min": ps["min"],
+        "prefill_tok_s_max": ps["max"],
+        "decode_tok_s_median": ds["median"],
+        "decode_tok_s_min": ds["min"],
+        "decode_tok_s_max": ds["max"],
+        "prefill_tok_s_raw": pre_t,
+        "decode_tok_s_raw": dec_t,
     }
 
 
@@ -135,8 +164,15 @@ def _graph_check(dec, steps) -> float:
     return float((graphed - eager).abs().max() / eager.abs().max().clamp_min(1e-12))
 
 
-def _eager_rounds(model: nn.Module, ids: torch.Tensor, decode_tokens: int, warmup: int, repeats: int, device: str,
-                  timer: _LayerTimer | None) -> list[dict[str, float]]:
+def _eager_rounds(
+    model: nn.Module,
+    ids: torch.Tensor,
+    decode_tokens: int,
+    warmup: int,
+    repeats: int,
+    device: str,
+    timer: _LayerTimer | None,
+) -> list[dict[str, float]]:
     """`warmup` untimed rounds, then the seconds of `repeats` timed ones."""
     for _ in range(warmup):
         _one_round(model, ids, decode_tokens, device, timer)
@@ -151,14 +187,26 @@ def _scope_seconds(r: dict[str, float], scope: str, scale: float, unhooked: bool
         return r["prefill_layers_s"], r["decode_layers_s"]
     if unhooked:
         return r["prefill_s"], r["decode_s"]
-    return (r["prefill_s"] + (scale - 1.0) * r["prefill_layers_s"],
-            r["decode_s"] + (scale - 1.0) * r["decode_layers_s"])
+    return (
+        r["prefill_s"] + (scale - 1.0) * r["prefill_layers_s"],
+        r["decode_s"] + (scale - 1.0) * r["decode_layers_s"],
+    )
 
 
-def time_model(model: nn.Module, path: str, batch_sizes: Iterable[int], context_lengths: Iterable[int],
-               decode_tokens: int, warmup: int = 2, repeats: int = 5, device: str = "cpu",
-               full_num_layers: int | None = None, vocab_size: int | None = None, seed: int = 0,
-               progress: Any = None) -> list[dict[str, Any]]:
+def time_model(
+    model: nn.Module,
+    path: str,
+    batch_sizes: Iterable[int],
+    context_lengths: Iterable[int],
+    decode_tokens: int,
+    warmup: int = 2,
+    repeats: int = 5,
+    device: str = "cpu",
+    full_num_layers: int | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
     """Time one model over every (batch, context) -> tidy rows (one per batch x context x scope)."""
     device = resolve_device(device)
     layers = decoder_layers(model)
@@ -183,17 +231,30 @@ def time_model(model: nn.Module, path: str, batch_sizes: Iterable[int], context_
                         progress.update(1)
                     for scope in scopes:
                         secs = [_scope_seconds(r, scope, scale, unhooked) for r in raw]
-                        rows.append(_timing_row(path, "eager", batch, context, scope, decode_tokens, repeats, n_layers,
-                                                full_num_layers or n_layers, [batch * context / pre for pre, _ in secs],
-                                                [batch * decode_tokens / dec for _, dec in secs]))
+                        rows.append(
+                            _timing_row(
+                                path,
+                                "eager",
+                                batch,
+                                context,
+                                scope,
+                                decode_tokens,
+                                repeats,
+                                n_layers,
+                                full_num_layers or n_layers,
+                                [batch * context / pre for pre, _ in secs],
+                                [batch * decode_tokens / dec for _, dec in secs],
+                            )
+                        )
     finally:
         if timer:
             timer.remove()
     return rows
 
 
-def _graphed_shape(model: nn.Module, ids: torch.Tensor, decode_tokens: int, warmup: int, repeats: int,
-                   device: str) -> tuple[list[dict[str, float]], float]:
+def _graphed_shape(
+    model: nn.Module, ids: torch.Tensor, decode_tokens: int, warmup: int, repeats: int, device: str
+) -> tuple[list[dict[str, float]], float]:
     """One (batch, context) in mode graphed -> (seconds of the timed rounds, replay check)."""
     batch, context = ids.shape
     dec = Decoder(model, batch, context + decode_tokens)
@@ -204,9 +265,29 @@ def _graphed_shape(model: nn.Module, ids: torch.Tensor, decode_tokens: int, warm
     return raw, _graph_check(dec, steps)
 
 
-def time_graphed(model: nn.Module, path: str, batch_sizes: Iterable[int], context_lengths: Iterable[int],
-                 decode_tokens: int, warmup: int = 2, repeats: int = 5, device: str = "cpu",
-                 seed: int = 0, progress: Any = None, notes: list[str] | None = None) -> list[dict[str, Any]]:
+def _graphed_row(path, batch, context, decode_tokens, repeats, n_layers, raw, check) -> dict[str, Any]:
+    """One graphed shape's timing row, with its replay-vs-eager check."""
+    prefill = [batch * context / r["prefill_s"] for r in raw]
+    decode = [batch * decode_tokens / r["decode_s"] for r in raw]
+    row = _timing_row(
+        path, "graphed", batch, context, "measured", decode_tokens, repeats, n_layers, n_layers, prefill, decode
+    )
+    return {**row, "graph_check_rel_diff": check}
+
+
+def time_graphed(
+    model: nn.Module,
+    path: str,
+    batch_sizes: Iterable[int],
+    context_lengths: Iterable[int],
+    decode_tokens: int,
+    warmup: int = 2,
+    repeats: int = 5,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: Any = None,
+    notes: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Like :func:`time_model` in mode ``graphed`` (:mod:`quantstudy.steps.benchmark.decode`): a static
     cache of context + decode_tokens positions, eager prefill, decode steps replayed from one CUDA
     graph per shape (captured before the warm-up rounds; on a CPU the same loop runs eagerly).
@@ -228,18 +309,19 @@ def time_graphed(model: nn.Module, path: str, batch_sizes: Iterable[int], contex
             except Exception as exc:
                 if notes is None or isinstance(exc, (KeyboardInterrupt, MemoryError)):
                     raise
-                notes.append(f"{path} graphed batch {batch} context {context} failed on {device} and was skipped: "
-                             f"{short_error(exc)}")
+                notes.append(
+                    f"{path} graphed batch {batch} context {context} failed on {device} and was skipped: "
+                    f"{short_error(exc)}"
+                )
                 continue
             finally:  # the shape's cache and graph are gone by now: free them before the next shape
                 free_memory(device)
                 if progress is not None:
                     progress.update(1)
-            rows.append({**_timing_row(path, "graphed", batch, context, "measured", decode_tokens, repeats,
-                                       n_layers, n_layers, [batch * context / r["prefill_s"] for r in raw],
-                                       [batch * decode_tokens / r["decode_s"] for r in raw]),
-                         "graph_check_rel_diff": check})
+            rows.append(_graphed_row(path, batch, context, decode_tokens, repeats, n_layers, raw, check))
             if notes is not None and not check < 1e-2:
-                notes.append(f"{path} graphed batch {batch} context {context}: the replayed step's logits differ "
-                             f"from the eager step's by {check:.3g} of their range: check the captured graph")
+                notes.append(
+                    f"{path} graphed batch {batch} context {context}: the replayed step's logits differ "
+                    f"from the eager step's by {check:.3g} of their range: check the captured graph"
+                )
     return rows

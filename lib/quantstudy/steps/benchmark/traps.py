@@ -1,5 +1,6 @@
 """Speed-ups over the baseline per shape and mode, what the eager harness costs against the
 graphed loop, and the trap detector: a quantized path slower than the baseline."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,9 @@ def harness_table(df, path: str = "baseline"):
     if "mode" not in df.columns or not {"eager", "graphed"} <= set(df["mode"]):
         return pd.DataFrame()
     t = df[(df["path"] == path) & (df["scope"] == "measured")]
-    merged = t[t["mode"] == "graphed"].merge(t[t["mode"] == "eager"], on=["path", "batch", "context"],
-                                             suffixes=("", "_eager"))
+    merged = t[t["mode"] == "graphed"].merge(
+        t[t["mode"] == "eager"], on=["path", "batch", "context"], suffixes=("", "_eager")
+    )
     out = merged[["path", "batch", "context"]].copy()
     for kind in ("prefill", "decode"):
         col = f"{kind}_tok_s"
@@ -68,11 +70,22 @@ def flag_traps(table, baseline: str = "baseline", threshold: float = 1.0) -> lis
             high = float(row.get(f"{kind}_speedup_high", sp))
             clear = high < threshold
             shape = ", ".join(f"{k}={row[k]}" for k in keys)
-            why = ("dequantizes every weight on every call: pays 4-bit unpacking and still a dense matmul"
-                   if row["path"] == "naive4" else "the int4 kernel loses to the dense matmul at this shape")
-            flags.append({
-                "path": row["path"], **{k: row[k] for k in keys}, "phase": kind, "speedup": sp, "clear": clear,
-                "explanation": (f"{row['path']} {kind} is {sp:.2f}x the {baseline} speed ({shape}); "
-                                f"{'clearly slower' if clear else 'slower, within run-to-run noise'}: {why}"),
-            })
+            why = (
+                "dequantizes every weight on every call: pays 4-bit unpacking and still a dense matmul"
+                if row["path"] == "naive4"
+                else "the int4 kernel loses to the dense matmul at this shape"
+            )
+            flags.append(
+                {
+                    "path": row["path"],
+                    **{k: row[k] for k in keys},
+                    "phase": kind,
+                    "speedup": sp,
+                    "clear": clear,
+                    "explanation": (
+                        f"{row['path']} {kind} is {sp:.2f}x the {baseline} speed ({shape}); "
+                        f"{'clearly slower' if clear else 'slower, within run-to-run noise'}: {why}"
+                    ),
+                }
+            )
     return flags

@@ -1,5 +1,6 @@
 """Tables and figures of benchmark results, as the step-04 notebook, the report and
 ``quantstudy bench`` show them: speed, agreement, fleet; speed-ups, decode scaling, memory."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,12 +12,22 @@ import pandas as pd
 def speed_table(result: dict[str, Any], scope: str = "full_model"):
     """Speed-ups over the baseline (median and range) beside the tokens/s they come from, per shape."""
     sp = result["speedups"]
-    cols = ["path", "batch", "context", "decode_speedup", "decode_speedup_low", "decode_speedup_high",
-            "prefill_speedup", "prefill_speedup_low", "prefill_speedup_high"]
+    cols = [
+        "path",
+        "batch",
+        "context",
+        "decode_speedup",
+        "decode_speedup_low",
+        "decode_speedup_high",
+        "prefill_speedup",
+        "prefill_speedup_low",
+        "prefill_speedup_high",
+    ]
     t = result["timings"]
     keys = ["path", *(["mode"] if "mode" in t.columns and "mode" in sp.columns else []), "batch", "context"]
-    t = t[t["scope"] == scope][[*keys, "decode_tok_s_median", "decode_tok_s_min", "decode_tok_s_max",
-                                "prefill_tok_s_median"]]
+    t = t[t["scope"] == scope][
+        [*keys, "decode_tok_s_median", "decode_tok_s_min", "decode_tok_s_max", "prefill_tok_s_median"]
+    ]
     cols = [*keys, *(c for c in cols if c not in keys)]
     return sp[sp["scope"] == scope][cols].merge(t, on=keys).round(3)
 
@@ -36,8 +47,11 @@ def plot_decode_scaling(result: dict[str, Any], title: str = ""):
             g = g.sort_values(x)
             ax.plot(g[x], g["ms_per_step"], marker="o", ls="-" if mode == "eager" else "--", label=f"{path}, {mode}")
         ax.set_xscale("log", base=2)
-        ax.set(xlabel=xlabel, ylabel="decode ms per step (one token per sequence)",
-               title=f"decode step time vs {x} ({fixed} {at})")
+        ax.set(
+            xlabel=xlabel,
+            ylabel="decode ms per step (one token per sequence)",
+            title=f"decode step time vs {x} ({fixed} {at})",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     env = result.get("env") or {}
@@ -49,9 +63,21 @@ def plot_decode_scaling(result: dict[str, Any], title: str = ""):
 def plot_speedups(results: dict[str, dict[str, Any]], hardware: str):
     """Decode and prefill speed-up over the baseline per path, with the spread of repeats;
     anything left of 1.0 is the trap: a quantized path slower than the baseline."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 + 0.45 * sum(
-        len(r["speedups"][(r["speedups"]["scope"] == "full_model") & (r["speedups"]["path"] != "baseline")])
-        for r in results.values()) + 1.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        2,
+        figsize=(
+            13,
+            0.5
+            + 0.45
+            * sum(
+                len(r["speedups"][(r["speedups"]["scope"] == "full_model") & (r["speedups"]["path"] != "baseline")])
+                for r in results.values()
+            )
+            + 1.2,
+        ),
+        squeeze=False,
+    )
     for ax, phase in zip(axes[0], ("decode", "prefill")):
         labels, i = [], 0
         for model_name, r in results.items():
@@ -98,7 +124,15 @@ def agreement_table(results: dict[str, dict[str, Any]]):
 
 def fleet_table(result: dict[str, Any]):
     """Devices at peak and cost per 1000 conversations per path (see :func:`.fleet.fleet_cost`)."""
-    cols = ["path", "hardware", "weight_gb", "decode_tokens_per_s_per_device", "conversations_per_device_by_memory",
-            "devices_at_peak", "bound_by", "cost_per_1000_conversations"]
+    cols = [
+        "path",
+        "hardware",
+        "weight_gb",
+        "decode_tokens_per_s_per_device",
+        "conversations_per_device_by_memory",
+        "devices_at_peak",
+        "bound_by",
+        "cost_per_1000_conversations",
+    ]
     f = result["fleet"]
     return f[[c for c in cols if c in f.columns]].round(4)

@@ -12,6 +12,7 @@ characters fall inside spans the scrubber found, of any type (a phone number fla
 order id is still removed from the text). Nothing raw is ever reported: survivors and false
 positives are shown masked (first character kept, the rest replaced by ``*``).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ def load_testset(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rec, dict):
-            raise bad("expected a JSON object {\"text\": ..., \"spans\": [...]}")
+            raise bad('expected a JSON object {"text": ..., "spans": [...]}')
         text, spans = rec.get("text"), rec.get("spans")
         if not isinstance(text, str):
             raise bad("'text' must be a string")
@@ -65,7 +66,11 @@ def load_testset(path: str | Path) -> list[dict]:
             if not isinstance(s, dict) or not all(k in s for k in ("start", "end", "type", "text")):
                 raise bad(f"span {j} must be an object with start, end, type, text")
             start, end = s["start"], s["end"]
-            if not (isinstance(start, int) and isinstance(end, int)) or isinstance(start, bool) or isinstance(end, bool):
+            if (
+                not (isinstance(start, int) and isinstance(end, int))
+                or isinstance(start, bool)
+                or isinstance(end, bool)
+            ):
                 raise bad(f"span {j}: start and end must be integers")
             if not 0 <= start < end <= len(text):
                 raise bad(f"span {j}: offsets {start}..{end} outside the text (length {len(text)})")
@@ -80,6 +85,23 @@ def load_testset(path: str | Path) -> list[dict]:
 def _coverage(start: int, end: int, found: Iterable[tuple[int, int, str]]) -> float:
     covered = sum(max(0, min(end, b) - max(start, a)) for a, b, _ in found)  # scrubber spans do not overlap
     return min(1.0, covered / (end - start))
+
+
+def _score_planted(text, line, spans, found, min_coverage, planted, caught) -> list[dict]:
+    """Count one record's planted spans (in ``planted``) and those the scrubber covered (in
+    ``caught``); return the ones it missed."""
+    missed = []
+    for s in spans:
+        kind = s["type"]
+        planted[kind] = planted.get(kind, 0) + 1
+        cov = _coverage(s["start"], s["end"], found)
+        if cov >= min_coverage:
+            caught[kind] = caught.get(kind, 0) + 1
+        else:
+            missed.append(
+                {"line": line, "type": kind, "masked": mask(text[s["start"] : s["end"]]), "coverage": round(cov, 2)}
+            )
+    return missed
 
 
 def evaluate_scrubber(scrubber, records: list[dict], min_coverage: float = MIN_COVERAGE) -> dict:
@@ -118,18 +140,12 @@ def evaluate_scrubber(scrubber, records: list[dict], min_coverage: float = MIN_C
             fp_records += bool(found)
             flagged += [{"line": line, "type": k, "masked": mask(text[a:b])} for a, b, k in found]
             continue
-        for s in spans:
-            kind = s["type"]
-            planted[kind] = planted.get(kind, 0) + 1
-            cov = _coverage(s["start"], s["end"], found)
-            if cov >= min_coverage:
-                caught[kind] = caught.get(kind, 0) + 1
-            else:
-                survivors.append({"line": line, "type": kind, "masked": mask(text[s["start"]:s["end"]]),
-                                  "coverage": round(cov, 2)})
+        survivors += _score_planted(text, line, spans, found, min_coverage, planted, caught)
         extra += sum(1 for a, b, _ in found if not any(a < s["end"] and s["start"] < b for s in spans))
-    by_type = {t: {"instances": n, "detected": caught.get(t, 0), "recall": round(caught.get(t, 0) / n, 4) if n else None}
-               for t, n in planted.items()}
+    by_type = {
+        t: {"instances": n, "detected": caught.get(t, 0), "recall": round(caught.get(t, 0) / n, 4) if n else None}
+        for t, n in planted.items()
+    }
     total, hit = sum(planted.values()), sum(caught.values())
     return {
         "min_coverage": min_coverage,
@@ -155,5 +171,7 @@ def independent_pii_check(scrubber) -> dict:
     """The scrubber on hand-labelled sentences this project's generator did not write
     (tests/fixtures/pii): the development set the patterns were widened on, and a holdout set
     written afterwards and never tuned on (the honest estimate for unseen formats)."""
-    return {name: evaluate_scrubber(scrubber, load_testset(default_testset(holdout=name == "holdout")))
-            for name in ("development", "holdout")}
+    return {
+        name: evaluate_scrubber(scrubber, load_testset(default_testset(holdout=name == "holdout")))
+        for name in ("development", "holdout")
+    }

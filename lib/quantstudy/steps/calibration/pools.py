@@ -1,6 +1,7 @@
 """The text pools calibration sets are drawn from: generic text, and in-domain conversations
 (scrubbed of personal data first, the scrubber scored on an independent test set), rendered as
 the model sees them; plus the domain lexicon and the model's tokenizer."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,15 @@ def load_pools(P, tokenizer=None) -> dict:
     in_domain = [data.conversation_to_text(c, tokenizer, template) for c in calib_convs]
     eval_convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)
     eval_text = [data.conversation_to_text(c, tokenizer, template) for c in eval_convs]
-    return {"generic": generic, "in_domain": in_domain, "eval_in_domain": eval_text,
-            "scrub": report, "lexicon": lexicon, "pii_independent": independent,
-            "chat_template": bool(template and data.has_chat_template(tokenizer))}
+    return {
+        "generic": generic,
+        "in_domain": in_domain,
+        "eval_in_domain": eval_text,
+        "scrub": report,
+        "lexicon": lexicon,
+        "pii_independent": independent,
+        "chat_template": bool(template and data.has_chat_template(tokenizer)),
+    }
 
 
 def load_lexicon(path: str | Path | None) -> dict[str, list[str]]:

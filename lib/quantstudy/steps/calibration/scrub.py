@@ -5,6 +5,7 @@ its recall on the PII a data set records as planted.
 Nothing here names a domain: the words a domain must keep (its products, its organisations)
 come from the params' domain lexicon (``scrubber_for``).
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,12 @@ def _letters(upper: bool) -> str:
     """Upper- or lowercase letters of the Latin, Greek, Cyrillic and Vietnamese blocks, for a
     character class (Python's re has no \\p{Lu})."""
     blocks = ((0x41, 0x5B), (0x61, 0x7B), (0xC0, 0x250), (0x370, 0x530), (0x1E00, 0x1F00))
-    return "".join(chr(c) for a, b in blocks for c in range(a, b)
-                   if (chr(c).isupper() if upper else chr(c).islower()) and chr(c).isalpha())
+    return "".join(
+        chr(c)
+        for a, b in blocks
+        for c in range(a, b)
+        if (chr(c).isupper() if upper else chr(c).islower()) and chr(c).isalpha()
+    )
 
 
 _UP, _LO = _letters(True), _letters(False)
@@ -40,15 +45,19 @@ _PARTICLE = r"(?:van|von|der|den|de|del|della|di|da|das|dos|du|la|le|ten|ter|bin
 # One to four name words on one line, particles between them: "Pieter van der Berg".
 _NAME = rf"{_CAP}(?:[ ](?:{_PARTICLE}[ ]){{0,2}}{_CAP}){{0,3}}"
 # After a cue that can only introduce a name, any casing: "my name is jürgen weiß", "MARIA JOSÉ".
-_LOWSTOP = (r"(?:and|or|but|the|a|an|i|im|is|was|not|still|wrong|correct|incorrect|misspelled|spelled|spelt|missing|"
-            r"different|changed|showing|shown|displayed|blank|empty|here|there|please|thanks|from|at|in|on|with|for|"
-            r"to|of|by|if|so|just|who|that|this|my|your|also|too|because|when|then|as|it|its|now|again|only)")
+_LOWSTOP = (
+    r"(?:and|or|but|the|a|an|i|im|is|was|not|still|wrong|correct|incorrect|misspelled|spelled|spelt|missing|"
+    r"different|changed|showing|shown|displayed|blank|empty|here|there|please|thanks|from|at|in|on|with|for|"
+    r"to|of|by|if|so|just|who|that|this|my|your|also|too|because|when|then|as|it|its|now|again|only)"
+)
 _ANYWORD = rf"(?:{_CAP}|[{_UP}]{{2,}}(?:-[{_UP}]{{2,}})?|(?!{_LOWSTOP}\b)[{_LO}][{_LO}'’-]+)"
 _ANYNAME = rf"{_ANYWORD}(?:[ ](?:{_PARTICLE}[ ]){{0,2}}{_ANYWORD}){{0,3}}"
 _EXT = r"(?:[ \t]*,?[ \t]*(?i:ext\.?|extension|x)[ \t]*\d{1,5}\b)?"
 # Postcodes: UK, Canada, Netherlands, Sweden, Poland/Portugal/Japan/ZIP+4, and 4-6 digit ones.
-_PC = (r"(?:[A-Z]{1,2}\d[A-Z\d]?[ ]?\d[A-Z]{2}|[A-Z]\d[A-Z][ ]?\d[A-Z]\d|\d{4}[ ]?[A-Z]{2}\b|\d{3}[ ]\d{2}\b|"
-       r"\d{2,5}-\d{3,4}\b|\d{4,6}\b)")
+_PC = (
+    r"(?:[A-Z]{1,2}\d[A-Z\d]?[ ]?\d[A-Z]{2}|[A-Z]\d[A-Z][ ]?\d[A-Z]\d|\d{4}[ ]?[A-Z]{2}\b|\d{3}[ ]\d{2}\b|"
+    r"\d{2,5}-\d{3,4}\b|\d{4,6}\b)"
+)
 _CITYW = rf"[{_UP}][{_UP}{_LO}]*(?:['’.-][{_UP}{_LO}]+)*(?!\w)"
 _CITY = rf"{_CITYW}(?:[ -](?:{_PARTICLE}[ ])?{_CITYW}){{0,3}}(?:[ ]\d{{1,2}}\b)?"
 _ELEM = rf"(?:(?:{_PC}[ ]+)?{_CITY}(?:[ ]+[A-Z]{{2,3}}\b)?(?:[ ]+{_PC})?|[A-Z]{{2,3}}[ ]+{_PC}|{_PC})"
@@ -58,17 +67,24 @@ _NUM = r"\d{1,5}[A-Za-z]?(?:[-/]\d{1,5}[A-Za-z]?)?"
 _DIR = r"(?:[ ]+(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West|Lower|Upper)\b\.?)?"
 _UNIT = r"(?i:\b(?:apt|apartment|flat|unit|suite|ste|plot|floor|level|room|building|bldg|lot)\.?[ ]*#?[\w/-]{0,5}\d[\w/-]{0,4},?[ ]+)"
 _FR_TYPE = r"(?i:rue|avenue|av\.|boulevard|bd|place|chemin|all[ée]e|impasse|quai|cours|route|passage)"
-_STREET_SUFFIX = (r"(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ring|ufer|laan|straat|gracht|plein|kade|singel|"
-                  r"vägen|gatan|gränd|vej|gade|veien|gata|katu|utca|ulica)")
-_STREET_PREFIX = (r"(?:Calle|Carrer|Avenida|Avinguda|Avda\.|Via|Viale|Piazza|Piazzale|Corso|Largo|Vicolo|Rua|Travessa|"
-                  r"Praça|Plaza|Paseo|Camino|Ronda|Rambla|ul\.|al\.|Rue|Chaussée)")
-_ORDER_CUE = (r"(?i:\b(?:order|ord|acct|account|invoice|inv|ticket|case|booking|reservation|confirmation|reference|ref|"
-              r"rma|return authori[sz]ation|tracking|customer|member|membership|subscription|claim|purchase order|"
-              r"sales order|kundennummer|bestellung|bestellnummer|rechnung|commande|pedido)"
-              r"(?:[ ]+(?:no\.?|number|num|nr\.?|#|id|code|ref\.?|reference))?(?:[ ]*[:#=][ ]*|[ ]+(?:is|was)[ ]+|[ ]+))")
+_STREET_SUFFIX = (
+    r"(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ring|ufer|laan|straat|gracht|plein|kade|singel|"
+    r"vägen|gatan|gränd|vej|gade|veien|gata|katu|utca|ulica)"
+)
+_STREET_PREFIX = (
+    r"(?:Calle|Carrer|Avenida|Avinguda|Avda\.|Via|Viale|Piazza|Piazzale|Corso|Largo|Vicolo|Rua|Travessa|"
+    r"Praça|Plaza|Paseo|Camino|Ronda|Rambla|ul\.|al\.|Rue|Chaussée)"
+)
+_ORDER_CUE = (
+    r"(?i:\b(?:order|ord|acct|account|invoice|inv|ticket|case|booking|reservation|confirmation|reference|ref|"
+    r"rma|return authori[sz]ation|tracking|customer|member|membership|subscription|claim|purchase order|"
+    r"sales order|kundennummer|bestellung|bestellnummer|rechnung|commande|pedido)"
+    r"(?:[ ]+(?:no\.?|number|num|nr\.?|#|id|code|ref\.?|reference))?(?:[ ]*[:#=][ ]*|[ ]+(?:is|was)[ ]+|[ ]+))"
+)
 PROJECT_PATTERNS: dict[str, list[str]] = {
     "ORDER_ID": [
-        r"\b(?:ORD|ORDER|RMA|INV|TKT)[- ]?\d{3,6}(?:[- ]\d{3,6})?\b", r"\b[A-Z]{2,4}-\d{4}-\d{4}\b",
+        r"\b(?:ORD|ORDER|RMA|INV|TKT)[- ]?\d{3,6}(?:[- ]\d{3,6})?\b",
+        r"\b[A-Z]{2,4}-\d{4}-\d{4}\b",
         # after a cue ("order no.", "acct", "Kundennummer", "booking ref"): a token with >= 2 digits and
         # >= 4 letters/digits; a digits-only token needs >= 5 digits; dates are left alone
         rf"{_ORDER_CUE}((?:[A-Z]{{1,4}}[ -])?#?(?=(?:[#/_-]*[A-Za-z0-9]){{4}})(?=[\w/#-]*\d[\w/#-]*\d)"
@@ -151,29 +167,245 @@ PROJECT_PATTERNS: dict[str, list[str]] = {
 }
 # Capitalised words that the NAME cues must never swallow (generic English; the domain's own
 # words come from the lexicon: see scrubber_for).
-_NOT_NAMES = {"I", "The", "This", "That", "Thanks", "Thank", "Hi", "Hello", "Hey", "Yes", "No", "Sure", "Okay",
-              "Great", "Sorry", "Please", "Team", "Support", "Agent", "There", "Everyone", "All", "Again", "So",
-              "Just", "Well", "Also", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
-              "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-              "November", "December", "Order", "Orders", "Account", "Email", "Phone", "Address", "Name", "Card",
-              "Assistant", "User", "Customer", "Home", "Wi", "Fi", "Got", "It", "Perfect",
-              "Cheers", "Best", "Regards", "Sincerely", "Welcome", "Good", "Morning", "Afternoon", "Evening",
-              "Happy", "Of", "Course", "Absolutely", "Right", "Alright", "Here", "You", "Go", "What", "How",
-              "When", "Where", "Why", "Which", "Can", "Could", "Would", "Will", "Do", "Does", "Is", "Are", "My",
-              "Your", "Our", "We", "Not", "Any", "And", "But", "Or", "If", "One", "Another", "Quick", "Question",
-              "Hmm", "Oh", "Ah", "Ugh", "Wow", "Cool", "Nice", "Awesome", "Appreciate", "Confirming", "Reaching",
-              "Out", "Dear", "Under", "Settings", "Wi-Fi", "For", "To", "In", "On", "At", "By", "With", "From", "As", "Ok", "Yeah", "Yep", "Nope",
-              # titles, and common capitalised words of support text that are not names (places,
-              # holidays, app and store names, UI labels)
-              "Mr", "Mrs", "Ms", "Miss", "Dr", "Mx", "Prof", "Sir", "Madam", "Attn", "Signed", "Subject",
-              "New", "North", "South", "East", "West", "Northern", "Southern", "Eastern", "Western", "Central",
-              "Saint", "San", "Santa", "Los", "Las", "Day", "Days", "Week", "Weekend", "Month", "Year", "Holiday",
-              "Christmas", "Easter", "Black", "Cyber", "Store", "Play", "Music", "Service", "Services", "Policy",
-              "Center", "Centre", "Office", "Desk", "Help", "Smart", "Connect", "Open", "Close", "Click", "Tap",
-              "Select", "Press", "Turn", "Update", "Reset", "Advanced", "Plus", "Pro", "Max", "Mini", "Ultra", "App",
-              "Apps", "Portal", "Returns", "Refund", "Refunds", "Billing", "Shipping", "Delivery", "Customers",
-              "Kind", "Wishes", "Yours", "Bonjour", "Hola", "Hallo", "Ciao", "Bye", "Contact", "Person", "Ask",
-              "Tell", "Should", "Kindly", "Dispatch", "Warehouse", "Street", "Road", "City", "Town", "Hotel"}
+_NOT_NAMES = {
+    "I",
+    "The",
+    "This",
+    "That",
+    "Thanks",
+    "Thank",
+    "Hi",
+    "Hello",
+    "Hey",
+    "Yes",
+    "No",
+    "Sure",
+    "Okay",
+    "Great",
+    "Sorry",
+    "Please",
+    "Team",
+    "Support",
+    "Agent",
+    "There",
+    "Everyone",
+    "All",
+    "Again",
+    "So",
+    "Just",
+    "Well",
+    "Also",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+    "Order",
+    "Orders",
+    "Account",
+    "Email",
+    "Phone",
+    "Address",
+    "Name",
+    "Card",
+    "Assistant",
+    "User",
+    "Customer",
+    "Home",
+    "Wi",
+    "Fi",
+    "Got",
+    "It",
+    "Perfect",
+    "Cheers",
+    "Best",
+    "Regards",
+    "Sincerely",
+    "Welcome",
+    "Good",
+    "Morning",
+    "Afternoon",
+    "Evening",
+    "Happy",
+    "Of",
+    "Course",
+    "Absolutely",
+    "Right",
+    "Alright",
+    "Here",
+    "You",
+    "Go",
+    "What",
+    "How",
+    "When",
+    "Where",
+    "Why",
+    "Which",
+    "Can",
+    "Could",
+    "Would",
+    "Will",
+    "Do",
+    "Does",
+    "Is",
+    "Are",
+    "My",
+    "Your",
+    "Our",
+    "We",
+    "Not",
+    "Any",
+    "And",
+    "But",
+    "Or",
+    "If",
+    "One",
+    "Another",
+    "Quick",
+    "Question",
+    "Hmm",
+    "Oh",
+    "Ah",
+    "Ugh",
+    "Wow",
+    "Cool",
+    "Nice",
+    "Awesome",
+    "Appreciate",
+    "Confirming",
+    "Reaching",
+    "Out",
+    "Dear",
+    "Under",
+    "Settings",
+    "Wi-Fi",
+    "For",
+    "To",
+    "In",
+    "On",
+    "At",
+    "By",
+    "With",
+    "From",
+    "As",
+    "Ok",
+    "Yeah",
+    "Yep",
+    "Nope",
+    # titles, and common capitalised words of support text that are not names (places,
+    # holidays, app and store names, UI labels)
+    "Mr",
+    "Mrs",
+    "Ms",
+    "Miss",
+    "Dr",
+    "Mx",
+    "Prof",
+    "Sir",
+    "Madam",
+    "Attn",
+    "Signed",
+    "Subject",
+    "New",
+    "North",
+    "South",
+    "East",
+    "West",
+    "Northern",
+    "Southern",
+    "Eastern",
+    "Western",
+    "Central",
+    "Saint",
+    "San",
+    "Santa",
+    "Los",
+    "Las",
+    "Day",
+    "Days",
+    "Week",
+    "Weekend",
+    "Month",
+    "Year",
+    "Holiday",
+    "Christmas",
+    "Easter",
+    "Black",
+    "Cyber",
+    "Store",
+    "Play",
+    "Music",
+    "Service",
+    "Services",
+    "Policy",
+    "Center",
+    "Centre",
+    "Office",
+    "Desk",
+    "Help",
+    "Smart",
+    "Connect",
+    "Open",
+    "Close",
+    "Click",
+    "Tap",
+    "Select",
+    "Press",
+    "Turn",
+    "Update",
+    "Reset",
+    "Advanced",
+    "Plus",
+    "Pro",
+    "Max",
+    "Mini",
+    "Ultra",
+    "App",
+    "Apps",
+    "Portal",
+    "Returns",
+    "Refund",
+    "Refunds",
+    "Billing",
+    "Shipping",
+    "Delivery",
+    "Customers",
+    "Kind",
+    "Wishes",
+    "Yours",
+    "Bonjour",
+    "Hola",
+    "Hallo",
+    "Ciao",
+    "Bye",
+    "Contact",
+    "Person",
+    "Ask",
+    "Tell",
+    "Should",
+    "Kindly",
+    "Dispatch",
+    "Warehouse",
+    "Street",
+    "Road",
+    "City",
+    "Town",
+    "Hotel",
+}
 
 
 @dataclass
@@ -185,8 +417,12 @@ class ScrubResult:
 class Scrubber:
     """scrubadub's detectors (email, phone, credit card, url...) plus project recognizers."""
 
-    def __init__(self, extra_patterns: dict[str, list[str]] | None = None, product_terms: Iterable[str] = (),
-                 organisation_terms: Iterable[str] = ()):
+    def __init__(
+        self,
+        extra_patterns: dict[str, list[str]] | None = None,
+        product_terms: Iterable[str] = (),
+        organisation_terms: Iterable[str] = (),
+    ):
         import scrubadub  # ~3 s to import; only a scrubber needs it (steps 02-03 import this package)
 
         self._scrubadub = scrubadub.Scrubber()
@@ -199,8 +435,16 @@ class Scrubber:
         # The domain's organisations (the company itself): none of their words is a name on its own.
         self.not_names = _NOT_NAMES | {w for t in organisation_terms for w in t.split()}
 
-    _TYPES = {"email": "EMAIL", "phone": "PHONE", "credit_card": "CARD", "url": "URL", "twitter": "HANDLE",
-              "social_security_number": "ID", "credential": "CREDENTIAL", "skype": "HANDLE"}
+    _TYPES = {
+        "email": "EMAIL",
+        "phone": "PHONE",
+        "credit_card": "CARD",
+        "url": "URL",
+        "twitter": "HANDLE",
+        "social_security_number": "ID",
+        "credential": "CREDENTIAL",
+        "skype": "HANDLE",
+    }
     _AT_DOMAIN = re.compile(r"(?i)\sat\s+[\w-]+(?:\.|\s+dot\s+)\w")  # "anna.k at example dot com"
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
@@ -230,8 +474,9 @@ class Scrubber:
                     spans.append((start, end, kind))
         return _merge(spans)
 
-    def _name_span(self, text: str, start: int, end: int, protected: list[tuple[int, int]],
-                   min_words: int = 1) -> tuple[int, int] | None:
+    def _name_span(
+        self, text: str, start: int, end: int, protected: list[tuple[int, int]], min_words: int = 1
+    ) -> tuple[int, int] | None:
         """Trim cue words off a NAME candidate; None when fewer than min_words name-like words are
         left or it overlaps a protected term (a product or plan name such as "Aria Mesh Node")."""
         words = [(m.start() + start, m.end() + start, m.group()) for m in re.finditer(r"\S+", text[start:end])]
@@ -291,15 +536,26 @@ def scrub_conversations(convs: list[dict], scrubber: Scrubber) -> tuple[list[dic
                 if covered:
                     caught[inst["type"]] += 1
                 else:
-                    survivors.append({"conversation_id": conv["conversation_id"], "turn": i, "type": inst["type"],
-                                      "text": inst["text"]})
+                    survivors.append(
+                        {
+                            "conversation_id": conv["conversation_id"],
+                            "turn": i,
+                            "type": inst["type"],
+                            "text": inst["text"],
+                        }
+                    )
             turns.append({**turn, "text": res.text})
         meta = {k: v for k, v in conv.get("metadata", {}).items() if k != "pii"}
         out.append({"conversation_id": conv["conversation_id"], "turns": turns, "metadata": meta})
     recall = {t: round(caught[t] / n, 4) for t, n in sorted(planted.items())}
-    report = {"replaced_by_type": dict(sorted(counts.items())), "planted_by_type": dict(sorted(planted.items())),
-              "recall_by_type": recall, "survivors": survivors, "n_survivors": len(survivors),
-              "scored": bool(planted)}
+    report = {
+        "replaced_by_type": dict(sorted(counts.items())),
+        "planted_by_type": dict(sorted(planted.items())),
+        "recall_by_type": recall,
+        "survivors": survivors,
+        "n_survivors": len(survivors),
+        "scored": bool(planted),
+    }
     return out, report
 
 

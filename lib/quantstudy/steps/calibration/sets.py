@@ -6,6 +6,7 @@ Sets are compared at equal size: each holds ``n_samples`` blocks of ``max_seq_le
 which is exactly what AutoAWQ feeds its search (it concatenates the samples and re-cuts them
 into blocks of ``max_calib_seq_len``).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def split_long(ids: list[int], max_len: int, mode: str = "split") -> list[list[i
         return [list(ids)] if ids else []
     if mode == "truncate":
         return [list(ids[:max_len])]
-    return [list(ids[i:i + max_len]) for i in range(0, len(ids), max_len)]
+    return [list(ids[i : i + max_len]) for i in range(0, len(ids), max_len)]
 
 
 def autoawq_kept_tokens(samples: list[list[int]], max_seq_len: int) -> int:
@@ -43,8 +44,9 @@ def autoawq_kept_tokens(samples: list[list[int]], max_seq_len: int) -> int:
     return (total // max_seq_len) * max_seq_len
 
 
-def draw_set(texts: list[str], tokenizer, n_blocks: int, max_seq_len: int, seed: int, name: str,
-             mode: str = "split") -> dict:
+def draw_set(
+    texts: list[str], tokenizer, n_blocks: int, max_seq_len: int, seed: int, name: str, mode: str = "split"
+) -> dict:
     """Draw texts at random until n_blocks * max_seq_len tokens are collected.
 
     Returns {"texts", "samples" (token lists, each <= max_seq_len), "n_texts", "tokens", ...}.
@@ -71,11 +73,20 @@ def draw_set(texts: list[str], tokenizer, n_blocks: int, max_seq_len: int, seed:
         if tokens >= budget:
             break
     if tokens < budget:
-        raise CalibrationError(f"calibration set {name!r}: the pool holds only {tokens} tokens, fewer than the "
-                               f"{budget} asked ({n_blocks} samples x {max_seq_len}); lower calibration.n_samples")
-    return {"name": name, "texts": chosen, "samples": samples, "n_texts": len(chosen), "tokens": tokens,
-            "texts_split": n_split_texts, "kept_by_autoawq": autoawq_kept_tokens(samples, max_seq_len),
-            "seed": seed}
+        raise CalibrationError(
+            f"calibration set {name!r}: the pool holds only {tokens} tokens, fewer than the "
+            f"{budget} asked ({n_blocks} samples x {max_seq_len}); lower calibration.n_samples"
+        )
+    return {
+        "name": name,
+        "texts": chosen,
+        "samples": samples,
+        "n_texts": len(chosen),
+        "tokens": tokens,
+        "texts_split": n_split_texts,
+        "kept_by_autoawq": autoawq_kept_tokens(samples, max_seq_len),
+        "seed": seed,
+    }
 
 
 def save_set(calib: dict, folder: Path) -> Path:
@@ -84,7 +95,8 @@ def save_set(calib: dict, folder: Path) -> Path:
 
     folder = Path(folder)
     Dataset.from_dict({"input_ids": calib["samples"], "length": [len(s) for s in calib["samples"]]}).save_to_disk(
-        str(folder / "samples"))
+        str(folder / "samples")
+    )
     Dataset.from_dict({"text": calib["texts"]}).save_to_disk(str(folder / "texts"))
     meta = {k: v for k, v in calib.items() if k not in ("texts", "samples")}
     (folder / "set.json").write_text(json.dumps(meta, indent=2))
@@ -101,14 +113,13 @@ def load_set(folder: str | Path) -> tuple[list[list[int]], dict]:
     return [list(x) for x in ds["input_ids"]], json.loads((folder / "set.json").read_text())
 
 
-
 # --------------------------------------------------------------------------- statistics
 _WORD = re.compile(r"[A-Za-z0-9$%.\-]+")
 
 
 def ngrams(text: str, n: int = 3) -> set[tuple[str, ...]]:
     words = [w.lower().strip(".") for w in _WORD.findall(text)]
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def ngram_overlap(texts: list[str], reference: set[tuple[str, ...]], n: int = 3) -> float:
@@ -127,10 +138,13 @@ def term_coverage(texts: list[str], lexicon: dict[str, list[str]]) -> dict[str, 
         uniq = sorted({t for t in terms if t})
         hits = {t: blob.count(t.lower()) for t in uniq}
         present = sum(1 for v in hits.values() if v)
-        out[cat] = {"present": present, "of": len(uniq), "share": round(present / max(1, len(uniq)), 4),
-                    "mentions": int(sum(hits.values()))}
+        out[cat] = {
+            "present": present,
+            "of": len(uniq),
+            "share": round(present / max(1, len(uniq)), 4),
+            "mentions": int(sum(hits.values())),
+        }
     return out
-
 
 
 # --------------------------------------------------------------------------- the sets of a study
@@ -150,8 +164,15 @@ def plan_sets(P) -> list[dict]:
             plan.append({"name": set_name(source, d), "source": source, "draw": d, "n_samples": c.n_samples})
     for n in c.sample_sweep:
         if n != c.n_samples:
-            plan.append({"name": set_name("in_domain", 0, n, c.n_samples), "source": "in_domain", "draw": 0,
-                         "n_samples": n, "sweep": True})
+            plan.append(
+                {
+                    "name": set_name("in_domain", 0, n, c.n_samples),
+                    "source": "in_domain",
+                    "draw": 0,
+                    "n_samples": n,
+                    "sweep": True,
+                }
+            )
     return plan
 
 
@@ -163,13 +184,21 @@ def _draw_mixed(c, pools: dict, tokenizer, spec: dict, seed: int) -> dict:
     """A mixed set: ``calibration.mixed_in_domain_fraction`` of its samples from the in-domain
     pool (seed), the rest from the generic pool (seed + 1), joined under one name."""
     n_in = round(spec["n_samples"] * c.mixed_in_domain_fraction)
-    parts = [draw_set(pools["in_domain"], tokenizer, n_in, c.max_seq_len, seed, spec["name"], c.long_samples),
-             draw_set(pools["generic"], tokenizer, spec["n_samples"] - n_in, c.max_seq_len, seed + 1,
-                      spec["name"], c.long_samples)]
-    calib = {"name": spec["name"], "texts": parts[0]["texts"] + parts[1]["texts"],
-             "samples": parts[0]["samples"] + parts[1]["samples"],
-             "n_texts": parts[0]["n_texts"] + parts[1]["n_texts"], "tokens": parts[0]["tokens"] + parts[1]["tokens"],
-             "texts_split": parts[0]["texts_split"] + parts[1]["texts_split"], "seed": seed}
+    parts = [
+        draw_set(pools["in_domain"], tokenizer, n_in, c.max_seq_len, seed, spec["name"], c.long_samples),
+        draw_set(
+            pools["generic"], tokenizer, spec["n_samples"] - n_in, c.max_seq_len, seed + 1, spec["name"], c.long_samples
+        ),
+    ]
+    calib = {
+        "name": spec["name"],
+        "texts": parts[0]["texts"] + parts[1]["texts"],
+        "samples": parts[0]["samples"] + parts[1]["samples"],
+        "n_texts": parts[0]["n_texts"] + parts[1]["n_texts"],
+        "tokens": parts[0]["tokens"] + parts[1]["tokens"],
+        "texts_split": parts[0]["texts_split"] + parts[1]["texts_split"],
+        "seed": seed,
+    }
     calib["kept_by_autoawq"] = autoawq_kept_tokens(calib["samples"], c.max_seq_len)
     return calib
 
@@ -188,10 +217,15 @@ def build_sets(P, pools: dict, tokenizer, output_dir: str | Path) -> list[dict]:
         if spec["source"] == "mixed":
             calib = _draw_mixed(c, pools, tokenizer, spec, seed)
         else:
-            calib = draw_set(pools[spec["source"]], tokenizer, spec["n_samples"], c.max_seq_len, seed, spec["name"],
-                             c.long_samples)
-        calib.update({k: spec[k] for k in ("source", "draw", "n_samples")}, sweep=spec.get("sweep", False),
-                     max_seq_len=c.max_seq_len, long_samples=c.long_samples)
+            calib = draw_set(
+                pools[spec["source"]], tokenizer, spec["n_samples"], c.max_seq_len, seed, spec["name"], c.long_samples
+            )
+        calib.update(
+            {k: spec[k] for k in ("source", "draw", "n_samples")},
+            sweep=spec.get("sweep", False),
+            max_seq_len=c.max_seq_len,
+            long_samples=c.long_samples,
+        )
         save_set(calib, out / spec["name"])
         records.append({k: v for k, v in calib.items() if k not in ("samples",)})
     return records
@@ -208,4 +242,3 @@ def set_statistics(records: list[dict], pools: dict, tokenizer) -> dict:
         coverage[r["name"]] = term_coverage(r["texts"], pools["lexicon"]) if pools["lexicon"] else {}
         overlap[r["name"]] = ngram_overlap(r["texts"], reference)
     return {"lengths": lengths, "coverage": coverage, "overlap_3gram": overlap}
-

@@ -4,6 +4,7 @@ sets, the calibration sets, and their statistics.
 pandas, matplotlib and seaborn (about 4 s together) are imported where a table or figure is
 drawn: steps 02 and 03 import this package for other things.
 """
+
 from __future__ import annotations
 
 from quantstudy.steps.calibration.pii_eval import PII_TYPES
@@ -31,9 +32,17 @@ def scrub_table(report: dict):
     import pandas as pd
 
     types = sorted(set(report.get("replaced_by_type", {})) | set(report.get("planted_by_type", {})))
-    return pd.DataFrame([{"type": t, "replaced": report["replaced_by_type"].get(t, 0),
-                          "planted (demo record)": report.get("planted_by_type", {}).get(t, None),
-                          "recall": report.get("recall_by_type", {}).get(t, None)} for t in types]).set_index("type")
+    return pd.DataFrame(
+        [
+            {
+                "type": t,
+                "replaced": report["replaced_by_type"].get(t, 0),
+                "planted (demo record)": report.get("planted_by_type", {}).get(t, None),
+                "recall": report.get("recall_by_type", {}).get(t, None),
+            }
+            for t in types
+        ]
+    ).set_index("type")
 
 
 def sets_table(records: list[dict]):
@@ -54,9 +63,16 @@ def plot_statistics(stats: dict, records: list[dict]):
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     lengths = pd.DataFrame([{"set": n, "tokens": v} for n in main for v in stats["lengths"][n]])
     sns.boxplot(data=lengths, y="set", x="tokens", ax=axes[0], color="#9ecae1", fliersize=2)
-    axes[0].set(title="Sample length per calibration set", xlabel="tokens per source text (before splitting)", ylabel="")
-    cov = pd.DataFrame([{"set": n, "category": cat, "share": v["share"] * 100}
-                        for n in main for cat, v in stats["coverage"].get(n, {}).items()])
+    axes[0].set(
+        title="Sample length per calibration set", xlabel="tokens per source text (before splitting)", ylabel=""
+    )
+    cov = pd.DataFrame(
+        [
+            {"set": n, "category": cat, "share": v["share"] * 100}
+            for n in main
+            for cat, v in stats["coverage"].get(n, {}).items()
+        ]
+    )
     if not cov.empty:
         sns.barplot(data=cov, y="set", x="share", hue="category", ax=axes[1])
         axes[1].set(title="Domain-term coverage", xlabel="% of lexicon terms present in the set", ylabel="")
@@ -66,7 +82,10 @@ def plot_statistics(stats: dict, records: list[dict]):
         axes[1].set_title("Domain-term coverage")
     ov = pd.DataFrame([{"set": n, "overlap": stats["overlap_3gram"][n] * 100} for n in main])
     sns.barplot(data=ov, y="set", x="overlap", ax=axes[2], color="#fdae6b")
-    axes[2].set(title="Overlap with in-domain evaluation text", xlabel="% of the set's word 3-grams found in eval text",
-                ylabel="")
+    axes[2].set(
+        title="Overlap with in-domain evaluation text",
+        xlabel="% of the set's word 3-grams found in eval text",
+        ylabel="",
+    )
     fig.tight_layout()
     return fig

@@ -9,23 +9,58 @@ the study's scorer. The measurement itself is :mod:`quantstudy.metrics.scoring` 
 
 This package re-exports what notebooks/03_evaluate.ipynb, the report and the model card call.
 """
+
 from quantstudy.metrics.scoring import build_stream, evaluate_model, head_logits, score_items, score_stream
-from quantstudy.metrics.stats import (budget_verdict, category_damage, paired_bootstrap, perplexity,
-                                      source_effect)
+from quantstudy.metrics.stats import budget_verdict, category_damage, paired_bootstrap, perplexity, source_effect
 from quantstudy.steps.evaluate.models import checkpoint_list, load_eval_data, weight_fingerprint
-from quantstudy.steps.evaluate.run import (budget_table, calibration_effects, cross_domain_matrix, rollback_check,
-                                           run_evaluation, run_lm_eval, write_metrics)
-from quantstudy.steps.evaluate.views import (effects_table, flip_table, plot_budget, plot_category_damage,
-                                             plot_matrix, reference_table, summary_table)
+from quantstudy.steps.evaluate.run import (
+    budget_table,
+    calibration_effects,
+    cross_domain_matrix,
+    rollback_check,
+    run_evaluation,
+    run_lm_eval,
+    write_metrics,
+)
+from quantstudy.steps.evaluate.views import (
+    effects_table,
+    flip_table,
+    plot_budget,
+    plot_category_damage,
+    plot_matrix,
+    reference_table,
+    summary_table,
+)
 
 __all__ = [
     # the step (notebook 03)
-    "load_eval_data", "run_evaluation", "rollback_check", "budget_table", "calibration_effects",
-    "cross_domain_matrix", "run_lm_eval", "write_metrics", "checkpoint_list", "weight_fingerprint",
+    "load_eval_data",
+    "run_evaluation",
+    "rollback_check",
+    "budget_table",
+    "calibration_effects",
+    "cross_domain_matrix",
+    "run_lm_eval",
+    "write_metrics",
+    "checkpoint_list",
+    "weight_fingerprint",
     # its tables and plots (notebook 03, the report)
-    "summary_table", "reference_table", "flip_table", "effects_table", "plot_matrix", "plot_budget",
+    "summary_table",
+    "reference_table",
+    "flip_table",
+    "effects_table",
+    "plot_matrix",
+    "plot_budget",
     "plot_category_damage",
     # the measurement it runs (the model card, tests)
-    "build_stream", "score_stream", "score_items", "head_logits", "evaluate_model", "perplexity",
-    "paired_bootstrap", "budget_verdict", "category_damage", "source_effect",
+    "build_stream",
+    "score_stream",
+    "score_items",
+    "head_logits",
+    "evaluate_model",
+    "perplexity",
+    "paired_bootstrap",
+    "budget_verdict",
+    "category_damage",
+    "source_effect",
 ]

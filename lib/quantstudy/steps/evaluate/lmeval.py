@@ -20,6 +20,7 @@ downgrade a pinned package. What it needs for this use (HF model, local multiple
 loglikelihood and loglikelihood_rolling) is installed; lm-eval's command line table printer
 (pytablewriter) and tasks with their own extra packages are not.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,10 +110,20 @@ def export_tasks(items_by_task: dict[str, list[dict]], folder: str | Path) -> di
         with jsonl.open("w", encoding="utf-8") as f:
             for i, it in enumerate(items):
                 # Only the fields the task reads: free-form metadata would trip Arrow's schema inference.
-                f.write(json.dumps({"item_id": str(it.get("item_id", i)), "context": it["context"],
-                                    "choices": list(it["choices"]), "answer": int(it["answer"])}) + "\n")
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(task_config(name, jsonl, folder / "hf_cache"),
-                                                            sort_keys=False))
+                f.write(
+                    json.dumps(
+                        {
+                            "item_id": str(it.get("item_id", i)),
+                            "context": it["context"],
+                            "choices": list(it["choices"]),
+                            "answer": int(it["answer"]),
+                        }
+                    )
+                    + "\n"
+                )
+        (folder / f"{name}.yaml").write_text(
+            yaml.safe_dump(task_config(name, jsonl, folder / "hf_cache"), sort_keys=False)
+        )
         names[task] = name
     return names
 
@@ -142,16 +153,21 @@ def check_tasks(names: list[str], manager) -> None:
             reason = " ".join(str(exc).split()) or "no message"
             errors.append(f"lm-eval task {name!r} cannot be loaded: {type(exc).__name__}: {reason[:300]}")
     if errors:
-        raise RuntimeError("; ".join(errors) + " (evaluate.lm_eval_tasks: list only tasks whose data is on this "
-                           "machine, or set lm_eval_tasks: [])")
+        raise RuntimeError(
+            "; ".join(errors) + " (evaluate.lm_eval_tasks: list only tasks whose data is on this "
+            "machine, or set lm_eval_tasks: [])"
+        )
 
 
 def check_listed(names: list[str]) -> None:
     """Preflight for ``evaluate.lm_eval_tasks`` alone (no model, no study items): every listed
     task other than the study's own must load its data here. Seconds for lm-eval's task index,
     plus the hub's retries for a task whose data is not on this machine."""
-    extra = [str(resolve(t)) if t.endswith((".yaml", ".yml")) else t for t in names
-             if t != STUDY_TASKS and not t.startswith(TASK_PREFIX)]
+    extra = [
+        str(resolve(t)) if t.endswith((".yaml", ".yml")) else t
+        for t in names
+        if t != STUDY_TASKS and not t.startswith(TASK_PREFIX)
+    ]
     if extra:
         with tempfile.TemporaryDirectory(prefix="quantstudy-lmeval-") as tmp:
             check_tasks(extra, task_manager(tmp, include_defaults=True))
@@ -166,8 +182,13 @@ def make_lm(model, tokenizer, batch_size: int | str = 16, **kwargs):
     from lm_eval.models.huggingface import HFLM
 
     with _quiet():
-        return HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size,
-                    softmax_dtype=torch.float32, **kwargs)
+        return HFLM(
+            pretrained=model,
+            tokenizer=copy.deepcopy(tokenizer),
+            batch_size=batch_size,
+            softmax_dtype=torch.float32,
+            **kwargs,
+        )
 
 
 def evaluate(lm, names: list[str], manager, bootstrap_iters: int = 1000, seed: int = 1234) -> dict:
@@ -196,7 +217,7 @@ def per_item(res: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
     out = np.full((len(lls), max((len(x) for x in lls), default=0)), np.nan)
     for i, x in enumerate(lls):
-        out[i, :len(x)] = x
+        out[i, : len(x)] = x
     return acc, out
 
 
@@ -206,8 +227,12 @@ def task_result(res: dict, name: str, study: dict | None = None) -> dict:
     the study's accuracy, the items on which both scorers call the answer right or wrong alike,
     and the largest per-choice log-likelihood difference (nats)."""
     r = res["results"][name]
-    out: dict[str, Any] = {"acc": _number(r["acc,none"]), "acc_stderr": _number(r.get("acc_stderr,none")),
-                           "study_acc": None, "agree_items": None}
+    out: dict[str, Any] = {
+        "acc": _number(r["acc,none"]),
+        "acc_stderr": _number(r.get("acc_stderr,none")),
+        "study_acc": None,
+        "agree_items": None,
+    }
     acc, lls = per_item(res, name)
     out["n_items"] = int(len(acc))
     if study is not None:
@@ -232,8 +257,15 @@ def _number(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def score_model(model, tokenizer, study_names: dict[str, str], listed: list[str], manager,
-                study_scores: dict[str, dict] | None = None, batch_size: int | str = 16) -> dict:
+def score_model(
+    model,
+    tokenizer,
+    study_names: dict[str, str],
+    listed: list[str],
+    manager,
+    study_scores: dict[str, dict] | None = None,
+    batch_size: int | str = 16,
+) -> dict:
     """One model: {task: result} for the exported study tasks (keyed by the study's task name)
     and the listed lm-eval tasks (keyed by their own name; accuracy only)."""
     lm = make_lm(model, tokenizer, batch_size=batch_size)
@@ -244,13 +276,22 @@ def score_model(model, tokenizer, study_names: dict[str, str], listed: list[str]
         out[task] = task_result(res, name, (study_scores or {}).get(task))
     for name, r in res["results"].items():  # listed tasks, and a listed group's subtasks
         if name not in study_names.values() and _number(r.get("acc,none")) is not None:
-            out[name] = {"acc": _number(r["acc,none"]), "acc_stderr": _number(r.get("acc_stderr,none")),
-                         "study_acc": None, "agree_items": None}
+            out[name] = {
+                "acc": _number(r["acc,none"]),
+                "acc_stderr": _number(r.get("acc_stderr,none")),
+                "study_acc": None,
+                "agree_items": None,
+            }
     return out
 
 
-def run(P, quantize_dir: str | Path, items: dict[str, list[dict]], result: dict | None = None,
-        reference_items: dict[str, list[dict]] | None = None) -> dict:
+def run(
+    P,
+    quantize_dir: str | Path,
+    items: dict[str, list[dict]],
+    result: dict | None = None,
+    reference_items: dict[str, list[dict]] | None = None,
+) -> dict:
     """lm-eval on the baseline and every checkpoint of the main comparison.
 
     ``items``: the rendered task items every model is scored on; ``reference_items``: tasks

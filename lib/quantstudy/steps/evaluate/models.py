@@ -1,6 +1,7 @@
 """What step 03 loads: the evaluation texts and task items, step 02's checkpoint records (and
 which of them form the main comparison), the baseline model in the evaluation dtype, and the
 weight fingerprints the rollback check compares."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,9 @@ def checkpoint_list(quantize_dir: str | Path) -> list[dict]:
     recs = contracts.read("02_quantize", folder)["checkpoints"]
     missing = [r["name"] for r in recs if not (folder / "checkpoints" / r["name"] / "config.json").is_file()]
     if missing:
-        raise FileNotFoundError(f"checkpoints missing under {folder / 'checkpoints'}: {', '.join(missing)}; re-run step 02")
+        raise FileNotFoundError(
+            f"checkpoints missing under {folder / 'checkpoints'}: {', '.join(missing)}; re-run step 02"
+        )
     return recs
 
 
@@ -59,10 +62,15 @@ def load_eval_data(P, tokenizer=None) -> dict:
         by_task = {t: v[: P.evaluate.max_items_per_task] for t, v in by_task.items()}
     reference = {t: by_task.pop(t) for t in P.evaluate.reference_tasks if t in by_task}
     convs = data.load_in_domain(P.data, "eval", seed=P.study.seed)
-    return {"generic": data.load_generic_texts(P.data, "eval"),
-            "in_domain": [data.conversation_to_text(c, tokenizer) for c in convs],
-            "items": by_task, "reference_items": reference, "lexicon": domain_lexicon_for(P),
-            "tokenizer": tokenizer, "chat_template": data.has_chat_template(tokenizer)}
+    return {
+        "generic": data.load_generic_texts(P.data, "eval"),
+        "in_domain": [data.conversation_to_text(c, tokenizer) for c in convs],
+        "items": by_task,
+        "reference_items": reference,
+        "lexicon": domain_lexicon_for(P),
+        "tokenizer": tokenizer,
+        "chat_template": data.has_chat_template(tokenizer),
+    }
 
 
 def eval_dtype(P) -> torch.dtype:
@@ -84,13 +92,16 @@ def load_baseline(P, tokenizer=None):
 
 def load_candidate(P, quantize_dir: Path, name: str):
     """A step-02 checkpoint by name, loaded in the evaluation dtype (model only)."""
-    model, _, _ = awqformat.load_checkpoint(quantize_dir / "checkpoints" / name, device=P.study.device,
-                                            dtype=eval_dtype(P))
+    model, _, _ = awqformat.load_checkpoint(
+        quantize_dir / "checkpoints" / name, device=P.study.device, dtype=eval_dtype(P)
+    )
     return model
 
 
 def weight_fingerprint(model) -> dict[str, str]:
     """SHA-256 of every tensor's bytes, by state-dict name: the rollback check compares the
     archive with the evaluated baseline through these instead of loading the source again."""
-    return {name: hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
-            for name, t in model.state_dict().items()}
+    return {
+        name: hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+        for name, t in model.state_dict().items()
+    }

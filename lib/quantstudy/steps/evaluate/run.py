@@ -3,6 +3,7 @@ the exact baseline (perplexity, KL, top-1 agreement, task accuracy), judge the q
 with paired bootstrap CIs, estimate calibration-source effects, build the cross-domain matrix,
 check the archived baseline reproduces the evaluated one (rollback), optionally run
 lm-evaluation-harness alongside, and write ``metrics.json`` and ``per_item.npz``."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ from quantstudy.metrics.scoring import Stream, batch_order, build_stream, evalua
 from quantstudy.metrics.stats import budget_verdict, metric_pair, paired_bootstrap, source_effect, summarize
 from quantstudy.paths import resolve
 from quantstudy.steps.evaluate import lmeval
-from quantstudy.steps.evaluate.models import (checkpoint_list, eval_dtype, load_baseline, load_candidate,
-                                              load_eval_data, main_checkpoints, source_groups, weight_fingerprint)
+from quantstudy.steps.evaluate.models import (
+    checkpoint_list,
+    eval_dtype,
+    load_baseline,
+    load_candidate,
+    load_eval_data,
+    main_checkpoints,
+    source_groups,
+    weight_fingerprint,
+)
 from quantstudy.steps.evaluate.views import flip_table, reference_table, summary_table
 
 # Baseline log-probs are cached in memory up to this size; beyond it the baseline model is
@@ -36,12 +45,17 @@ def _served_row(P, records: list[dict]) -> dict | None:
         rec = serving.served_checkpoint(records)
     except serving.ServingError:
         return None
-    return {**rec, "name": serving.served_name(rec["name"], P.serve.lm_head), "served_head": P.serve.lm_head,
-            "served_from": rec["name"]}
+    return {
+        **rec,
+        "name": serving.served_name(rec["name"], P.serve.lm_head),
+        "served_head": P.serve.lm_head,
+        "served_from": rec["name"],
+    }
 
 
-def _evaluate_candidates(P, quantize_dir: Path, records: list[dict], served: dict | None, tok, streams, items,
-                         base_lp) -> dict[str, dict]:
+def _evaluate_candidates(
+    P, quantize_dir: Path, records: list[dict], served: dict | None, tok, streams, items, base_lp
+) -> dict[str, dict]:
     """Every checkpoint's arrays against the baseline; the served configuration's from the
     same passes as the checkpoint it is served from."""
     cands = {}
@@ -65,21 +79,37 @@ def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     records = main_checkpoints(checkpoint_list(quantize_dir))
     base_model, tok = load_baseline(P, data.get("tokenizer"))
     fingerprint = weight_fingerprint(base_model)
-    streams = {dom: build_stream(tok, data[dom], P.evaluate.window, P.evaluate.stride, P.evaluate.max_eval_tokens,
-                                 data["lexicon"]) for dom in ("generic", "in_domain")}
+    streams = {
+        dom: build_stream(
+            tok, data[dom], P.evaluate.window, P.evaluate.stride, P.evaluate.max_eval_tokens, data["lexicon"]
+        )
+        for dom in ("generic", "in_domain")
+    }
     cache_bytes = sum(s.input_ids.numel() for s in streams.values()) * base_model.config.vocab_size * 4
     keep = cache_bytes <= CACHE_LIMIT_BYTES
     base = evaluate_model(base_model, tok, streams, data["items"], name="baseline", keep_logprobs=keep)
-    reference = {t: score_items(base_model, tok, v, desc=f"baseline {t} (reference)")
-                 for t, v in data.get("reference_items", {}).items() if v}
+    reference = {
+        t: score_items(base_model, tok, v, desc=f"baseline {t} (reference)")
+        for t, v in data.get("reference_items", {}).items()
+        if v
+    }
     base_lp = {dom: base["streams"][dom].pop("_logprobs") for dom in streams} if keep else base_model
     served = _served_row(P, records)
     cands = _evaluate_candidates(P, quantize_dir, records, served, tok, streams, data["items"], base_lp)
     del base_lp
     records = records + ([served] if served else [])
-    return {"records": records, "streams": streams, "base": base, "cands": cands, "items_used": data["items"],
-            "reference": reference, "reference_items": data.get("reference_items", {}), "base_fingerprint": fingerprint,
-            "eval_dtype": P.model.eval_dtype, "chat_template": data.get("chat_template", False)}
+    return {
+        "records": records,
+        "streams": streams,
+        "base": base,
+        "cands": cands,
+        "items_used": data["items"],
+        "reference": reference,
+        "reference_items": data.get("reference_items", {}),
+        "base_fingerprint": fingerprint,
+        "eval_dtype": P.model.eval_dtype,
+        "chat_template": data.get("chat_template", False),
+    }
 
 
 def _head_of_stream(stream: Stream, n_windows: int) -> tuple[Stream, int]:
@@ -102,17 +132,29 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
     heads = {dom: _head_of_stream(s, n_windows) for dom, s in result["streams"].items()}
     # The first items in the order score_items takes them (each scored alone, so every bit matches).
     picked = {t: batch_order(v, tok)[:n_items] for t, v in result["items_used"].items()}
-    again = evaluate_model(model, tok, {d: h[0] for d, h in heads.items()},
-                           {t: [v[i] for i in picked[t]] for t, v in result["items_used"].items()}, name="archive")
+    again = evaluate_model(
+        model,
+        tok,
+        {d: h[0] for d, h in heads.items()},
+        {t: [v[i] for i in picked[t]] for t, v in result["items_used"].items()},
+        name="archive",
+    )
     checks = {"weights": bool(weights_equal)}
     for dom, rec in again["streams"].items():
         rec.pop("_logprobs", None)
-        checks[f"nll_{dom}"] = bool(np.array_equal(rec["nll"], result["base"]["streams"][dom]["nll"][:heads[dom][1]]))
+        checks[f"nll_{dom}"] = bool(np.array_equal(rec["nll"], result["base"]["streams"][dom]["nll"][: heads[dom][1]]))
     for task, rec in again["items"].items():
-        checks[f"{task}_scores"] = bool(np.array_equal(rec["margin"], result["base"]["items"][task]["margin"][picked[task]]))
-    return {"archive": str(archive), "checksums_verified": True, "identical": all(checks.values()), "checks": checks,
-            "rescored": {"windows_per_domain": n_windows, "items_per_task": n_items},
-            "baseline_metrics": summarize(result["base"])}
+        checks[f"{task}_scores"] = bool(
+            np.array_equal(rec["margin"], result["base"]["items"][task]["margin"][picked[task]])
+        )
+    return {
+        "archive": str(archive),
+        "checksums_verified": True,
+        "identical": all(checks.values()),
+        "checks": checks,
+        "rescored": {"windows_per_domain": n_windows, "items_per_task": n_items},
+        "baseline_metrics": summarize(result["base"]),
+    }
 
 
 # --------------------------------------------------------------------------- judgements
@@ -123,8 +165,15 @@ def budget_table(P, base: dict, cands: dict[str, dict], streams: dict[str, Strea
             if line.metric == "satisfaction":  # a live metric: judged by the rollout (step 05)
                 continue
             b, c, stat, groups = metric_pair(line.metric, base, cand, streams)
-            ci = paired_bootstrap(b, c, stat, n=P.evaluate.bootstrap_samples, seed=P.study.seed,
-                                  confidence=P.evaluate.confidence, groups=groups)
+            ci = paired_bootstrap(
+                b,
+                c,
+                stat,
+                n=P.evaluate.bootstrap_samples,
+                seed=P.study.seed,
+                confidence=P.evaluate.confidence,
+                groups=groups,
+            )
             if stat == "ppl_pct" and line.unit == "points":
                 raise ValueError(f"evaluate.budget: {line.metric} is a perplexity; use unit: percent")
             rows.append({"checkpoint": name, **budget_verdict(line.model_dump(), ci), "ci": ci})
@@ -132,8 +181,16 @@ def budget_table(P, base: dict, cands: dict[str, dict], streams: dict[str, Strea
 
 
 # The metrics calibration_effects compares sources on (besides the budget's offline lines).
-_EFFECT_METRICS = ("policy_closed_book_acc", "policy_grounded_acc", "retention_acc", "indomain_ppl", "generic_ppl",
-                   "policy_grounded_flip_rate", "retention_flip_rate", "policy_closed_book_flip_rate")
+_EFFECT_METRICS = (
+    "policy_closed_book_acc",
+    "policy_grounded_acc",
+    "retention_acc",
+    "indomain_ppl",
+    "generic_ppl",
+    "policy_grounded_flip_rate",
+    "retention_flip_rate",
+    "policy_closed_book_flip_rate",
+)
 _EFFECT_PAIRS = (("in_domain", "generic"), ("mixed", "generic"), ("in_domain", "RTN"), ("generic", "RTN"))
 
 
@@ -154,8 +211,9 @@ def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
     """In-domain vs generic (and mixed vs generic) per budget metric, resampling items and draws."""
     groups = source_groups(result["records"], bits)
     out = []
-    metrics = list(dict.fromkeys([b.metric for b in P.evaluate.budget if b.metric != "satisfaction"]
-                                 + list(_EFFECT_METRICS)))
+    metrics = list(
+        dict.fromkeys([b.metric for b in P.evaluate.budget if b.metric != "satisfaction"] + list(_EFFECT_METRICS))
+    )
     for a, b in _EFFECT_PAIRS:
         if a not in groups or b not in groups:
             continue
@@ -164,12 +222,28 @@ def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
                 per_source, stat, g = _source_arrays(result, groups, (a, b), metric)
             except KeyError:
                 continue
-            eff = source_effect(per_source, a, b, stat, n=P.evaluate.bootstrap_samples, seed=P.study.seed,
-                                confidence=P.evaluate.confidence, groups=g)
-            spread = {src: [float(np.mean(x)) if stat == "mean_diff" else float(np.exp(np.mean(x))) for x in per_source[src]]
-                      for src in (a, b)}
-            out.append({"metric": metric, "unit": "points" if stat == "mean_diff" else "% perplexity", **eff,
-                        "per_draw": spread})
+            eff = source_effect(
+                per_source,
+                a,
+                b,
+                stat,
+                n=P.evaluate.bootstrap_samples,
+                seed=P.study.seed,
+                confidence=P.evaluate.confidence,
+                groups=g,
+            )
+            spread = {
+                src: [float(np.mean(x)) if stat == "mean_diff" else float(np.exp(np.mean(x))) for x in per_source[src]]
+                for src in (a, b)
+            }
+            out.append(
+                {
+                    "metric": metric,
+                    "unit": "points" if stat == "mean_diff" else "% perplexity",
+                    **eff,
+                    "per_draw": spread,
+                }
+            )
     return out
 
 
@@ -178,9 +252,13 @@ def cross_domain_matrix(result: dict, bits: int = 4):
     change against the baseline (perplexity %, accuracy points)."""
     base = summarize(result["base"])
     groups = source_groups(result["records"], bits)
-    cols = {"generic ppl (%)": "ppl_generic", "in-domain ppl (%)": "ppl_in_domain",
-            "closed-book policy (pts)": "policy_closed_book_acc", "grounded policy (pts)": "policy_grounded_acc",
-            "retention (pts)": "retention_acc"}
+    cols = {
+        "generic ppl (%)": "ppl_generic",
+        "in-domain ppl (%)": "ppl_in_domain",
+        "closed-book policy (pts)": "policy_closed_book_acc",
+        "grounded policy (pts)": "policy_grounded_acc",
+        "retention (pts)": "retention_acc",
+    }
     rows = {}
     for src in ("generic", "in_domain", "mixed", "RTN"):
         if src not in groups:
@@ -220,27 +298,49 @@ def _per_item_arrays(result: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_metrics(output_dir: str | Path, P, result: dict, budget: list[dict], effects: list[dict], matrix,
-                  damage, rollback: dict, wall_s: float, lm_eval: dict | None = None) -> dict:
+def write_metrics(
+    output_dir: str | Path,
+    P,
+    result: dict,
+    budget: list[dict],
+    effects: list[dict],
+    matrix,
+    damage,
+    rollback: dict,
+    wall_s: float,
+    lm_eval: dict | None = None,
+) -> dict:
     table = summary_table(result)
     metrics = {
         "budget_declared": [b.model_dump() for b in P.evaluate.budget],
-        "budget": budget, "verdict_by_checkpoint": _verdicts(budget),
+        "budget": budget,
+        "verdict_by_checkpoint": _verdicts(budget),
         "summary": json.loads(table.reset_index().to_json(orient="records")),
         "calibration_effects": effects,
         "cross_domain_matrix": json.loads(matrix.to_json(orient="index")),
         "category_damage": json.loads(damage.to_json(orient="records")),
         "rollback_check": rollback,
         "flips": json.loads(flip_table(P, result).reset_index().to_json(orient="records")),
-        "reference_tasks": {t: {k: v for k, v in row.items()} for t, row in
-                            json.loads(reference_table(result).to_json(orient="index")).items()},
-        "eval_dtype": result.get("eval_dtype", "float32"), "chat_template": bool(result.get("chat_template")),
-        "chance_levels": {t: float(np.mean([1 / len(i["choices"]) for i in v])) for t, v in result["items_used"].items() if v},
+        "reference_tasks": {
+            t: {k: v for k, v in row.items()}
+            for t, row in json.loads(reference_table(result).to_json(orient="index")).items()
+        },
+        "eval_dtype": result.get("eval_dtype", "float32"),
+        "chat_template": bool(result.get("chat_template")),
+        "chance_levels": {
+            t: float(np.mean([1 / len(i["choices"]) for i in v])) for t, v in result["items_used"].items() if v
+        },
         "n_items": {t: len(v) for t, v in result["items_used"].items()},
         "n_tokens": {d: s.n_tokens for d, s in result["streams"].items()},
-        "window": P.evaluate.window, "stride": P.evaluate.stride,
-        "targets": {"evaluation_wall_s": {"measured": round(wall_s, 1), "target": P.targets.evaluation_wall_s,
-                                          "met": wall_s <= P.targets.evaluation_wall_s}},
+        "window": P.evaluate.window,
+        "stride": P.evaluate.stride,
+        "targets": {
+            "evaluation_wall_s": {
+                "measured": round(wall_s, 1),
+                "target": P.targets.evaluation_wall_s,
+                "met": wall_s <= P.targets.evaluation_wall_s,
+            }
+        },
         "wall_s": round(wall_s, 1),
     }
     if lm_eval is not None:  # model -> task -> {acc, acc_stderr, study_acc, agree_items, ...}
@@ -265,8 +365,10 @@ def run_lm_eval(P, quantize_dir: str | Path, result: dict | None = None) -> dict
     if not P.evaluate.lm_eval_tasks:
         return None
     if not lmeval.available():
-        raise RuntimeError("evaluate.lm_eval_tasks names tasks but lm-eval-harness is not installed: "
-                           "run `make setup`, or set lm_eval_tasks: []")
+        raise RuntimeError(
+            "evaluate.lm_eval_tasks names tasks but lm-eval-harness is not installed: "
+            "run `make setup`, or set lm_eval_tasks: []"
+        )
     if result is not None:
         items, reference = result["items_used"], result.get("reference_items", {})
     else:

@@ -1,5 +1,6 @@
 """What step 02 writes to disk: the full-precision baseline archived with its checksums (and
 the line that rolls serving back to it), and each quantized checkpoint folder with its record."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """What the quantizer can handle, checked before any search: the model's config (read without
 loading weights), its architecture against AutoAWQ's list, its widths against the group size,
 and the bit widths."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def read_config(model: Any) -> dict:
     try:
         return AutoConfig.from_pretrained(str(model_path)).to_dict()
     except Exception as exc:  # network or unknown id
-        raise QuantizeError(f"model.path: cannot read a config for {model_path!r} ({exc.__class__.__name__}); "
-                            "give a local model folder, or a hub id on a machine with network") from None
+        raise QuantizeError(
+            f"model.path: cannot read a config for {model_path!r} ({exc.__class__.__name__}); "
+            "give a local model folder, or a hub id on a machine with network"
+        ) from None
 
 
 def check_model(config: dict, group_size: int, bits: list[int] | tuple[int, ...] = (4,)) -> None:
@@ -44,14 +47,16 @@ def check_model(config: dict, group_size: int, bits: list[int] | tuple[int, ...]
     mtype = config.get("model_type")
     supported = supported_model_types()
     if mtype not in supported:
-        raise QuantizeError(f"model type {mtype!r} is not supported by AutoAWQ 0.2.9; "
-                            f"supported types: {', '.join(supported)}")
+        raise QuantizeError(
+            f"model type {mtype!r} is not supported by AutoAWQ 0.2.9; supported types: {', '.join(supported)}"
+        )
     widths = {k: config.get(k) for k in ("hidden_size", "intermediate_size")}
     for key, width in widths.items():
         if isinstance(width, int) and width % group_size:
-            raise QuantizeError(f"quantize.group_size={group_size} does not divide {key}={width}: every quantized "
-                                f"layer's input width must be a multiple of the group size; choose a divisor of {width}")
+            raise QuantizeError(
+                f"quantize.group_size={group_size} does not divide {key}={width}: every quantized "
+                f"layer's input width must be a multiple of the group size; choose a divisor of {width}"
+            )
     for b in bits:
         if b not in (3, 4):
             raise QuantizeError(f"quantize.bits: {b} is not supported; use 4 (packed) or 3 (simulated)")
-

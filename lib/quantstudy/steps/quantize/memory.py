@@ -1,4 +1,5 @@
 """Peak resident memory of this process over a block (the quantizer's and the benchmark's cost)."""
+
 from __future__ import annotations
 
 import resource

@@ -1,5 +1,6 @@
 """What step 02 quantizes: checkpoint names, the plan (AWQ per calibration set and bit width,
 RTN references, the other AutoAWQ search settings), and the calibration sets step 01 wrote."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,9 @@ from quantstudy.steps.quantize.checks import QuantizeError
 SEARCH_VARIANTS = ((False, False), (True, False), (False, True), (True, True))  # (duo_scaling, apply_clip)
 
 
-def checkpoint_name(method: str, bits: int, group_size: int, source: str | None = None, draw: int | None = None,
-                    tag: str | None = None) -> str:
+def checkpoint_name(
+    method: str, bits: int, group_size: int, source: str | None = None, draw: int | None = None, tag: str | None = None
+) -> str:
     """e.g. awq-w4-g128-indomain-d0, rtn-w4-g128, awq-w3-g128-generic-d1-sim."""
     parts = [method, f"w{bits}", f"g{group_size}"]
     if source:
@@ -33,26 +35,57 @@ def plan_checkpoints(P, set_records: list[dict]) -> list[dict]:
     plan = []
     for bits in q.bits:
         if q.rtn_reference:
-            plan.append({"method": "rtn", "bits": bits, "set": None, "duo_scaling": None, "apply_clip": None,
-                         "name": checkpoint_name("rtn", bits, q.group_size)})
+            plan.append(
+                {
+                    "method": "rtn",
+                    "bits": bits,
+                    "set": None,
+                    "duo_scaling": None,
+                    "apply_clip": None,
+                    "name": checkpoint_name("rtn", bits, q.group_size),
+                }
+            )
         for rec in set_records:
             tag = f"n{rec['n_samples']}" if rec.get("sweep") else None
-            plan.append({"method": "awq", "bits": bits, "set": rec["name"], "source": rec["source"], "draw": rec["draw"],
-                         "n_samples": rec["n_samples"], "sweep": rec.get("sweep", False),
-                         "duo_scaling": q.duo_scaling, "apply_clip": q.apply_clip,
-                         "name": checkpoint_name("awq", bits, q.group_size, rec["source"], rec["draw"], tag)})
+            plan.append(
+                {
+                    "method": "awq",
+                    "bits": bits,
+                    "set": rec["name"],
+                    "source": rec["source"],
+                    "draw": rec["draw"],
+                    "n_samples": rec["n_samples"],
+                    "sweep": rec.get("sweep", False),
+                    "duo_scaling": q.duo_scaling,
+                    "apply_clip": q.apply_clip,
+                    "name": checkpoint_name("awq", bits, q.group_size, rec["source"], rec["draw"], tag),
+                }
+            )
     if q.compare_search_settings:
-        base = next((r for r in set_records if r["source"] == "in_domain" and r["draw"] == 0 and not r.get("sweep")),
-                    set_records[0] if set_records else None)
+        base = next(
+            (r for r in set_records if r["source"] == "in_domain" and r["draw"] == 0 and not r.get("sweep")),
+            set_records[0] if set_records else None,
+        )
         if base is not None:
             for duo, clip in SEARCH_VARIANTS:
                 if (duo, clip) == (q.duo_scaling, q.apply_clip):
                     continue
                 tag = f"duo{int(duo)}-clip{int(clip)}"
-                plan.append({"method": "awq", "bits": 4, "set": base["name"], "source": base["source"],
-                             "draw": base["draw"], "n_samples": base["n_samples"], "sweep": False, "variant": True,
-                             "duo_scaling": duo, "apply_clip": clip,
-                             "name": checkpoint_name("awq", 4, q.group_size, base["source"], base["draw"], tag)})
+                plan.append(
+                    {
+                        "method": "awq",
+                        "bits": 4,
+                        "set": base["name"],
+                        "source": base["source"],
+                        "draw": base["draw"],
+                        "n_samples": base["n_samples"],
+                        "sweep": False,
+                        "variant": True,
+                        "duo_scaling": duo,
+                        "apply_clip": clip,
+                        "name": checkpoint_name("awq", 4, q.group_size, base["source"], base["draw"], tag),
+                    }
+                )
     return plan
 
 

@@ -1,5 +1,6 @@
 """Step 02's driver: quantize every planned checkpoint (a record per checkpoint as soon as it
 exists), and metrics.json with the performance targets checked as measured figures."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,20 @@ def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir
     log = Path(output_dir) / "records.jsonl"
     records = []
     for spec in tqdm(plan, desc="quantize"):
-        req = QuantRequest(model_path=str(baseline_dir), out_dir=out / spec["name"], bits=spec["bits"],
-                           group_size=P.quantize.group_size, zero_point=P.quantize.zero_point,
-                           version=P.quantize.version, duo_scaling=bool(spec["duo_scaling"]),
-                           apply_clip=bool(spec["apply_clip"]), dtype=P.model.dtype, device=P.study.device,
-                           trust_remote_code=P.model.trust_remote_code,
-                           search_autocast=P.quantize.search_autocast)
+        req = QuantRequest(
+            model_path=str(baseline_dir),
+            out_dir=out / spec["name"],
+            bits=spec["bits"],
+            group_size=P.quantize.group_size,
+            zero_point=P.quantize.zero_point,
+            version=P.quantize.version,
+            duo_scaling=bool(spec["duo_scaling"]),
+            apply_clip=bool(spec["apply_clip"]),
+            dtype=P.model.dtype,
+            device=P.study.device,
+            trust_remote_code=P.model.trust_remote_code,
+            search_autocast=P.quantize.search_autocast,
+        )
         if spec["method"] == "rtn":
             rec = quantize_rtn(req, tokenizer)
         else:
@@ -47,8 +56,15 @@ def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir
     return records
 
 
-def write_metrics(output_dir: str | Path, P, records: list[dict], sanity: list[dict], archive: dict,
-                  wall_s: float, calibration_dir: str | Path | None = None) -> dict:
+def write_metrics(
+    output_dir: str | Path,
+    P,
+    records: list[dict],
+    sanity: list[dict],
+    archive: dict,
+    wall_s: float,
+    calibration_dir: str | Path | None = None,
+) -> dict:
     """metrics.json of step 02, with the performance targets checked as measured figures."""
     awq = [r for r in records if r["method"] == "awq"]
     cal_wall = None
@@ -57,7 +73,9 @@ def write_metrics(output_dir: str | Path, P, records: list[dict], sanity: list[d
     flagged = [r["name"] for r in sanity if r.get("worse_than_rtn_on_own_domain")]
     metrics = {
         "baseline_archive": {"files": archive, "rollback": rollback_line(Path(output_dir) / "baseline")},
-        "checkpoints": records, "sanity": sanity, "worse_than_rtn_on_own_domain": flagged,
+        "checkpoints": records,
+        "sanity": sanity,
+        "worse_than_rtn_on_own_domain": flagged,
         "search_settings": _search_settings(awq, sanity),
         "targets": _targets(P, awq, wall_s, cal_wall),
         "wall_s": round(wall_s, 1),
@@ -70,20 +88,34 @@ def _search_settings(awq: list[dict], sanity: list[dict]) -> list[dict]:
     each with its search time and in-domain quality."""
     variant_set = next((v["set"] for v in awq if v.get("variant")), None)
     by = {r["name"]: r for r in sanity}
-    return [{"name": r["name"], "duo_scaling": r["duo_scaling"], "apply_clip": r["apply_clip"],
-             "search_wall_s": r["search_wall_s"], "vs_rtn_in_domain": by[r["name"]].get("vs_rtn_pct_in_domain"),
-             "ppl_in_domain": by[r["name"]].get("ppl_in_domain")}
-            for r in awq if r.get("variant") or (r["set"] == variant_set and r["bits"] == 4)]
+    return [
+        {
+            "name": r["name"],
+            "duo_scaling": r["duo_scaling"],
+            "apply_clip": r["apply_clip"],
+            "search_wall_s": r["search_wall_s"],
+            "vs_rtn_in_domain": by[r["name"]].get("vs_rtn_pct_in_domain"),
+            "ppl_in_domain": by[r["name"]].get("ppl_in_domain"),
+        }
+        for r in awq
+        if r.get("variant") or (r["set"] == variant_set and r["bits"] == 4)
+    ]
 
 
 def _targets(P, awq: list[dict], wall_s: float, cal_wall: float | None) -> dict:
     """The AWQ search time (default settings) and the wall time of steps 01 + 02, against the params' targets."""
     default_search = [r["search_wall_s"] for r in awq if not r.get("variant")]
     return {
-        "awq_search_s_max": {"measured": max(default_search) if default_search else None,
-                             "target": P.targets.awq_search_s_max,
-                             "met": bool(default_search) and max(default_search) <= P.targets.awq_search_s_max},
-        "steps_01_02_wall_s": {"measured": round(wall_s + (cal_wall or 0), 1), "target": P.targets.steps_01_02_wall_s,
-                               "met": (wall_s + (cal_wall or 0)) <= P.targets.steps_01_02_wall_s, "step_01_s": cal_wall,
-                               "step_02_s": round(wall_s, 1)},
+        "awq_search_s_max": {
+            "measured": max(default_search) if default_search else None,
+            "target": P.targets.awq_search_s_max,
+            "met": bool(default_search) and max(default_search) <= P.targets.awq_search_s_max,
+        },
+        "steps_01_02_wall_s": {
+            "measured": round(wall_s + (cal_wall or 0), 1),
+            "target": P.targets.steps_01_02_wall_s,
+            "met": (wall_s + (cal_wall or 0)) <= P.targets.steps_01_02_wall_s,
+            "step_01_s": cal_wall,
+            "step_02_s": round(wall_s, 1),
+        },
     }

@@ -8,6 +8,7 @@ AutoAWQ packs nothing, so the AWQ search runs with ``export_compatible=True`` (s
 applied in float) and the weights are then rounded to 3 bits in simulation; such checkpoints are
 dense float16 folders labelled ``"simulated": true`` in ``quantstudy_quant.json``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,15 @@ def _load_awq_model(model_path: str, dtype: torch.dtype, trust_remote_code: bool
 
     src = resolve(model_path)
     path = str(src) if src.exists() else model_path
-    return AutoAWQForCausalLM.from_pretrained(path, torch_dtype=dtype, device_map=None,
-                                              trust_remote_code=trust_remote_code, safetensors=True,
-                                              low_cpu_mem_usage=True, use_cache=False)
+    return AutoAWQForCausalLM.from_pretrained(
+        path,
+        torch_dtype=dtype,
+        device_map=None,
+        trust_remote_code=trust_remote_code,
+        safetensors=True,
+        low_cpu_mem_usage=True,
+        use_cache=False,
+    )
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -91,19 +98,23 @@ def search_precision(req: QuantRequest):
     candidate score alike, so the search would silently pick scale 1 (plain rounding)."""
     if not req.search_autocast:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=resolve_device(req.device), dtype=torch_dtype(req.search_autocast),
-                          cache_enabled=False)
+    return torch.autocast(
+        device_type=resolve_device(req.device), dtype=torch_dtype(req.search_autocast), cache_enabled=False
+    )
 
 
-def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq_len: int,
-                 source: str = "", draw: int | None = None) -> dict:
+def quantize_awq(
+    req: QuantRequest, tokenizer, samples: list[list[int]], max_seq_len: int, source: str = "", draw: int | None = None
+) -> dict:
     """Run AutoAWQ's search on token-id samples (each <= max_seq_len) and save the checkpoint."""
     if not samples:
         raise QuantizeError(f"calibration set {source or '?'} is empty: nothing to calibrate on")
     too_long = [len(s) for s in samples if len(s) > max_seq_len]
     if too_long:
-        raise QuantizeError(f"{len(too_long)} calibration samples exceed max_seq_len={max_seq_len}; "
-                            "AutoAWQ would silently discard them: split them first (quantstudy.steps.calibration)")
+        raise QuantizeError(
+            f"{len(too_long)} calibration samples exceed max_seq_len={max_seq_len}; "
+            "AutoAWQ would silently discard them: split them first (quantstudy.steps.calibration)"
+        )
     simulated = req.bits < 4
     t0 = time.time()
     with PeakRSS() as mem:
@@ -111,22 +122,45 @@ def quantize_awq(req: QuantRequest, tokenizer, samples: list[list[int]], max_seq
         model.model.to(resolve_device(req.device))
         t_search = time.time()
         with search_precision(req), vectorized_from_linear():
-            model.quantize(tokenizer, quant_config=_quant_config(req), calib_data=samples,
-                           max_calib_samples=len(samples), max_calib_seq_len=max_seq_len,
-                           duo_scaling=req.duo_scaling, apply_clip=req.apply_clip,
-                           export_compatible=simulated, n_parallel_calib_samples=None)
+            model.quantize(
+                tokenizer,
+                quant_config=_quant_config(req),
+                calib_data=samples,
+                max_calib_samples=len(samples),
+                max_calib_seq_len=max_seq_len,
+                duo_scaling=req.duo_scaling,
+                apply_clip=req.apply_clip,
+                export_compatible=simulated,
+                n_parallel_calib_samples=None,
+            )
         search_s = time.time() - t_search
         if simulated:
             _simulate_low_bits(model, req.bits, req.group_size, req.zero_point)
-        meta = {"method": "awq", "bits": req.bits, "group_size": req.group_size, "zero_point": req.zero_point,
-                "version": req.version, "duo_scaling": req.duo_scaling, "apply_clip": req.apply_clip,
-                "search_autocast": req.search_autocast, "simulated": simulated, "calibration_source": source, "draw": draw,
-                "calibration_samples": len(samples), "calibration_tokens": int(sum(map(len, samples))),
-                "base_model": str(req.model_path)}
+        meta = {
+            "method": "awq",
+            "bits": req.bits,
+            "group_size": req.group_size,
+            "zero_point": req.zero_point,
+            "version": req.version,
+            "duo_scaling": req.duo_scaling,
+            "apply_clip": req.apply_clip,
+            "search_autocast": req.search_autocast,
+            "simulated": simulated,
+            "calibration_source": source,
+            "draw": draw,
+            "calibration_samples": len(samples),
+            "calibration_tokens": int(sum(map(len, samples))),
+            "base_model": str(req.model_path),
+        }
         save_checkpoint(model, tokenizer, req.out_dir, meta)
-    record = {**meta, "name": Path(req.out_dir).name, "search_wall_s": round(search_s, 2),
-              "total_wall_s": round(time.time() - t0, 2), "peak_rss_mb": mem.peak_mb,
-              **checkpoint_size(req.out_dir)}
+    record = {
+        **meta,
+        "name": Path(req.out_dir).name,
+        "search_wall_s": round(search_s, 2),
+        "total_wall_s": round(time.time() - t0, 2),
+        "peak_rss_mb": mem.peak_mb,
+        **checkpoint_size(req.out_dir),
+    }
     write_record(req.out_dir, record)
     return record
 
@@ -165,12 +199,28 @@ def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
                 _RoundToNearest(model, req.bits, req.group_size, req.zero_point, req.version).run()
             model.quant_config = AwqConfig.from_dict(_quant_config(req))
             model.is_quantized = True
-        meta = {"method": "rtn", "bits": req.bits, "group_size": req.group_size, "zero_point": req.zero_point,
-                "version": req.version, "simulated": simulated, "calibration_source": None, "draw": None,
-                "calibration_samples": 0, "calibration_tokens": 0, "base_model": str(req.model_path)}
+        meta = {
+            "method": "rtn",
+            "bits": req.bits,
+            "group_size": req.group_size,
+            "zero_point": req.zero_point,
+            "version": req.version,
+            "simulated": simulated,
+            "calibration_source": None,
+            "draw": None,
+            "calibration_samples": 0,
+            "calibration_tokens": 0,
+            "base_model": str(req.model_path),
+        }
         save_checkpoint(model, tokenizer, req.out_dir, meta)
-    record = {**meta, "name": Path(req.out_dir).name, "search_wall_s": 0.0,
-              "total_wall_s": round(time.time() - t0, 2), "peak_rss_mb": mem.peak_mb, **checkpoint_size(req.out_dir)}
+    record = {
+        **meta,
+        "name": Path(req.out_dir).name,
+        "search_wall_s": 0.0,
+        "total_wall_s": round(time.time() - t0, 2),
+        "peak_rss_mb": mem.peak_mb,
+        **checkpoint_size(req.out_dir),
+    }
     write_record(req.out_dir, record)
     return record
 
@@ -192,6 +242,7 @@ def activation_outliers(model, batches: list[torch.Tensor]) -> list[dict]:
             x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
             sums[name] = sums.get(name, 0) + x.abs().sum(0)
             counts[name] = counts.get(name, 0) + x.shape[0]
+
         return fn
 
     for name, mod in model.named_modules():
@@ -207,6 +258,12 @@ def activation_outliers(model, batches: list[torch.Tensor]) -> list[dict]:
     for name, s in sums.items():
         mean_abs = s / counts[name]
         med = mean_abs.median().item()
-        rows.append({"layer": name, "max_over_median": round(mean_abs.max().item() / max(med, 1e-12), 2),
-                     "top_channel": int(mean_abs.argmax()), "median_mean_abs": round(med, 5)})
+        rows.append(
+            {
+                "layer": name,
+                "max_over_median": round(mean_abs.max().item() / max(med, 1e-12), 2),
+                "top_channel": int(mean_abs.argmax()),
+                "median_mean_abs": round(med, 5),
+            }
+        )
     return rows

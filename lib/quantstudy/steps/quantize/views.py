@@ -4,6 +4,7 @@ search settings compared.
 pandas and matplotlib are imported where a table or figure is drawn: the benchmark imports
 this package for PeakRSS only.
 """
+
 from __future__ import annotations
 
 
@@ -18,8 +19,20 @@ def records_table(records: list[dict]):
     """One row per checkpoint written: its settings, search time, peak memory and size."""
     import pandas as pd
 
-    cols = ["method", "bits", "calibration_source", "draw", "n_samples", "duo_scaling", "apply_clip", "simulated",
-            "search_wall_s", "peak_rss_mb", "checkpoint_bytes", "effective_bits_per_weight"]
+    cols = [
+        "method",
+        "bits",
+        "calibration_source",
+        "draw",
+        "n_samples",
+        "duo_scaling",
+        "apply_clip",
+        "simulated",
+        "search_wall_s",
+        "peak_rss_mb",
+        "checkpoint_bytes",
+        "effective_bits_per_weight",
+    ]
     return pd.DataFrame([{"name": r["name"], **{c: r.get(c) for c in cols}} for r in records]).set_index("name")
 
 
@@ -29,9 +42,13 @@ def sanity_table(rows: list[dict]):
 
     out = []
     for r in rows:
-        row = {"name": r["name"], "method": r["method"], "bits": r["bits"],
-               "ppl generic": round(r.get("ppl_generic", float("nan")), 3),
-               "ppl in-domain": round(r.get("ppl_in_domain", float("nan")), 4)}
+        row = {
+            "name": r["name"],
+            "method": r["method"],
+            "bits": r["bits"],
+            "ppl generic": round(r.get("ppl_generic", float("nan")), 3),
+            "ppl in-domain": round(r.get("ppl_in_domain", float("nan")), 4),
+        }
         for d in ("generic", "in_domain"):
             ci = r.get(f"vs_rtn_pct_{d}")
             row[f"vs RTN, {d} (%)"] = f"{ci['point']:+.2f} [{ci['lo']:+.2f}, {ci['hi']:+.2f}]" if ci else ""
@@ -53,11 +70,20 @@ def plot_search_settings(records: list[dict], sanity: list[dict]):
         s = by[r["name"]]
         ci = s.get("vs_rtn_pct_in_domain") or {"point": float("nan"), "lo": float("nan"), "hi": float("nan")}
         label = f"duo_scaling={r['duo_scaling']}, apply_clip={r['apply_clip']}"
-        ax.errorbar(r["search_wall_s"], ci["point"], yerr=[[ci["point"] - ci["lo"]], [ci["hi"] - ci["point"]]],
-                    fmt="o", capsize=4, label=label)
+        ax.errorbar(
+            r["search_wall_s"],
+            ci["point"],
+            yerr=[[ci["point"] - ci["lo"]], [ci["hi"] - ci["point"]]],
+            fmt="o",
+            capsize=4,
+            label=label,
+        )
     ax.axhline(0, color="grey", lw=1, ls="--", label="round-to-nearest")
-    ax.set(title="AutoAWQ search settings (same in-domain calibration set)", xlabel="search wall time (s)",
-           ylabel="in-domain perplexity vs RTN (%, 95% CI)\nbelow 0 = better than RTN")
+    ax.set(
+        title="AutoAWQ search settings (same in-domain calibration set)",
+        xlabel="search wall time (s)",
+        ylabel="in-domain perplexity vs RTN (%, 95% CI)\nbelow 0 = better than RTN",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

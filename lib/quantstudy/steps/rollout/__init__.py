@@ -21,19 +21,52 @@ Modules, lowest first (each imports only the ones above it)
 This package re-exports what the notebook, the report and the tests call, so
 ``from quantstudy.steps import rollout`` is all they need.
 """
+
 from quantstudy.steps.rollout.candidate import CALIBRATION_COST, CANDIDATE_RULES, candidate_from_evaluation
 from quantstudy.steps.rollout.decide import DECISIONS, sequential_analysis
 from quantstudy.steps.rollout.design import HOLDBACK, PRIMARY, metric_specs, schedule
 from quantstudy.steps.rollout.run import analyse, power_summary, run_step, write_metrics
 from quantstudy.steps.rollout.simulate import SCENARIOS, latency_from_benchmark, simulate_logs
 from quantstudy.steps.rollout.stats import cumulative_looks, daily_summary, power_curve, power_plan, srm_check
-from quantstudy.steps.rollout.views import (decision_table, metric_table, plot_daily, plot_guardrails, plot_power,
-                                            plot_sequential, power_verdict, srm_table)
+from quantstudy.steps.rollout.views import (
+    decision_table,
+    metric_table,
+    plot_daily,
+    plot_guardrails,
+    plot_power,
+    plot_sequential,
+    power_verdict,
+    srm_table,
+)
 
 __all__ = [
-    "CALIBRATION_COST", "CANDIDATE_RULES", "DECISIONS", "HOLDBACK", "PRIMARY", "SCENARIOS",
-    "analyse", "candidate_from_evaluation", "cumulative_looks", "daily_summary", "decision_table",
-    "latency_from_benchmark", "metric_specs", "metric_table", "plot_daily", "plot_guardrails", "plot_power",
-    "plot_sequential", "power_curve", "power_plan", "power_summary", "power_verdict", "run_step", "schedule",
-    "sequential_analysis", "simulate_logs", "srm_check", "srm_table", "write_metrics",
+    "CALIBRATION_COST",
+    "CANDIDATE_RULES",
+    "DECISIONS",
+    "HOLDBACK",
+    "PRIMARY",
+    "SCENARIOS",
+    "analyse",
+    "candidate_from_evaluation",
+    "cumulative_looks",
+    "daily_summary",
+    "decision_table",
+    "latency_from_benchmark",
+    "metric_specs",
+    "metric_table",
+    "plot_daily",
+    "plot_guardrails",
+    "plot_power",
+    "plot_sequential",
+    "power_curve",
+    "power_plan",
+    "power_summary",
+    "power_verdict",
+    "run_step",
+    "schedule",
+    "sequential_analysis",
+    "simulate_logs",
+    "srm_check",
+    "srm_table",
+    "write_metrics",
 ]

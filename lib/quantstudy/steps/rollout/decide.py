@@ -16,6 +16,7 @@ to the same library's fixed-horizon z-test with its Bonferroni correction over l
 (``groupby="look"`` without a final sample size makes the library count every look as a
 comparison), and says so in ``looks.attrs["method"]`` and a warning.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,12 +30,22 @@ from quantstudy.steps.rollout.design import PRIMARY, metric_specs, schedule
 from quantstudy.steps.rollout.stats import all_metric_tests, cumulative_looks, srm_check
 
 DECISIONS = ("continue", "cut over", "hold", "roll back", "stop (SRM)")
-_PER_METRIC_COLUMNS = ("mean_baseline", "mean_quantized", "difference", "ni_bound", "non_inferior", "ci_lower",
-                       "ci_upper", "significantly_worse", "margin")
+_PER_METRIC_COLUMNS = (
+    "mean_baseline",
+    "mean_quantized",
+    "difference",
+    "ni_bound",
+    "non_inferior",
+    "ci_lower",
+    "ci_upper",
+    "significantly_worse",
+    "margin",
+)
 
 
-def _tests_with_fallback(cums: dict[str, pd.DataFrame], specs: list[dict], alpha: float,
-                         method: str) -> tuple[dict[str, pd.DataFrame], str, str]:
+def _tests_with_fallback(
+    cums: dict[str, pd.DataFrame], specs: list[dict], alpha: float, method: str
+) -> tuple[dict[str, pd.DataFrame], str, str]:
     """Every metric's tests, the method used and a note: Bonferroni over looks when the sequential test raises."""
     try:
         return all_metric_tests(cums, specs, alpha, sequential=(method == "sequential")), method, ""
@@ -48,8 +59,11 @@ def _tests_with_fallback(cums: dict[str, pd.DataFrame], specs: list[dict], alpha
 
 def _counts_and_srm(cum: pd.DataFrame, df: pd.DataFrame, rollout_params: RolloutSection) -> pd.DataFrame:
     """Per look (index): cumulative n per arm, the observed and planned quantized share, the SRM check."""
-    looks = cum.pivot(index="look", columns="arm", values="count").reindex(columns=list(ARMS), fill_value=0).rename(
-        columns={"baseline": "n_baseline", "quantized": "n_quantized"})
+    looks = (
+        cum.pivot(index="look", columns="arm", values="count")
+        .reindex(columns=list(ARMS), fill_value=0)
+        .rename(columns={"baseline": "n_baseline", "quantized": "n_quantized"})
+    )
     looks["date"] = cum.groupby("look")["date"].first()
     looks["quantized_share_cum"] = looks["n_quantized"] / (looks["n_baseline"] + looks["n_quantized"])
     srm = srm_check(df, rollout_params).set_index("look")
@@ -58,8 +72,9 @@ def _counts_and_srm(cum: pd.DataFrame, df: pd.DataFrame, rollout_params: Rollout
     return looks
 
 
-def _add_metric_columns(looks: pd.DataFrame, specs: list[dict], cums: dict[str, pd.DataFrame],
-                        tests: dict[str, pd.DataFrame]) -> None:
+def _add_metric_columns(
+    looks: pd.DataFrame, specs: list[dict], cums: dict[str, pd.DataFrame], tests: dict[str, pd.DataFrame]
+) -> None:
     """``m_mean_baseline``, ``m_difference``, ``m_ni_bound``, ... for every metric ``m``."""
     for s in specs:
         m, c, t = s["metric"], cums[s["metric"]], tests[s["metric"]]
@@ -95,17 +110,21 @@ def _add_stage_flags(looks: pd.DataFrame, plan: pd.DataFrame, final_n: int, name
     complete = (looks["n_baseline"] + looks["n_quantized"]) >= final_n
     looks["final_stage"] = (looks["look"] >= last_stage_first_day) | complete
     looks["all_non_inferior"] = looks[[f"{m}_non_inferior" for m in names]].all(axis=1)
-    looks["worse_metrics"] = [", ".join(m for m in names if row[f"{m}_significantly_worse"] and not row[f"{m}_non_inferior"])
-                              for _, row in looks.iterrows()]
+    looks["worse_metrics"] = [
+        ", ".join(m for m in names if row[f"{m}_significantly_worse"] and not row[f"{m}_non_inferior"])
+        for _, row in looks.iterrows()
+    ]
 
 
 def _decide_look(row: Any, names: list[str], n_days: int, srm_alpha: float) -> tuple[str, str]:
     """The decision at one look (a row of the looks table) and the reason for it (module docstring)."""
     pending = [m for m in names if not getattr(row, f"{m}_non_inferior")]
     if not row.srm_ok:
-        return "stop (SRM)", (f"sample-ratio mismatch: quantized share {row.quantized_share_cum:.4f} vs planned "
-                              f"{row.planned_share_cum:.4f} (p = {row.srm_p_value:.2g} < {srm_alpha:g}); "
-                              "do not trust this look")
+        return "stop (SRM)", (
+            f"sample-ratio mismatch: quantized share {row.quantized_share_cum:.4f} vs planned "
+            f"{row.planned_share_cum:.4f} (p = {row.srm_p_value:.2g} < {srm_alpha:g}); "
+            "do not trust this look"
+        )
     if pd.isna(row.difference):
         return ("hold" if row.look >= n_days else "continue"), "one arm has no data yet"
     if row.worse_metrics:
@@ -131,10 +150,31 @@ def _sticky_decisions(looks: Iterable[int], at_look: Iterable[str]) -> tuple[lis
 
 def _look_columns(names: list[str]) -> list[str]:
     """The looks table's columns, in order: counts, SRM, satisfaction, each metric, the decision."""
-    cols = ["look", "date", "stage", "final_stage", "n_baseline", "n_quantized", "quantized_share_cum",
-            "planned_share_cum", "srm_chi2", "srm_p_value", "srm_ok",
-            "mean_baseline", "mean_quantized", "difference", "std_err", "ni_lower", "ni_alpha", "non_inferior",
-            "ci_lower", "ci_upper", "p_value", "significantly_worse", "margin"]
+    cols = [
+        "look",
+        "date",
+        "stage",
+        "final_stage",
+        "n_baseline",
+        "n_quantized",
+        "quantized_share_cum",
+        "planned_share_cum",
+        "srm_chi2",
+        "srm_p_value",
+        "srm_ok",
+        "mean_baseline",
+        "mean_quantized",
+        "difference",
+        "std_err",
+        "ni_lower",
+        "ni_alpha",
+        "non_inferior",
+        "ci_lower",
+        "ci_upper",
+        "p_value",
+        "significantly_worse",
+        "margin",
+    ]
     cols += [f"{m}_{c}" for m in names for c in _PER_METRIC_COLUMNS]
     return cols + ["all_non_inferior", "worse_metrics", "decision_at_look", "reason", "decision"]
 
@@ -175,10 +215,20 @@ def sequential_analysis(df: pd.DataFrame, rollout_params: RolloutSection, method
     looks["reason"] = [why for _, why in decided]
     final, stopped = _sticky_decisions(looks["look"], looks["decision_at_look"])
     looks["decision"] = final
-    looks.attrs.update({"method": used, "note": note, "margin": specs[0]["margin"], "alpha": alpha,
-                        "final_expected_n": final_n, "stopped_at_look": stopped[0] if stopped else None,
-                        "planned_looks": len(plan), "srm_alpha": rollout_params.srm_alpha,
-                        "metrics": specs, "simulated": bool(df.attrs.get("simulated", False))})
+    looks.attrs.update(
+        {
+            "method": used,
+            "note": note,
+            "margin": specs[0]["margin"],
+            "alpha": alpha,
+            "final_expected_n": final_n,
+            "stopped_at_look": stopped[0] if stopped else None,
+            "planned_looks": len(plan),
+            "srm_alpha": rollout_params.srm_alpha,
+            "metrics": specs,
+            "simulated": bool(df.attrs.get("simulated", False)),
+        }
+    )
     out = looks[_look_columns(names)]
     out.attrs = looks.attrs
     return out

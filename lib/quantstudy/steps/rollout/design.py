@@ -8,6 +8,7 @@ keeps a :data:`HOLDBACK` (5%) baseline holdback in any stage above 95%: the quan
 actually served is ``min(stage, 1 - HOLDBACK)``. Day *k* of the logs (the *k*-th calendar day
 present) is day *k* of the schedule; the simulator follows it, and real logs are expected to.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,25 +48,51 @@ def metric_specs(rollout_params: RolloutSection) -> list[dict[str, Any]]:
 
     ``scale`` turns a difference into its display unit (x100 = points for shares)."""
     if rollout_params.margin is None:
-        raise RolloutError("rollout.margin is not set: take it from the quality budget with "
-                           "quantstudy.config.params.rollout_margin(params) (rollout.run_step does)")
-    specs = [{"metric": PRIMARY, "label": "primary metric", "margin": float(rollout_params.margin),
-              "higher_is_better": True, "binary": True, "unit": "points", "scale": 100.0,
-              "params_field": "rollout.margin (default: the budget's satisfaction line)"}]
+        raise RolloutError(
+            "rollout.margin is not set: take it from the quality budget with "
+            "quantstudy.config.params.rollout_margin(params) (rollout.run_step does)"
+        )
+    specs = [
+        {
+            "metric": PRIMARY,
+            "label": "primary metric",
+            "margin": float(rollout_params.margin),
+            "higher_is_better": True,
+            "binary": True,
+            "unit": "points",
+            "scale": 100.0,
+            "params_field": "rollout.margin (default: the budget's satisfaction line)",
+        }
+    ]
     for i, g in enumerate(rollout_params.guardrails):
         info = GUARDRAIL_COLUMNS[g.column]
-        specs.append({"metric": g.column, "label": info["label"], "margin": float(g.margin),
-                      "higher_is_better": bool(g.higher_is_better), "binary": info["binary"], "unit": info["unit"],
-                      "scale": 100.0 if info["binary"] else 1.0, "params_field": f"rollout.guardrails[{i}]"})
+        specs.append(
+            {
+                "metric": g.column,
+                "label": info["label"],
+                "margin": float(g.margin),
+                "higher_is_better": bool(g.higher_is_better),
+                "binary": info["binary"],
+                "unit": info["unit"],
+                "scale": 100.0 if info["binary"] else 1.0,
+                "params_field": f"rollout.guardrails[{i}]",
+            }
+        )
     return specs
 
 
 def planning_baseline_and_sd(rollout_params: RolloutSection, metric: str) -> tuple[float, float, str]:
     """Planning baseline, standard deviation and where they come from (params)."""
-    p = {"satisfaction": rollout_params.baseline_satisfaction, "escalated": rollout_params.baseline_escalation,
-         "resolved": rollout_params.baseline_resolved}.get(metric)
+    p = {
+        "satisfaction": rollout_params.baseline_satisfaction,
+        "escalated": rollout_params.baseline_escalation,
+        "resolved": rollout_params.baseline_resolved,
+    }.get(metric)
     if p is not None:
-        field = {"satisfaction": "baseline_satisfaction", "escalated": "baseline_escalation",
-                 "resolved": "baseline_resolved"}[metric]
+        field = {
+            "satisfaction": "baseline_satisfaction",
+            "escalated": "baseline_escalation",
+            "resolved": "baseline_resolved",
+        }[metric]
         return float(p), math.sqrt(p * (1 - p)), f"sqrt(p(1-p)), p = rollout.{field}"
     return float(rollout_params.baseline_latency_s), float(rollout_params.latency_sd_s), "rollout.latency_sd_s"

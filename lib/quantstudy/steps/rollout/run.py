@@ -1,6 +1,7 @@
 """Step 05 end to end: :func:`analyse` (logs, real or SIMULATED, to decision), :func:`run_step`
 (the candidate from step 03, the latency ratio from step 04, and with the simulator the
 'worse' and 'broken_assignment' scenarios) and :func:`write_metrics` (metrics.json and the logs)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ from quantstudy.steps.rollout.stats import daily_summary, power_plan
 from quantstudy.steps.rollout.views import metric_table
 
 
-def analyse(rollout_params: RolloutSection, quality_change_points: float, seed: int,
-            latency: dict[str, Any] | None = None) -> dict[str, Any]:
+def analyse(
+    rollout_params: RolloutSection, quality_change_points: float, seed: int, latency: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Load ``rollout_params.logs`` if set, else simulate (scenario from params, latency ratio
     from ``latency``, see :func:`latency_from_benchmark`); analyse it.
 
@@ -35,8 +37,9 @@ def analyse(rollout_params: RolloutSection, quality_change_points: float, seed: 
         require_columns(logs, rollout_params)
         scenario = None
     else:
-        logs = simulate_logs(rollout_params, quality_change_points, seed, rollout_params.scenario,
-                             latency_ratio=latency["ratio"])
+        logs = simulate_logs(
+            rollout_params, quality_change_points, seed, rollout_params.scenario, latency_ratio=latency["ratio"]
+        )
         scenario = rollout_params.scenario
     simulated = bool(logs.attrs.get("simulated", False))
     daily = daily_summary(logs)
@@ -73,8 +76,12 @@ def run_step(P, evaluate_dir: str | Path, benchmark_dir: str | Path | None = Non
     if main["simulated"]:
         for offset, scenario in enumerate(("worse", "broken_assignment"), start=1):
             if rp.scenario != scenario:
-                out[scenario] = analyse(rp.model_copy(update={"scenario": scenario}), cand["quality_change_points"],
-                                        P.study.seed + offset, latency)
+                out[scenario] = analyse(
+                    rp.model_copy(update={"scenario": scenario}),
+                    cand["quality_change_points"],
+                    P.study.seed + offset,
+                    latency,
+                )
     return out
 
 
@@ -95,15 +102,21 @@ def _guardrail_summaries(looks: pd.DataFrame, deciding: int) -> list[dict]:
     out = []
     for s in looks.attrs.get("metrics") or []:
         m = s["metric"]
-        out.append({**s, "deciding_look": int(deciding),
-                    "final_difference": float(at.get(f"{m}_difference", float("nan"))),
-                    "final_ni_bound": float(at.get(f"{m}_ni_bound", float("nan"))),
-                    "final_non_inferior": bool(at.get(f"{m}_non_inferior")),
-                    "final_significantly_worse": bool(at.get(f"{m}_significantly_worse")),
-                    "significantly_worse_at_any_look": bool(looks.loc[looks["look"] <= deciding,
-                                                                      f"{m}_significantly_worse"].any()),
-                    "final_mean_baseline": float(at.get(f"{m}_mean_baseline", float("nan"))),
-                    "final_mean_quantized": float(at.get(f"{m}_mean_quantized", float("nan")))})
+        out.append(
+            {
+                **s,
+                "deciding_look": int(deciding),
+                "final_difference": float(at.get(f"{m}_difference", float("nan"))),
+                "final_ni_bound": float(at.get(f"{m}_ni_bound", float("nan"))),
+                "final_non_inferior": bool(at.get(f"{m}_non_inferior")),
+                "final_significantly_worse": bool(at.get(f"{m}_significantly_worse")),
+                "significantly_worse_at_any_look": bool(
+                    looks.loc[looks["look"] <= deciding, f"{m}_significantly_worse"].any()
+                ),
+                "final_mean_baseline": float(at.get(f"{m}_mean_baseline", float("nan"))),
+                "final_mean_quantized": float(at.get(f"{m}_mean_quantized", float("nan"))),
+            }
+        )
     return out
 
 
@@ -112,26 +125,50 @@ def _scenario_summary(res: dict) -> dict:
     looks = res["looks"]
     last = looks.iloc[-1]
     deciding = res["stopped_at_look"] if res["stopped_at_look"] is not None else int(last["look"])
-    srm = [{"look": int(r["look"]), "p_value": float(r["srm_p_value"]), "ok": bool(r["srm_ok"]),
-            "observed_share": float(r["quantized_share_cum"]), "planned_share": float(r["planned_share_cum"])}
-           for _, r in looks.iterrows()]
-    return {"decision": res["decision"], "stopped_at_look": res["stopped_at_look"], "simulated": res["simulated"],
-            "scenario": res["scenario"], "method": res["method"], "note": res["note"], "margin": res["margin"],
-            "alpha": res["alpha"], "n_looks": int(len(looks)), "planned_looks": looks.attrs.get("planned_looks"),
-            "final_difference": float(last.get("difference", float("nan"))),
-            "final_ni_lower": float(last.get("ni_lower", float("nan"))),
-            "conversations": {arm: int((res["logs"]["arm"] == arm).sum()) for arm in ARMS},
-            "guardrails": _guardrail_summaries(looks, deciding), "srm_alpha": looks.attrs.get("srm_alpha"), "srm": srm,
-            "srm_stopped": res["decision"] == "stop (SRM)", "latency": res.get("latency"),
-            "power_plan": {k: v for k, v in power_summary(res["power_plan"]).items() if k != "curve"},
-            "looks": _records(looks)}
+    srm = [
+        {
+            "look": int(r["look"]),
+            "p_value": float(r["srm_p_value"]),
+            "ok": bool(r["srm_ok"]),
+            "observed_share": float(r["quantized_share_cum"]),
+            "planned_share": float(r["planned_share_cum"]),
+        }
+        for _, r in looks.iterrows()
+    ]
+    return {
+        "decision": res["decision"],
+        "stopped_at_look": res["stopped_at_look"],
+        "simulated": res["simulated"],
+        "scenario": res["scenario"],
+        "method": res["method"],
+        "note": res["note"],
+        "margin": res["margin"],
+        "alpha": res["alpha"],
+        "n_looks": int(len(looks)),
+        "planned_looks": looks.attrs.get("planned_looks"),
+        "final_difference": float(last.get("difference", float("nan"))),
+        "final_ni_lower": float(last.get("ni_lower", float("nan"))),
+        "conversations": {arm: int((res["logs"]["arm"] == arm).sum()) for arm in ARMS},
+        "guardrails": _guardrail_summaries(looks, deciding),
+        "srm_alpha": looks.attrs.get("srm_alpha"),
+        "srm": srm,
+        "srm_stopped": res["decision"] == "stop (SRM)",
+        "latency": res.get("latency"),
+        "power_plan": {k: v for k, v in power_summary(res["power_plan"]).items() if k != "curve"},
+        "looks": _records(looks),
+    }
 
 
 def write_metrics(output_dir: str | Path, step: dict, wall_s: float) -> dict:
     """Write step 05's metrics.json (checked against its contract) and the main analysis's logs as CSV."""
-    metrics = {"candidate": step["candidate"], "rollout": _scenario_summary(step["main"]),
-               "power_plan": power_summary(step["main"]["power_plan"]), "latency": step.get("latency"),
-               "stages": list(step["rollout_params"].stages), "wall_s": round(wall_s, 1)}
+    metrics = {
+        "candidate": step["candidate"],
+        "rollout": _scenario_summary(step["main"]),
+        "power_plan": power_summary(step["main"]["power_plan"]),
+        "latency": step.get("latency"),
+        "stages": list(step["rollout_params"].stages),
+        "wall_s": round(wall_s, 1),
+    }
     for scenario in ("worse", "broken_assignment"):
         if scenario in step:
             metrics[f"{scenario}_scenario"] = _scenario_summary(step[scenario])

@@ -6,6 +6,7 @@ Every frame it returns carries ``simulated=True`` (a column and ``attrs``), ``at
 "SIMULATED"``, the scenario, the seed and the true rates it drew from; the tables, figures and
 metrics.json downstream carry that label on.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,17 +32,26 @@ def _lognormal(rng: np.random.Generator, mean: float, sd: float, n: int) -> np.n
 
 def _arm_rates(rp: RolloutSection, q: float, scenario: str) -> tuple[dict[str, float], dict[str, float]]:
     """True 0/1 rates per arm: the baseline from params, the quantized arm driven by ``q``."""
-    base = {"satisfaction": rp.baseline_satisfaction, "escalated": rp.baseline_escalation,
-            "resolved": rp.baseline_resolved}
-    quant = {"satisfaction": (rp.baseline_satisfaction - rp.worse_drop if scenario == "worse"
-                              else rp.baseline_satisfaction + rp.satisfaction_per_point * q),
-             "escalated": rp.baseline_escalation - rp.escalation_per_point * q,
-             "resolved": rp.baseline_resolved + rp.resolution_per_point * q}
+    base = {
+        "satisfaction": rp.baseline_satisfaction,
+        "escalated": rp.baseline_escalation,
+        "resolved": rp.baseline_resolved,
+    }
+    quant = {
+        "satisfaction": (
+            rp.baseline_satisfaction - rp.worse_drop
+            if scenario == "worse"
+            else rp.baseline_satisfaction + rp.satisfaction_per_point * q
+        ),
+        "escalated": rp.baseline_escalation - rp.escalation_per_point * q,
+        "resolved": rp.baseline_resolved + rp.resolution_per_point * q,
+    }
     return base, {k: float(np.clip(v, 0.0, 1.0)) for k, v in quant.items()}
 
 
-def _simulate_day(rng: np.random.Generator, day: Any, rp: RolloutSection, rates: tuple[dict, dict],
-                  ratio: float, scenario: str) -> pd.DataFrame:
+def _simulate_day(
+    rng: np.random.Generator, day: Any, rp: RolloutSection, rates: tuple[dict, dict], ratio: float, scenario: str
+) -> pd.DataFrame:
     """One schedule day of simulated conversations (the draws' order fixes the seeded numbers)."""
     base, quant = rates
     n_day = rp.daily_conversations
@@ -56,24 +66,37 @@ def _simulate_day(rng: np.random.Generator, day: Any, rp: RolloutSection, rates:
     sat = draw("satisfaction").astype(float)
     escalated = draw("escalated", -1.0)
     resolved = draw("resolved")
-    latency = np.where(is_q, _lognormal(rng, rp.baseline_latency_s * ratio, rp.latency_sd_s * ratio, n_day),
-                       _lognormal(rng, rp.baseline_latency_s, rp.latency_sd_s, n_day)) * lat_day
+    latency = (
+        np.where(
+            is_q,
+            _lognormal(rng, rp.baseline_latency_s * ratio, rp.latency_sd_s * ratio, n_day),
+            _lognormal(rng, rp.baseline_latency_s, rp.latency_sd_s, n_day),
+        )
+        * lat_day
+    )
     lost = is_q & (rng.random(n_day) < rp.srm_drop)
     seconds = np.sort(rng.uniform(0, 86400, n_day))
     ts = SIM_START + pd.Timedelta(days=int(day.day) - 1) + pd.to_timedelta(seconds, unit="s").floor("s")
-    frame = pd.DataFrame({
-        "timestamp": ts,
-        "arm": np.where(is_q, "quantized", "baseline"),
-        "satisfaction": sat,
-        "escalated": escalated,
-        "resolved": resolved,
-        "latency_s": np.round(latency, 3),
-    })
+    frame = pd.DataFrame(
+        {
+            "timestamp": ts,
+            "arm": np.where(is_q, "quantized", "baseline"),
+            "satisfaction": sat,
+            "escalated": escalated,
+            "resolved": resolved,
+            "latency_s": np.round(latency, 3),
+        }
+    )
     return frame[~lost] if scenario == "broken_assignment" else frame
 
 
-def simulate_logs(rollout_params: RolloutSection, quality_change_points: float, seed: int,
-                  scenario: str | None = None, latency_ratio: float = 1.0) -> pd.DataFrame:
+def simulate_logs(
+    rollout_params: RolloutSection,
+    quality_change_points: float,
+    seed: int,
+    scenario: str | None = None,
+    latency_ratio: float = 1.0,
+) -> pd.DataFrame:
     """Seeded SIMULATED logs in the :func:`~quantstudy.rollout_logs.read_logs` schema (plus ``simulated=True``).
 
     The quantized arm is driven by step 03's task-accuracy change ``q`` (points, negative =
@@ -101,15 +124,25 @@ def simulate_logs(rollout_params: RolloutSection, quality_change_points: float, 
     base, quant = _arm_rates(rp, float(quality_change_points), scenario)
     ratio = float(latency_ratio)
     rng = np.random.default_rng(seed)
-    frames = [_simulate_day(rng, day, rp, (base, quant), ratio, scenario)
-              for day in schedule(rp).itertuples(index=False)]
+    frames = [
+        _simulate_day(rng, day, rp, (base, quant), ratio, scenario) for day in schedule(rp).itertuples(index=False)
+    ]
     df = pd.concat(frames, ignore_index=True)
     df.insert(2, "conversation_id", [f"sim-{i:07d}" for i in range(len(df))])
     df["simulated"] = True
-    df.attrs.update({"simulated": True, "label": "SIMULATED", "scenario": scenario, "seed": int(seed),
-                     "latency_ratio": ratio,
-                     "true_rates": {"baseline": {**base, "latency_s": rp.baseline_latency_s},
-                                    "quantized": {**quant, "latency_s": rp.baseline_latency_s * ratio}}})
+    df.attrs.update(
+        {
+            "simulated": True,
+            "label": "SIMULATED",
+            "scenario": scenario,
+            "seed": int(seed),
+            "latency_ratio": ratio,
+            "true_rates": {
+                "baseline": {**base, "latency_s": rp.baseline_latency_s},
+                "quantized": {**quant, "latency_s": rp.baseline_latency_s * ratio},
+            },
+        }
+    )
     return df
 
 
@@ -145,8 +178,15 @@ def latency_from_benchmark(benchmark_dir: str | Path | None) -> dict[str, Any]:
             continue
         ratio = float(b_tok) / float(f_tok)
         where = f"{model} model, batch 1, context {b.get('context')}, scope {scope}"
-        return {"ratio": ratio, "source": f"04_benchmark/metrics.json: {where}", "model": model,
-                "baseline_decode_tok_s": float(b_tok), "fast4_decode_tok_s": float(f_tok),
-                "note": (f"quantized latency = baseline x {ratio:.3f} (decode {float(b_tok):.1f} tok/s baseline vs "
-                         f"{float(f_tok):.1f} tok/s fast4; {where})")}
+        return {
+            "ratio": ratio,
+            "source": f"04_benchmark/metrics.json: {where}",
+            "model": model,
+            "baseline_decode_tok_s": float(b_tok),
+            "fast4_decode_tok_s": float(f_tok),
+            "note": (
+                f"quantized latency = baseline x {ratio:.3f} (decode {float(b_tok):.1f} tok/s baseline vs "
+                f"{float(f_tok):.1f} tok/s fast4; {where})"
+            ),
+        }
     return fallback(f"{path} has no batch-1 decode speed for both baseline and fast4")

@@ -59,6 +59,7 @@ the first day at which every metric reaches ``1 - beta/K``. It is a fixed-horizo
 approximation: the group-sequential test spends some alpha at earlier looks, so its real power
 at the same day is slightly lower (the plan is slightly optimistic).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -95,8 +96,17 @@ def daily_summary(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
             half = z * float(x.std(ddof=1)) / np.sqrt(n) if n > 1 else np.nan
             lo, hi = max(0.0, mean - half), min(1.0, mean + half)
             method = "normal"
-        rows.append({"date": date, "arm": arm, "n": n, "mean": mean, "ci_low": float(lo),
-                     "ci_high": float(hi), "ci_method": method})
+        rows.append(
+            {
+                "date": date,
+                "arm": arm,
+                "n": n,
+                "mean": mean,
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "ci_method": method,
+            }
+        )
     out = pd.DataFrame(rows)
     totals = out.groupby("date")["n"].transform("sum")
     out["share"] = out["n"] / totals
@@ -123,13 +133,20 @@ def power_curve(rollout_params: RolloutSection, days: int | None = None) -> pd.D
         baseline, sd, _ = planning_baseline_and_sd(rollout_params, spec["metric"])
         pw = normal_power(spec["margin"] / sd, n_eff, rollout_params.alpha, alternative="larger")
         for d in range(days):
-            rows.append({"day": d + 1, "metric": spec["metric"], "n_quantized": float(n_q[d]),
-                         "n_baseline": float(n_b[d]), "power": float(pw[d]), "scheduled": d < n_sched})
+            rows.append(
+                {
+                    "day": d + 1,
+                    "metric": spec["metric"],
+                    "n_quantized": float(n_q[d]),
+                    "n_baseline": float(n_b[d]),
+                    "power": float(pw[d]),
+                    "scheduled": d < n_sched,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def _power_row(rollout_params: RolloutSection, spec: dict, curve: pd.DataFrame, target: float,
-               n_sched: int) -> dict:
+def _power_row(rollout_params: RolloutSection, spec: dict, curve: pd.DataFrame, target: float, n_sched: int) -> dict:
     """One metric's line of the power plan: days needed to reach ``target`` and power at the schedule's end."""
     c = curve[curve["metric"] == spec["metric"]].reset_index(drop=True)
     reached = c.index[c["power"] >= target]
@@ -137,11 +154,20 @@ def _power_row(rollout_params: RolloutSection, spec: dict, curve: pd.DataFrame, 
     baseline, sd, sd_from = planning_baseline_and_sd(rollout_params, spec["metric"])
     at_end = c.iloc[n_sched - 1]
     return {
-        "metric": spec["metric"], "direction": "higher is better" if spec["higher_is_better"] else "lower is better",
-        "margin": spec["margin"], "unit": spec["unit"], "baseline": baseline, "sd": sd, "sd_from": sd_from,
-        "alpha_one_sided": rollout_params.alpha, "power_target": target, "days_needed": needed,
-        "days_scheduled": n_sched, "power_at_schedule_end": float(at_end["power"]),
-        "n_quantized_at_end": int(round(at_end["n_quantized"])), "n_baseline_at_end": int(round(at_end["n_baseline"])),
+        "metric": spec["metric"],
+        "direction": "higher is better" if spec["higher_is_better"] else "lower is better",
+        "margin": spec["margin"],
+        "unit": spec["unit"],
+        "baseline": baseline,
+        "sd": sd,
+        "sd_from": sd_from,
+        "alpha_one_sided": rollout_params.alpha,
+        "power_target": target,
+        "days_needed": needed,
+        "days_scheduled": n_sched,
+        "power_at_schedule_end": float(at_end["power"]),
+        "n_quantized_at_end": int(round(at_end["n_quantized"])),
+        "n_baseline_at_end": int(round(at_end["n_baseline"])),
         "enough": needed is not None and needed <= n_sched,
     }
 
@@ -164,19 +190,35 @@ def power_plan(rollout_params: RolloutSection, max_days: int = 365) -> pd.DataFr
     needed = None if out["days_needed"].isna().any() else int(out["days_needed"].max())
     sufficient = bool(out["enough"].all())
     short = [r["metric"] for r in rows if not r["enough"]]
-    warning = None if sufficient else (
-        f"UNDERPOWERED: the schedule ({n_sched} days at {rollout_params.daily_conversations} conversations/day) gives "
-        f"{', '.join(short)} less than {target:.1%} power each; "
-        + (f"{needed} days are needed" if needed else f"more than {max(max_days, n_sched)} days are needed")
-        + "; expect 'hold' rather than a cut over. Lengthen the stages, add traffic or widen the margins.")
-    out.attrs.update({
-        "K": K, "power": rollout_params.power, "power_per_metric": target, "beta_per_metric": beta / K,
-        "alpha_one_sided": rollout_params.alpha, "days_needed": needed, "days_scheduled": n_sched,
-        "daily_conversations": rollout_params.daily_conversations, "sufficient": sufficient, "warning": warning,
-        "note": ("fixed-horizon approximation, assuming no true difference: the group-sequential test spends alpha "
-                 "at earlier looks, so its power on the same day is slightly lower (the plan is slightly optimistic)"),
-        "curve": curve[curve["day"] <= max(n_sched, needed or 0)].to_dict(orient="records"),
-    })
+    warning = (
+        None
+        if sufficient
+        else (
+            f"UNDERPOWERED: the schedule ({n_sched} days at {rollout_params.daily_conversations} conversations/day) gives "
+            f"{', '.join(short)} less than {target:.1%} power each; "
+            + (f"{needed} days are needed" if needed else f"more than {max(max_days, n_sched)} days are needed")
+            + "; expect 'hold' rather than a cut over. Lengthen the stages, add traffic or widen the margins."
+        )
+    )
+    out.attrs.update(
+        {
+            "K": K,
+            "power": rollout_params.power,
+            "power_per_metric": target,
+            "beta_per_metric": beta / K,
+            "alpha_one_sided": rollout_params.alpha,
+            "days_needed": needed,
+            "days_scheduled": n_sched,
+            "daily_conversations": rollout_params.daily_conversations,
+            "sufficient": sufficient,
+            "warning": warning,
+            "note": (
+                "fixed-horizon approximation, assuming no true difference: the group-sequential test spends alpha "
+                "at earlier looks, so its power on the same day is slightly lower (the plan is slightly optimistic)"
+            ),
+            "curve": curve[curve["day"] <= max(n_sched, needed or 0)].to_dict(orient="records"),
+        }
+    )
     return out
 
 
@@ -189,7 +231,7 @@ def srm_check(df: pd.DataFrame, rollout_params: RolloutSection) -> pd.DataFrame:
     counts = d.groupby(["date", "arm"]).size().unstack("arm", fill_value=0).reindex(columns=list(ARMS), fill_value=0)
     counts = counts.sort_index()
     total = counts.sum(axis=1).to_numpy(dtype=float)
-    share = served_shares(rollout_params, max(len(counts), len(plan)))[:len(counts)]
+    share = served_shares(rollout_params, max(len(counts), len(plan)))[: len(counts)]
     exp_q = np.cumsum(total * share)
     exp_b = np.cumsum(total * (1.0 - share))
     obs_b = np.cumsum(counts["baseline"].to_numpy(dtype=float))
@@ -197,10 +239,20 @@ def srm_check(df: pd.DataFrame, rollout_params: RolloutSection) -> pd.DataFrame:
     rows = []
     for k in range(len(counts)):
         chi2, p = chisquare([obs_b[k], obs_q[k]], [exp_b[k], exp_q[k]])
-        rows.append({"look": k + 1, "date": counts.index[k], "n_baseline": int(obs_b[k]), "n_quantized": int(obs_q[k]),
-                     "expected_quantized": float(exp_q[k]), "planned_share_cum": float(exp_q[k] / (exp_q[k] + exp_b[k])),
-                     "observed_share_cum": float(obs_q[k] / (obs_q[k] + obs_b[k])), "srm_chi2": float(chi2),
-                     "srm_p_value": float(p), "srm_ok": bool(p >= rollout_params.srm_alpha)})
+        rows.append(
+            {
+                "look": k + 1,
+                "date": counts.index[k],
+                "n_baseline": int(obs_b[k]),
+                "n_quantized": int(obs_q[k]),
+                "expected_quantized": float(exp_q[k]),
+                "planned_share_cum": float(exp_q[k] / (exp_q[k] + exp_b[k])),
+                "observed_share_cum": float(obs_q[k] / (obs_q[k] + obs_b[k])),
+                "srm_chi2": float(chi2),
+                "srm_p_value": float(p),
+                "srm_ok": bool(p >= rollout_params.srm_alpha),
+            }
+        )
     out = pd.DataFrame(rows)
     out.attrs["srm_alpha"] = rollout_params.srm_alpha
     return out
@@ -209,11 +261,15 @@ def srm_check(df: pd.DataFrame, rollout_params: RolloutSection) -> pd.DataFrame:
 # --------------------------------------------------------------------------- per-look tests
 def cumulative_looks(df: pd.DataFrame, final_expected_n: int, column: str = PRIMARY) -> pd.DataFrame:
     """Cumulative per-look (= per-day) sufficient statistics per arm of ``column``, the ZTest input."""
-    d = df.assign(date=pd.to_datetime(df["timestamp"]).dt.normalize(),
-                  sat=df[column].astype(float))
-    daily = (d.groupby(["date", "arm"]).agg(sum=("sat", "sum"), sum_sq=("sat", lambda s: float((s ** 2).sum())),
-                                            count=("sat", "size"))
-             .unstack("arm", fill_value=0).stack("arm", future_stack=True).fillna(0).reset_index())
+    d = df.assign(date=pd.to_datetime(df["timestamp"]).dt.normalize(), sat=df[column].astype(float))
+    daily = (
+        d.groupby(["date", "arm"])
+        .agg(sum=("sat", "sum"), sum_sq=("sat", lambda s: float((s**2).sum())), count=("sat", "size"))
+        .unstack("arm", fill_value=0)
+        .stack("arm", future_stack=True)
+        .fillna(0)
+        .reset_index()
+    )
     daily = daily.sort_values(["arm", "date"])
     for col in ("sum", "sum_sq", "count"):
         daily[col] = daily.groupby("arm")[col].cumsum()
@@ -222,24 +278,35 @@ def cumulative_looks(df: pd.DataFrame, final_expected_n: int, column: str = PRIM
     daily["final_expected_n"] = int(max(final_expected_n, len(df)))
     daily["count"] = daily["count"].astype(int)
     return daily.sort_values(["look", "arm"]).reset_index(drop=True)[
-        ["look", "date", "arm", "sum", "sum_sq", "count", "final_expected_n"]]
+        ["look", "date", "arm", "sum", "sum_sq", "count", "final_expected_n"]
+    ]
 
 
 def _ztest_difference(data: pd.DataFrame, alpha: float, sequential: bool, nim: bool) -> pd.DataFrame:
     # lazy: spotify-confidence takes about 2 s to import (chartify, bokeh, ipywidgets) and only the tests need it
     import spotify_confidence as sc
 
-    ztest = sc.ZTest(data, numerator_column="sum", numerator_sum_squares_column="sum_sq",
-                     denominator_column="count", categorical_group_columns="arm",
-                     ordinal_group_column="look", interval_size=1 - alpha, correction_method="bonferroni")
+    ztest = sc.ZTest(
+        data,
+        numerator_column="sum",
+        numerator_sum_squares_column="sum_sq",
+        denominator_column="count",
+        categorical_group_columns="arm",
+        ordinal_group_column="look",
+        interval_size=1 - alpha,
+        correction_method="bonferroni",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         return ztest.difference(
-            level_1="baseline", level_2="quantized", groupby="look",
+            level_1="baseline",
+            level_2="quantized",
+            groupby="look",
             non_inferiority_margins=True if nim else None,
             final_expected_sample_size_column="final_expected_n" if sequential else None,
-            verbose=True)
+            verbose=True,
+        )
 
 
 def _no_tests(index: pd.Index) -> pd.DataFrame:
@@ -269,8 +336,10 @@ def _metric_tests(cum: pd.DataFrame, spec: dict, alpha: float, sequential: bool)
     ni = _ztest_difference(data, alpha, sequential=sequential, nim=True).set_index("look")
     expected_null = -margin if higher else margin
     if not np.allclose(ni["null_hypothesis"].astype(float), expected_null, atol=1e-9):
-        raise RuntimeError(f"spotify-confidence did not test diff {'<=' if higher else '>='} {expected_null:+g} for "
-                           f"{spec['metric']}; the NIM convention changed")
+        raise RuntimeError(
+            f"spotify-confidence did not test diff {'<=' if higher else '>='} {expected_null:+g} for "
+            f"{spec['metric']}; the NIM convention changed"
+        )
     out["difference"] = ni["difference"]
     out["std_err"] = ni["std_err"]
     out["ni_bound"] = ni["adjusted ci_lower" if higher else "adjusted ci_upper"]  # one-sided, adjusted
@@ -280,12 +349,14 @@ def _metric_tests(cum: pd.DataFrame, spec: dict, alpha: float, sequential: bool)
     out["ci_upper"] = harm["adjusted ci_upper"]
     out["p_value"] = pd.to_numeric(harm["p-value"], errors="coerce")  # None in sequential mode
     bad_side = harm["difference"] < 0 if higher else harm["difference"] > 0
-    out["significantly_worse"] = (harm["is_significant"].astype(bool) & bad_side).reindex(out.index).fillna(
-        False).astype(bool)
+    out["significantly_worse"] = (
+        (harm["is_significant"].astype(bool) & bad_side).reindex(out.index).fillna(False).astype(bool)
+    )
     return out
 
 
-def all_metric_tests(cums: dict[str, pd.DataFrame], specs: list[dict], alpha: float,
-                     sequential: bool) -> dict[str, pd.DataFrame]:
+def all_metric_tests(
+    cums: dict[str, pd.DataFrame], specs: list[dict], alpha: float, sequential: bool
+) -> dict[str, pd.DataFrame]:
     """:func:`_metric_tests` of every metric in ``specs``, keyed by metric name."""
     return {s["metric"]: _metric_tests(cums[s["metric"]], s, alpha, sequential) for s in specs}

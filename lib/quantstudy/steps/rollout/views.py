@@ -1,6 +1,7 @@
 """What step 05 shows: its tables (per-metric tests, SRM line, decisions), the power verdict
 sentence and its figures. Every figure drawn from simulated logs says SIMULATED in its title
 and as a watermark."""
+
 from __future__ import annotations
 
 import io
@@ -30,23 +31,42 @@ def metric_table(looks: pd.DataFrame, specs: list[dict] | None = None) -> pd.Dat
     for s in specs:
         m, k = s["metric"], float(s.get("scale", 1.0))
         for _, r in looks.iterrows():
-            rows.append({"look": int(r["look"]), "metric": m,
-                         "direction": "higher is better" if s["higher_is_better"] else "lower is better",
-                         "unit": s["unit"], "margin": s["margin"] * k,
-                         "mean_baseline": r.get(f"{m}_mean_baseline"), "mean_quantized": r.get(f"{m}_mean_quantized"),
-                         "difference": _scaled(r.get(f"{m}_difference"), k), "ni_bound": _scaled(r.get(f"{m}_ni_bound"), k),
-                         "ci_lower": _scaled(r.get(f"{m}_ci_lower"), k), "ci_upper": _scaled(r.get(f"{m}_ci_upper"), k),
-                         "non_inferior": bool(r.get(f"{m}_non_inferior")),
-                         "significantly_worse": bool(r.get(f"{m}_significantly_worse")), "decision": r.get("decision")})
+            rows.append(
+                {
+                    "look": int(r["look"]),
+                    "metric": m,
+                    "direction": "higher is better" if s["higher_is_better"] else "lower is better",
+                    "unit": s["unit"],
+                    "margin": s["margin"] * k,
+                    "mean_baseline": r.get(f"{m}_mean_baseline"),
+                    "mean_quantized": r.get(f"{m}_mean_quantized"),
+                    "difference": _scaled(r.get(f"{m}_difference"), k),
+                    "ni_bound": _scaled(r.get(f"{m}_ni_bound"), k),
+                    "ci_lower": _scaled(r.get(f"{m}_ci_lower"), k),
+                    "ci_upper": _scaled(r.get(f"{m}_ci_upper"), k),
+                    "non_inferior": bool(r.get(f"{m}_non_inferior")),
+                    "significantly_worse": bool(r.get(f"{m}_significantly_worse")),
+                    "decision": r.get("decision"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def srm_table(result: dict) -> pd.DataFrame:
     """The SRM line per look: observed vs planned quantized share, chi-square p, verdict."""
     looks = result["looks"]
-    out = looks[["look", "n_baseline", "n_quantized", "quantized_share_cum", "planned_share_cum", "srm_p_value",
-                 "srm_ok", "decision"]].rename(columns={"quantized_share_cum": "observed_share",
-                                                         "planned_share_cum": "planned_share"})
+    out = looks[
+        [
+            "look",
+            "n_baseline",
+            "n_quantized",
+            "quantized_share_cum",
+            "planned_share_cum",
+            "srm_p_value",
+            "srm_ok",
+            "decision",
+        ]
+    ].rename(columns={"quantized_share_cum": "observed_share", "planned_share_cum": "planned_share"})
     out = out.assign(verdict=np.where(out["srm_ok"], "ok", "SRM: do not trust this look"))
     return out.round({"observed_share": 5, "planned_share": 5})
 
@@ -54,9 +74,23 @@ def srm_table(result: dict) -> pd.DataFrame:
 def decision_table(result: dict) -> pd.DataFrame:
     """Per look: counts, SRM p-value, satisfaction's test, whether every metric is
     non-inferior, which metric is significantly worse, and the decision."""
-    cols = ["look", "stage", "n_baseline", "n_quantized", "srm_p_value", "difference", "ni_lower", "ci_lower",
-            "ci_upper", "non_inferior", "significantly_worse", "all_non_inferior", "worse_metrics",
-            "decision_at_look", "decision"]
+    cols = [
+        "look",
+        "stage",
+        "n_baseline",
+        "n_quantized",
+        "srm_p_value",
+        "difference",
+        "ni_lower",
+        "ci_lower",
+        "ci_upper",
+        "non_inferior",
+        "significantly_worse",
+        "all_non_inferior",
+        "worse_metrics",
+        "decision_at_look",
+        "decision",
+    ]
     looks = result["looks"]
     return looks[[c for c in cols if c in looks.columns]].round(4)
 
@@ -65,9 +99,11 @@ def power_verdict(plan: pd.DataFrame) -> str:
     """One sentence: days needed vs scheduled, with the warning when underpowered."""
     a = plan.attrs
     needed = a["days_needed"] if a["days_needed"] is not None else "more than the planning horizon's"
-    text = (f"Power plan: {a['K']} metrics, each planned at {a['power_per_metric']:.1%} power "
-            f"(whole rule {a['power']:.0%}, beta split over K={a['K']}), one-sided alpha {a['alpha_one_sided']}: "
-            f"{needed} days needed, {a['days_scheduled']} scheduled; {a['note']}.")
+    text = (
+        f"Power plan: {a['K']} metrics, each planned at {a['power_per_metric']:.1%} power "
+        f"(whole rule {a['power']:.0%}, beta split over K={a['K']}), one-sided alpha {a['alpha_one_sided']}: "
+        f"{needed} days needed, {a['days_scheduled']} scheduled; {a['note']}."
+    )
     return (f"WARNING: {a['warning']} " + text) if a["warning"] else text
 
 
@@ -83,13 +119,29 @@ class NotebookFigure(Figure):
 
 
 ARM_COLORS = {"baseline": "#1f77b4", "quantized": "#d62728"}
-DECISION_COLORS = {"continue": "#555555", "cut over": "#2ca02c", "roll back": "#d62728", "hold": "#ff7f0e",
-                   "stop (SRM)": "#9467bd"}
+DECISION_COLORS = {
+    "continue": "#555555",
+    "cut over": "#2ca02c",
+    "roll back": "#d62728",
+    "hold": "#ff7f0e",
+    "stop (SRM)": "#9467bd",
+}
 
 
 def _watermark_simulated(fig: Figure) -> None:
-    fig.text(0.5, 0.5, "SIMULATED", fontsize=64, color="grey", alpha=0.18, rotation=25,
-             ha="center", va="center", weight="bold", zorder=0)
+    fig.text(
+        0.5,
+        0.5,
+        "SIMULATED",
+        fontsize=64,
+        color="grey",
+        alpha=0.18,
+        rotation=25,
+        ha="center",
+        va="center",
+        weight="bold",
+        zorder=0,
+    )
 
 
 def _mark_simulated(fig: Figure, ax, title: str, simulated: bool) -> None:
@@ -108,15 +160,32 @@ def plot_daily(daily_df: pd.DataFrame, simulated: bool) -> Figure:
         if g.empty:
             continue
         x = g["day"] + (i - 0.5) * 0.12
-        ax.errorbar(x, g["mean"], yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]], fmt="o-",
-                    capsize=3, color=ARM_COLORS[arm], label=f"{arm} (mean, 95% CI)")
+        ax.errorbar(
+            x,
+            g["mean"],
+            yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
+            fmt="o-",
+            capsize=3,
+            color=ARM_COLORS[arm],
+            label=f"{arm} (mean, 95% CI)",
+        )
     ax.set_xlabel("rollout day")
     ax.set_ylabel("satisfaction (share satisfied, 0-1)")
     ax2 = ax.twinx()
-    q = daily_df[daily_df["arm"] == "quantized"].set_index("day")["share"].reindex(
-        sorted(daily_df["day"].unique()), fill_value=0.0)
-    ax2.step(q.index, q.to_numpy() * 100, where="mid", color="grey", alpha=0.6, linestyle="--",
-             label="quantized traffic share (%)")
+    q = (
+        daily_df[daily_df["arm"] == "quantized"]
+        .set_index("day")["share"]
+        .reindex(sorted(daily_df["day"].unique()), fill_value=0.0)
+    )
+    ax2.step(
+        q.index,
+        q.to_numpy() * 100,
+        where="mid",
+        color="grey",
+        alpha=0.6,
+        linestyle="--",
+        label="quantized traffic share (%)",
+    )
     ax2.fill_between(q.index, 0, q.to_numpy() * 100, step="mid", color="grey", alpha=0.08)
     ax2.set_ylim(0, 105)
     ax2.set_ylabel("quantized traffic share (%)")
@@ -133,16 +202,28 @@ def _annotate_decisions(ax, looks_df: pd.DataFrame, column: str, scale: float) -
     for _, row in looks_df.iterrows():
         y = row.get(column)
         if row["decision"] != prev and not pd.isna(y):
-            ax.annotate(row["decision"], (row["look"], float(y) * scale), xytext=(0, 14),
-                        textcoords="offset points", ha="center", fontsize=9, weight="bold",
-                        color=DECISION_COLORS.get(row["decision"], "black"),
-                        arrowprops={"arrowstyle": "-", "color": "grey"})
+            ax.annotate(
+                row["decision"],
+                (row["look"], float(y) * scale),
+                xytext=(0, 14),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+                weight="bold",
+                color=DECISION_COLORS.get(row["decision"], "black"),
+                arrowprops={"arrowstyle": "-", "color": "grey"},
+            )
         prev = row["decision"]
     stop = looks_df.attrs.get("stopped_at_look")
     if stop is not None:
         final = looks_df["decision"].iloc[-1]
-        ax.axvline(stop, color=DECISION_COLORS.get(final, "grey"), linestyle="-.", linewidth=1,
-                   label=f"rollout stops: {final} (look {stop})")
+        ax.axvline(
+            stop,
+            color=DECISION_COLORS.get(final, "grey"),
+            linestyle="-.",
+            linewidth=1,
+            label=f"rollout stops: {final} (look {stop})",
+        )
 
 
 def plot_sequential(looks_df: pd.DataFrame, margin: float, simulated: bool) -> Figure:
@@ -152,13 +233,24 @@ def plot_sequential(looks_df: pd.DataFrame, margin: float, simulated: bool) -> F
     ax = fig.add_subplot()
     d = looks_df.dropna(subset=["difference"])
     pts = 100.0
-    ax.fill_between(d["look"], d["ci_lower"] * pts, d["ci_upper"] * pts, color="#1f77b4", alpha=0.15,
-                    label="two-sided adjusted CI (harm test)")
+    ax.fill_between(
+        d["look"],
+        d["ci_lower"] * pts,
+        d["ci_upper"] * pts,
+        color="#1f77b4",
+        alpha=0.15,
+        label="two-sided adjusted CI (harm test)",
+    )
     ax.plot(d["look"], d["difference"] * pts, "o-", color="#1f77b4", label="difference (quantized - baseline)")
     ax.plot(d["look"], d["ni_lower"] * pts, "^--", color="#ff7f0e", label="one-sided adjusted lower bound (NI test)")
     ax.axhline(0, color="black", linewidth=1, label="no difference")
-    ax.axhline(-margin * pts, color="#d62728", linestyle=":", linewidth=1.5,
-               label=f"non-inferiority margin (-{margin * pts:g} points)")
+    ax.axhline(
+        -margin * pts,
+        color="#d62728",
+        linestyle=":",
+        linewidth=1.5,
+        label=f"non-inferiority margin (-{margin * pts:g} points)",
+    )
     _annotate_decisions(ax, looks_df, "difference", pts)
     method = looks_df.attrs.get("method", "sequential")
     ax.set_xlabel("look (end of rollout day, cumulative data)")
@@ -167,8 +259,9 @@ def plot_sequential(looks_df: pd.DataFrame, margin: float, simulated: bool) -> F
     ax.legend(loc="best", fontsize=9)
     final = looks_df["decision"].iloc[-1] if len(looks_df) else "n/a"
     how = "group-sequential" if method == "sequential" else "Bonferroni over looks"
-    _mark_simulated(fig, ax, f"Satisfaction non-inferiority, {how} (spotify-confidence): final decision '{final}'",
-                    simulated)
+    _mark_simulated(
+        fig, ax, f"Satisfaction non-inferiority, {how} (spotify-confidence): final decision '{final}'", simulated
+    )
     return fig
 
 
@@ -178,20 +271,37 @@ def _metric_panel(ax, looks_df: pd.DataFrame, s: dict, srm_bad: Any, shared: dic
     d = looks_df.dropna(subset=[f"{m}_difference"])
     unit = "percentage points" if s["unit"] == "points" else "seconds"
     sign = -1.0 if s["higher_is_better"] else 1.0
-    ax.fill_between(d["look"], d[f"{m}_ci_lower"] * k, d[f"{m}_ci_upper"] * k, color="#1f77b4", alpha=0.15,
-                    label="two-sided adjusted CI (harm test)")
+    ax.fill_between(
+        d["look"],
+        d[f"{m}_ci_lower"] * k,
+        d[f"{m}_ci_upper"] * k,
+        color="#1f77b4",
+        alpha=0.15,
+        label="two-sided adjusted CI (harm test)",
+    )
     ax.plot(d["look"], d[f"{m}_difference"] * k, "o-", color="#1f77b4", label="difference (quantized - baseline)")
-    ax.plot(d["look"], d[f"{m}_ni_bound"] * k, "^--", color="#ff7f0e",
-            label="one-sided adjusted bound (NI test; lower bound if higher is better, else upper)")
+    ax.plot(
+        d["look"],
+        d[f"{m}_ni_bound"] * k,
+        "^--",
+        color="#ff7f0e",
+        label="one-sided adjusted bound (NI test; lower bound if higher is better, else upper)",
+    )
     ax.axhline(0, color="black", linewidth=1)
     for look in srm_bad:
-        ax.axvspan(look - 0.5, look + 0.5, color=DECISION_COLORS["stop (SRM)"], alpha=0.12,
-                   label="look failed the SRM check")
+        ax.axvspan(
+            look - 0.5, look + 0.5, color=DECISION_COLORS["stop (SRM)"], alpha=0.12, label="look failed the SRM check"
+        )
     _annotate_decisions(ax, looks_df, f"{m}_difference", k)
     for h, lab in zip(*ax.get_legend_handles_labels()):
         shared.setdefault(lab, h)
-    margin = ax.axhline(sign * s["margin"] * k, color="#d62728", linestyle=":", linewidth=1.5,
-                        label=f"margin ({sign * s['margin'] * k:+g} {'points' if s['unit'] == 'points' else 's'})")
+    margin = ax.axhline(
+        sign * s["margin"] * k,
+        color="#d62728",
+        linestyle=":",
+        linewidth=1.5,
+        label=f"margin ({sign * s['margin'] * k:+g} {'points' if s['unit'] == 'points' else 's'})",
+    )
     ax.legend(handles=[margin], loc="best", fontsize=8)
     ax.set_title(f"{m}: {s['label']} ({'higher' if s['higher_is_better'] else 'lower'} is better)", fontsize=10)
     ax.set_xlabel("look (rollout day, cumulative)")
@@ -216,7 +326,9 @@ def plot_guardrails(looks_df: pd.DataFrame, simulated: bool) -> Figure:
     if shared:
         fig.legend(list(shared.values()), list(shared.keys()), loc="outside lower center", ncol=3, fontsize=8)
     final = looks_df["decision"].iloc[-1] if len(looks_df) else "n/a"
-    srm_note = f"; SRM at look(s) {', '.join(map(str, srm_bad))}" if len(srm_bad) else "; SRM check passed at every look"
+    srm_note = (
+        f"; SRM at look(s) {', '.join(map(str, srm_bad))}" if len(srm_bad) else "; SRM check passed at every look"
+    )
     title = f"Satisfaction and guardrails per look: final decision '{final}'{srm_note}"
     if simulated:
         title = f"SIMULATED: {title}"
@@ -236,8 +348,12 @@ def plot_power(plan: pd.DataFrame) -> Figure:
         row = plan.set_index("metric").loc[m]
         margin = f"{row['margin'] * 100:g} points" if row.get("unit") == "points" else f"{row['margin']:g} s"
         ax.plot(g["day"], g["power"] * 100, "o-", markersize=3, label=f"{m} (margin {margin})")
-    ax.axhline(a["power_per_metric"] * 100, color="#d62728", linestyle=":",
-               label=f"target per metric 1 - beta/K = {a['power_per_metric']:.1%} (K = {a['K']})")
+    ax.axhline(
+        a["power_per_metric"] * 100,
+        color="#d62728",
+        linestyle=":",
+        label=f"target per metric 1 - beta/K = {a['power_per_metric']:.1%} (K = {a['K']})",
+    )
     ax.axvline(a["days_scheduled"], color="grey", linestyle="--", label=f"end of schedule (day {a['days_scheduled']})")
     if a.get("days_needed") is not None:
         ax.axvline(a["days_needed"], color="#2ca02c", linestyle="-.", label=f"days needed ({a['days_needed']})")
@@ -246,7 +362,10 @@ def plot_power(plan: pd.DataFrame) -> Figure:
     ax.set_ylabel("power of the non-inferiority test (%)")
     ax.legend(loc="lower right", fontsize=8)
     verdict = "enough" if a["sufficient"] else "UNDERPOWERED"
-    ax.set_title(f"Power plan before launch (fixed-horizon approximation, slightly optimistic): {verdict}, "
-                 f"{a['days_needed'] if a['days_needed'] is not None else '>' + str(int(curve['day'].max()))} days "
-                 f"needed, {a['days_scheduled']} scheduled", fontsize=10)
+    ax.set_title(
+        f"Power plan before launch (fixed-horizon approximation, slightly optimistic): {verdict}, "
+        f"{a['days_needed'] if a['days_needed'] is not None else '>' + str(int(curve['day'].max()))} days "
+        f"needed, {a['days_scheduled']} scheduled",
+        fontsize=10,
+    )
     return fig
