@@ -279,3 +279,20 @@ def test_no_function_runs_over_60_lines_without_a_reason():
             if length > MAX_FUNCTION_LINES and not reason.startswith("# long:"):
                 offenders.append(f"{path.relative_to(LIB)}:{node.lineno} {node.name} ({length} lines)")
     assert not offenders, "functions over 60 lines with no '# long:' reason above them:\n" + "\n".join(offenders)
+
+
+def test_imports_inside_functions_say_why():
+    """Imports go at the top of a module; one inside a function (torch, AutoAWQ, papermill: start-up
+    time) carries a comment on its line, the line above, or a neighbouring import of its block."""
+    silent = []
+    for path in sorted(LIB.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or node.col_offset == 0:
+                continue
+            near = [lines[i] for i in range(max(0, node.lineno - 4), node.end_lineno)]
+            said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            said = said or any(n.lstrip().startswith(("import ", "from ")) and "#" in n for n in near)
+            if not said:
+                silent.append(f"{path.relative_to(LIB)}:{node.lineno} {lines[node.lineno - 1].strip()}")
+    assert not silent, "imports inside functions with no reason given:\n" + "\n".join(silent)

@@ -96,7 +96,7 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, pipeline: Any = None) -> int:
-    from quantstudy.pipeline import manifest, runner
+    from quantstudy.pipeline import manifest, runner  # each command loads only what it runs
 
     try:
         result = runner.run_study(
@@ -157,7 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         _err(f"error: quantstudy.report.build_report is not available ({exc})")
         return EXIT_FAILED
-    from quantstudy.report import ReportError
+    from quantstudy.report import ReportError  # each command loads only what it runs
 
     try:
         result = build_report(run_dir, allow_stale=args.allow_stale)
@@ -169,7 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_notebooks(args: argparse.Namespace) -> int:
-    from quantstudy.config.notebooks import sync_notebooks
+    from quantstudy.config.notebooks import sync_notebooks  # each command loads only what it runs
 
     changed = sync_notebooks(params_path=args.params)
     print("parameters cells rewritten:", ", ".join(changed) if changed else "none (already in sync)")
@@ -177,7 +177,7 @@ def cmd_sync_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from quantstudy.steps import benchmark as bench
+    from quantstudy.steps import benchmark as bench  # each command loads only what it runs
 
     params = load_params(args.params)
     if args.lm_head:
@@ -215,7 +215,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_doc(args: argparse.Namespace) -> int:
-    from quantstudy.report import benchdoc
+    from quantstudy.report import benchdoc  # each command loads only what it runs
 
     readme = _show(Path(args.folder) / "README.md")
     try:
@@ -235,7 +235,7 @@ def cmd_bench_doc(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from quantstudy.report.compare import CompareError, compare_runs
+    from quantstudy.report.compare import CompareError, compare_runs  # each command loads only what it runs
 
     try:
         _, message = compare_runs(args.run_dirs, args.out, force=args.force)

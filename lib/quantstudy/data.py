@@ -372,7 +372,7 @@ def load_wiki(cache_dir: str | Path = "data/cache"):
     Columns: title, text, topic, split (pretrain/calib/eval by title hash). The package's
     JSON is normalised once to JSONL under ``cache_dir`` (gitignored).
     """
-    import datasets
+    import datasets  # seconds to import; only for a hub data set
 
     src = wiki_source_path()
     cache = resolve(cache_dir)
@@ -401,7 +401,7 @@ def load_generic_texts(data_params: Any, split: str = "eval") -> list[str]:
         ds = load_wiki()
         ds = ds.filter(lambda s: s == wiki_split_name, input_columns="split")
         return list(ds["text"])
-    import datasets
+    import datasets  # seconds to import; only for a hub data set
 
     name, hf_split, column = data_params.generic_dataset, data_params.generic_split, data_params.generic_text_column
     try:

@@ -130,7 +130,7 @@ def _gguf_header(path: Path) -> dict[str, Any]:
 
 def _gguf_fields_slow(path: Path) -> dict[str, Any]:
     """The same header through the gguf package's reader (any byte order, any version)."""
-    import gguf
+    import gguf  # only for a GGUF model
 
     reader = gguf.GGUFReader(str(path))
     return {
@@ -141,7 +141,7 @@ def _gguf_fields_slow(path: Path) -> dict[str, Any]:
 
 def gguf_metadata(path: Path) -> dict[str, Any]:
     """Architecture, widths and weight type of a GGUF file, read from its header."""
-    import gguf
+    import gguf  # only for a GGUF model
 
     try:
         fields = gguf_header(path)
@@ -170,7 +170,7 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
 
 
 def gguf_supported_architectures() -> list[str]:
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING  # seconds to import; loaded only where a model is
 
     return sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
 
@@ -222,7 +222,7 @@ def _pretrained_args(model: Any) -> tuple[str, dict[str, Any]]:
 
 
 def load_tokenizer(model: Any):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import; loaded only where a model is
 
     where, kwargs = _pretrained_args(model)
     return AutoTokenizer.from_pretrained(where, **kwargs)
@@ -230,8 +230,8 @@ def load_tokenizer(model: Any):
 
 def load_float_model(model: Any, dtype=None):
     """The full-precision model from its source (GGUF tensors dequantized), in ``dtype``."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # seconds to import; loaded only where a model is
+    from transformers import AutoModelForCausalLM  # seconds to import; loaded only where a model is
 
     where, kwargs = _pretrained_args(model)
     net = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kwargs)
@@ -282,7 +282,7 @@ def materialize(model: Any, dst: str | Path, dtype: str = "float32") -> dict[str
     """Write the full-precision model as a local Hugging Face folder at ``dst`` (replacing it):
     a copy of an embedded folder, or ``from_pretrained`` + ``save_pretrained`` for a hub id or a
     GGUF file. Returns the source record, also written to ``dst/quantstudy_source.json``."""
-    import torch
+    import torch  # seconds to import; loaded only where a model is
 
     dst = Path(dst)
     if dst.exists():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 from random import Random
@@ -768,8 +769,6 @@ def write_chat_items(settings_path: str | Path = DEFAULT_SETTINGS, out: str | Pa
 
 
 if __name__ == "__main__":  # python -m quantstudy_demo.chatitems [settings.yaml [out.jsonl]]
-    import sys
-
     args = sys.argv[1:]
     try:
         summary = write_chat_items(*(args[:2] or [DEFAULT_SETTINGS]))

@@ -42,21 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Each command imports its module on use: `model` and `card` pull in torch and transformers.
     if args.command == "data":
-        from quantstudy_demo.supportgen import write_demo_data
+        from quantstudy_demo.supportgen import write_demo_data  # each command loads only what it runs
 
         _print_json(write_demo_data())
     elif args.command == "items":
-        from quantstudy_demo.chatitems import write_chat_items
+        from quantstudy_demo.chatitems import write_chat_items  # each command loads only what it runs
 
         _print_json(write_chat_items(args.settings, args.out))
     elif args.command == "model":
-        from quantstudy_demo.train import train_demo_model
+        from quantstudy_demo.train import train_demo_model  # each command loads only what it runs
 
         result = train_demo_model(config_name=args.config, out_dir=args.out)
         if result is not None:
             _print_json(result)
     else:
-        from quantstudy_demo.modelcard import write_card
+        from quantstudy_demo.modelcard import write_card  # each command loads only what it runs
 
         card = write_card(args.model, remeasure=not args.render_only)
         print(f"model card written to {args.model}/README.md ({card['wall_s']:.0f} s)")

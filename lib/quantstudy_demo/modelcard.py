@@ -365,7 +365,7 @@ def plot_curve(record: dict, path: Path) -> None:
     import matplotlib  # lazy: only the card needs plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # table and plot libraries load only when a view is drawn
 
     c = record["curve"]
     fig, ax = plt.subplots(figsize=(7, 3.6))

@@ -22,6 +22,7 @@ import json
 import re
 import statistics
 import string
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1016,6 +1017,4 @@ def _summary(
 
 
 if __name__ == "__main__":  # python -m quantstudy_demo.supportgen [out_dir]
-    import sys
-
     print(json.dumps(write_demo_data(sys.argv[1] if len(sys.argv) > 1 else "data/demo"), indent=1))

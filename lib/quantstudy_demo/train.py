@@ -113,7 +113,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """Byte-level BPE (no unknown tokens), saved as a Hugging Face fast tokenizer with BOS added."""
     # lazy: importing transformers takes seconds, and only training needs it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # seconds to import; loaded only where a model is
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -82,7 +82,7 @@ def verify_archive(folder: str | Path) -> dict[str, str]:
 
 
 def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # with torch, only where weights are read
 
     out: dict[str, torch.Tensor] = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
@@ -136,7 +136,7 @@ def dequantize_awq_state(tensors: dict[str, torch.Tensor], bits: int, group_size
     """Replace every (qweight, qzeros, scales) triple by a dense float32 `weight` [out, in],
     with autoawq's own unpacking arithmetic (awq.utils.packing_utils.dequantize_gemm)."""
     quiet_awq()
-    from awq.utils.packing_utils import dequantize_gemm
+    from awq.utils.packing_utils import dequantize_gemm  # AutoAWQ: seconds to import, loaded only where used
 
     out: dict[str, torch.Tensor] = {}
     done = set()
@@ -158,6 +158,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
     CPU: AWQ weights are unpacked into dense float32 linears (from_quantized needs IPEX there).
     GPU: AutoAWQ's own kernels through from_quantized.
     """
+    # seconds to import; loaded only where a model is
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve(folder)
@@ -172,7 +173,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
     elif device == "cuda":  # pragma: no cover - needs a GPU
         try:  # the kernels a team would serve; the dense dequantization below is the same arithmetic
             quiet_awq()
-            from awq import AutoAWQForCausalLM
+            from awq import AutoAWQForCausalLM  # AutoAWQ: seconds to import, loaded only where used
 
             model = AutoAWQForCausalLM.from_quantized(str(folder), fuse_layers=False).model
             loader = "AutoAWQForCausalLM.from_quantized"

@@ -21,7 +21,7 @@ def pseudo_quantizer(bits: int, group_size: int, zero_point: bool = True):
     """AutoAWQ's ``AwqQuantizer`` with only its quantization settings: its ``pseudo_quantize_tensor``
     and ``_apply_quant`` work; its ``__init__`` (which would run a calibration) is skipped."""
     quiet_awq()
-    from awq.quantize.quantizer import AwqQuantizer
+    from awq.quantize.quantizer import AwqQuantizer  # AutoAWQ: seconds to import, loaded only where used
 
     q = AwqQuantizer.__new__(AwqQuantizer)
     q.w_bit, q.group_size, q.zero_point = bits, group_size, zero_point
@@ -32,6 +32,7 @@ def unpack_awq_gemm(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int = 4) 
     """AutoAWQ GEMM tensors -> (int weight [in, out], int zeros [in/g, out]), values 0..15,
     with AutoAWQ's own unpacking (same steps as ``dequantize_gemm``)."""
     quiet_awq()
+    # AutoAWQ: seconds to import, loaded only where used
     from awq.utils.packing_utils import reverse_awq_order, unpack_awq
 
     iweight, izeros = unpack_awq(qweight, qzeros, bits)
@@ -86,7 +87,7 @@ def vectorized_from_linear():
     module with bit-identical tensors (tests/test_bench.py checks both packers agree).
     """
     quiet_awq()
-    from awq.modules.linear.gemm import WQLinear_GEMM
+    from awq.modules.linear.gemm import WQLinear_GEMM  # AutoAWQ: seconds to import, loaded only where used
 
     original = WQLinear_GEMM.__dict__["from_linear"]
 

@@ -16,6 +16,7 @@ import nbformat
 
 from quantstudy.config.params import SECTION_MODELS, STEP_SECTIONS, load_params, step_parameters
 from quantstudy.paths import resolve
+from quantstudy.pipeline.steps import STEPS
 
 _KEY = re.compile(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*):(.*?)(?:\s+#\s*(.*))?$")
 
@@ -53,8 +54,6 @@ def parameters_source(step: str, params_path: str | Path = "params/default.yaml"
     p = load_params(resolve(params_path), check_files=False)
     comments = yaml_comments(resolve(params_path))
     flat = step_parameters(p, step)
-    from quantstudy.pipeline.steps import STEPS
-
     needs = {s.name: s.needs for s in STEPS}[step]
     inputs = {n: f"outputs/lab/{n}" for n in needs}
     lines = [

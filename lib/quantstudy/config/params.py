@@ -532,7 +532,7 @@ def check_combinations(p: StudyParams, source: str, sections: tuple[str, ...] | 
 def check_model_source(p: StudyParams, source: str, check_group_size: bool = True) -> None:
     """The model's architecture (AutoAWQ must support it) and layer widths (the group size must
     divide them), from config.json or the GGUF header: before any long work."""
-    from quantstudy import modelsource
+    from quantstudy import modelsource  # file checks load data readers (pandas, torch) only when they run
 
     if p.model.source == "gguf" and p.model.trust_remote_code:
         raise ParamsError(f"{source}: model.trust_remote_code: expected false for a GGUF model; found true")
@@ -544,6 +544,7 @@ def check_model_source(p: StudyParams, source: str, check_group_size: bool = Tru
         return
     where, cfg = found
     mtype = cfg.get("model_type")
+    # file checks load data readers (pandas, torch) only when they run
     from quantstudy.awqformat.autoawq import supported_model_types
 
     supported = supported_model_types()
@@ -610,7 +611,7 @@ def check_input_contents(p: StudyParams, source: str) -> None:
     """Read and check every input the run will use, before any step starts: conversations,
     task items, the domain lexicon, rollout logs and a local model's config.json. A file with
     several bad lines reports them all (the first 20, and the count)."""
-    from quantstudy import data
+    from quantstudy import data  # file checks load data readers (pandas, torch) only when they run
 
     checks = [
         ("data.conversations", lambda: data.read_conversations(p.data.conversations)),
@@ -621,6 +622,7 @@ def check_input_contents(p: StudyParams, source: str) -> None:
     if p.rollout.logs is not None:
 
         def logs():
+            # file checks load data readers (pandas, torch) only when they run
             from quantstudy.rollout_logs import read_logs, require_columns
 
             frame = read_logs(p.rollout.logs)

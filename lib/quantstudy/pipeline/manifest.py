@@ -94,7 +94,7 @@ def hash_tree(root: Path, base: Path | None = None) -> dict[str, str]:
 
 def notebook_source_sha256(path: Path) -> str:
     """Hash of the notebook's cells (type + source) only: outputs, counts and metadata ignored."""
-    import nbformat
+    import nbformat  # papermill and Jupyter load only when notebooks run
 
     nb = nbformat.read(str(path), as_version=4)
     cells = [[c.get("cell_type"), c.get("source", "")] for c in nb.cells]
@@ -131,7 +131,7 @@ def external_inputs(p: StudyParams, step: Step | str, steps: Sequence[Step] = ST
             continue
         path = resolve(value)
         if key == "model.path" and p.model.source == "gguf":
-            from quantstudy.modelsource import gguf_path
+            from quantstudy.modelsource import gguf_path  # only for a GGUF model, or to find the package's own files
 
             path = gguf_path(value)  # a file, or a resource inside an installed package
         elif key == "model.path" and not path.exists():
@@ -233,7 +233,7 @@ KEY_PACKAGES = ("torch", "transformers", "autoawq", "tokenizers", "safetensors",
 def code_sha256(package_dir: Path | None = None) -> str:
     """Hash of the library a step runs: every source and template file of the installed
     ``quantstudy`` package (paths and contents), and the versions of :data:`KEY_PACKAGES`."""
-    import quantstudy
+    import quantstudy  # only for a GGUF model, or to find the package's own files
 
     root = Path(package_dir or Path(quantstudy.__file__).parent)
     h = hashlib.sha256()
@@ -280,7 +280,7 @@ OUT_OF_DATE = "report-out-of-date"
 
 def mark_report_out_of_date(run_dir: Path, why: str) -> None:
     """Put a visible banner at the top of an existing report.html."""
-    import html
+    import html  # only for the out-of-date banner
 
     report = run_dir / REPORT_FILE
     if not report.is_file():

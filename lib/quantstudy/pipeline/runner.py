@@ -199,7 +199,7 @@ class _TqdmHandler(logging.Handler):
     )
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # loaded with the long work it reports on
 
         try:
             text = self.format(record).rstrip("\n")
@@ -212,7 +212,7 @@ class _TqdmHandler(logging.Handler):
 
 def _kernel_name(nb_path: Path) -> str | None:
     """None (use the notebook's kernelspec) when it names an installed kernel, else python3."""
-    import nbformat
+    import nbformat  # papermill and Jupyter load only when notebooks run
 
     try:
         name = nbformat.read(str(nb_path), as_version=4).metadata.get("kernelspec", {}).get("name")
@@ -220,6 +220,7 @@ def _kernel_name(nb_path: Path) -> str | None:
         name = None
     if name:
         try:
+            # papermill and Jupyter load only when notebooks run
             from jupyter_client.kernelspec import KernelSpecManager
 
             if name in KernelSpecManager().find_kernel_specs():
@@ -329,7 +330,7 @@ def run_study(
     Raises ParamsError (bad params) or StepSelectionError (bad selection) before any
     notebook starts. A failing step does not raise: see ``RunResult.failed``.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # loaded with the long work it reports on
 
     pipeline = pipeline or Pipeline()
     params_path = Path(params_file)
@@ -545,8 +546,8 @@ def _execute(
     src: Path, executed: Path, parameters: Mapping[str, Any], log_cells: bool
 ) -> tuple[dict[str, Any] | None, BaseException | None]:
     """Run one notebook with papermill: (error record or None, an interrupt to re-raise or None)."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+    import papermill as pm  # papermill and Jupyter load only when notebooks run
+    from papermill.exceptions import PapermillExecutionError  # papermill and Jupyter load only when notebooks run
 
     try:
         pm.execute_notebook(

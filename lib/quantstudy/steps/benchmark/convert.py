@@ -56,7 +56,7 @@ def _skeleton(cfg, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM  # lazy: transformers costs seconds to import
 
     try:
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import no_init_weights  # seconds to import; loaded only where a model is
     except ImportError:  # pragma: no cover - older transformers
         no_init_weights = contextlib.nullcontext
     with no_init_weights():

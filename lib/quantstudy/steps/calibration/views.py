@@ -12,7 +12,7 @@ from quantstudy.steps.calibration.pii_eval import PII_TYPES
 
 def pii_table(independent: dict | None):
     """Recall per type on the independent PII sets, with survivors counted (masked in metrics)."""
-    import pandas as pd
+    import pandas as pd  # table and plot libraries load only when a view is drawn
 
     if not independent:
         return pd.DataFrame()
@@ -29,7 +29,7 @@ def pii_table(independent: dict | None):
 
 def scrub_table(report: dict):
     """PII replaced per type, and the planted count and recall where the data records planted PII."""
-    import pandas as pd
+    import pandas as pd  # table and plot libraries load only when a view is drawn
 
     types = sorted(set(report.get("replaced_by_type", {})) | set(report.get("planted_by_type", {})))
     return pd.DataFrame(
@@ -47,7 +47,7 @@ def scrub_table(report: dict):
 
 def sets_table(records: list[dict]):
     """One row per calibration set: its source, draw, size and what AutoAWQ will keep of it."""
-    import pandas as pd
+    import pandas as pd  # table and plot libraries load only when a view is drawn
 
     cols = ["name", "source", "draw", "n_samples", "n_texts", "texts_split", "tokens", "kept_by_autoawq", "max_seq_len"]
     return pd.DataFrame([{c: r.get(c) for c in cols} for r in records]).set_index("name")
@@ -55,9 +55,9 @@ def sets_table(records: list[dict]):
 
 def plot_statistics(stats: dict, records: list[dict]):
     """Three panels: token lengths per set, domain-term coverage, 3-gram overlap with in-domain eval."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
+    import matplotlib.pyplot as plt  # table and plot libraries load only when a view is drawn
+    import pandas as pd  # table and plot libraries load only when a view is drawn
+    import seaborn as sns  # table and plot libraries load only when a view is drawn
 
     main = [r["name"] for r in records if not r.get("sweep")]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))

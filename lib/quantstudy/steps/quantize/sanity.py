@@ -36,7 +36,7 @@ def sanity_perplexities(
     """Perplexity of the baseline and every checkpoint on held-out text of each domain
     (``quantize.sanity_tokens`` tokens each, in ``model.eval_dtype``), and the flag: an AWQ
     checkpoint worse than RTN (same bits) on its own calibration domain."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # loaded with the long work it reports on
 
     max_tokens = max_tokens or P.quantize.sanity_tokens
     dtype = _dtype(P.model.eval_dtype)

@@ -31,7 +31,7 @@ from quantstudy.steps.quantize.memory import PeakRSS
 def _load_awq_model(model_path: str, dtype: torch.dtype, trust_remote_code: bool = False):
     """The base model as AutoAWQ's wrapper (a project path or a hub id), on the CPU."""
     quiet_awq()
-    from awq import AutoAWQForCausalLM
+    from awq import AutoAWQForCausalLM  # AutoAWQ: seconds to import, loaded only where used
 
     src = resolve(model_path)
     path = str(src) if src.exists() else model_path
@@ -77,7 +77,7 @@ def _quant_config(req: QuantRequest) -> dict:
 def _simulate_low_bits(awq_model, bits: int, group_size: int, zero_point: bool) -> None:
     """Round every decoder linear to `bits` in place (AutoAWQ's own pseudo-quantizer)."""
     quiet_awq()
-    from awq.utils.module import get_named_linears
+    from awq.utils.module import get_named_linears  # AutoAWQ: seconds to import, loaded only where used
 
     q = pseudo_quantizer(bits, group_size, zero_point)
     for layer in awq_model.get_model_layers(awq_model.model):
@@ -176,6 +176,7 @@ class _RoundToNearest:
 
     def run(self) -> None:
         quiet_awq()
+        # AutoAWQ: seconds to import, loaded only where used
         from awq.utils.module import exclude_layers_to_not_quantize, get_named_linears
 
         for layer in tqdm(self.q.awq_model.get_model_layers(self.q.model), desc="RTN", leave=False):
@@ -186,7 +187,7 @@ class _RoundToNearest:
 def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
     """Round-to-nearest reference, no calibration, same packed AutoAWQ format (4-bit) or simulated (3-bit)."""
     quiet_awq()
-    from awq.models._config import AwqConfig
+    from awq.models._config import AwqConfig  # AutoAWQ: seconds to import, loaded only where used
 
     simulated = req.bits < 4
     t0 = time.time()

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 def plan_table(plan: list[dict]):
     """One row per planned checkpoint."""
-    import pandas as pd
+    import pandas as pd  # table and plot libraries load only when a view is drawn
 
     return pd.DataFrame(plan).set_index("name")
 
 
 def records_table(records: list[dict]):
     """One row per checkpoint written: its settings, search time, peak memory and size."""
-    import pandas as pd
+    import pandas as pd  # table and plot libraries load only when a view is drawn
 
     cols = [
         "method",
@@ -38,7 +38,7 @@ def records_table(records: list[dict]):
 
 def sanity_table(rows: list[dict]):
     """Perplexities per domain, and each AWQ checkpoint against RTN with its 95% CI."""
-    import pandas as pd
+    import pandas as pd  # table and plot libraries load only when a view is drawn
 
     out = []
     for r in rows:
@@ -60,7 +60,7 @@ def sanity_table(rows: list[dict]):
 def plot_search_settings(records: list[dict], sanity: list[dict]):
     """AutoAWQ search settings on the same calibration set: quality (in-domain perplexity vs RTN)
     against search wall time."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # table and plot libraries load only when a view is drawn
 
     by = {r["name"]: r for r in sanity}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
