@@ -98,12 +98,17 @@ def test_metric_registry_is_a_leaf_and_defines_each_metric_once():
         registry.metric("bleu")
 
 
-def _modules_imported(path: Path) -> set[str]:
-    """Full names of the modules a module imports (anywhere in it, lazy imports included)."""
+def _modules_imported(path: Path, names: bool = False) -> set[str]:
+    """Full names of the modules a module imports (anywhere in it, lazy imports included). With
+    ``names``, also ``pkg.name`` for every ``from pkg import name`` (name may be a module)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and names:
+            found = {f"{node.module}.{a.name}" for a in node.names}
+            # ``from pkg import submodule`` runs pkg/__init__ first, but what the code uses is the submodule
+            out |= found if all(_is_module(n) for n in found) else found | {node.module}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out |= {node.module} if node.module != "quantstudy" else {f"quantstudy.{a.name}" for a in node.names}
     return out
@@ -189,19 +194,6 @@ def _layer(module: str) -> int:
     return LAYERS[best]
 
 
-def _names_imported(path: Path) -> set[str]:
-    """Like _modules_imported, plus ``pkg.name`` for every ``from pkg import name`` (name may be a module)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = {f"{node.module}.{a.name}" for a in node.names}
-            # ``from pkg import submodule`` runs pkg/__init__ first, but what the code uses is the submodule
-            out |= names if all(_is_module(n) for n in names) else names | {node.module}
-    return out
-
-
 def _is_module(name: str) -> bool:
     path = LIB.joinpath(*name.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
@@ -211,7 +203,7 @@ def _study_graph() -> dict[str, set[str]]:
     """quantstudy module -> the quantstudy names it imports (full names, lazy imports included)."""
     graph: dict[str, set[str]] = {}
     for path in sorted((LIB / "quantstudy").rglob("*.py")):
-        graph[_module_name(path)] = {m for m in _names_imported(path) if m.split(".")[0] == "quantstudy"}
+        graph[_module_name(path)] = {m for m in _modules_imported(path, names=True) if m.split(".")[0] == "quantstudy"}
     return graph
 
 
