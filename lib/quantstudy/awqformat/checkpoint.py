@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from quantstudy.awqformat import compressed
 from quantstudy.awqformat.autoawq import quiet_awq
 from quantstudy.paths import resolve
 
@@ -106,6 +107,8 @@ def checkpoint_size(folder: str | Path) -> dict:
             n_w = t.shape[0] * t.shape[1] * 8  # 8 x 4-bit values per int32
             q_bits += bits_here
             q_weights += n_w
+    ct_bits, ct_weights = compressed.packed_size(tensors)  # llm-compressor's layout
+    q_bits, q_weights = q_bits + ct_bits, q_weights + ct_weights
     return {
         "checkpoint_bytes": disk,
         "effective_bits_per_weight": round(q_bits / q_weights, 4) if q_weights else None,
@@ -114,7 +117,8 @@ def checkpoint_size(folder: str | Path) -> dict:
 
 
 def checkpoint_kind(folder: str | Path) -> str:
-    """'awq' (packed), 'dense' (baseline or simulated), or raise for an unknown quantization config."""
+    """'awq' (AutoAWQ packed), 'compressed' (llm-compressor's compressed-tensors packed), 'dense'
+    (baseline or simulated), or raise for an unknown quantization config."""
     folder = resolve(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -126,9 +130,11 @@ def checkpoint_kind(folder: str | Path) -> str:
     method = qc.get("quant_method")
     if method == "awq" and qc.get("bits", qc.get("w_bit")) == 4 and str(qc.get("version", "gemm")).lower() == "gemm":
         return "awq"
+    if compressed.is_compressed_config(qc):
+        return "compressed"
     raise CheckpointError(
-        f"{cfg_path}: quantization_config {qc!r} is not supported here; "
-        "expected AutoAWQ GEMM 4-bit (quant_method 'awq', bits 4, version 'gemm') or no quantization"
+        f"{cfg_path}: quantization_config {qc!r} is not supported here; expected AutoAWQ GEMM 4-bit "
+        "(quant_method 'awq', bits 4, version 'gemm'), compressed-tensors pack-quantized, or no quantization"
     )
 
 
@@ -156,7 +162,8 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
     """One loader for the baseline and every checkpoint -> (model, tokenizer, info).
 
     CPU: AWQ weights are unpacked into dense float32 linears (from_quantized needs IPEX there).
-    GPU: AutoAWQ's own kernels through from_quantized.
+    GPU: AutoAWQ's own kernels through from_quantized. llm-compressor's checkpoints are
+    decompressed with compressed-tensors on either (vLLM serves them; transformers does not).
     """
     # seconds to import; loaded only where a model is
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -170,7 +177,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
     model = None
     if kind == "dense":
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    elif device == "cuda":  # pragma: no cover - needs a GPU
+    elif kind == "awq" and device == "cuda":  # pragma: no cover - needs a GPU
         try:  # the kernels a team would serve; the dense dequantization below is the same arithmetic
             quiet_awq()
             from awq import AutoAWQForCausalLM  # AutoAWQ: seconds to import, loaded only where used
@@ -184,9 +191,12 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", dtype: torch.dtype 
         qc = cfg.quantization_config if isinstance(cfg.quantization_config, dict) else cfg.quantization_config.to_dict()
         del cfg.quantization_config
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-        state = dequantize_awq_state(
-            read_tensors(folder), qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size"))
-        )
+        if kind == "compressed":
+            state = compressed.dequantize_compressed_state(read_tensors(folder), qc)
+        else:
+            state = dequantize_awq_state(
+                read_tensors(folder), qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size"))
+            )
         if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in state:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True)

@@ -110,6 +110,12 @@ class QuantizeSection(_Section):
     rtn_reference: bool = True
     compare_search_settings: bool = True  # also run AutoAWQ's defaults on in-domain draw 0
     sanity_tokens: int = Field(8000, ge=256, description="held-out tokens per domain for step 02's sanity check")
+    # AWQ implementations run on every calibration set: AutoAWQ (the design's quantizer; it
+    # packs the served checkpoint) and llm-compressor (its maintained successor, CPU fallback).
+    backends: list[Literal["autoawq", "llmcompressor"]] = Field(default_factory=lambda: ["autoawq"], min_length=1)
+    # llm-compressor only: also calibrate each in-domain draw on the assistant's tokens alone
+    # (a loss mask over the chat template), to measure that choice as a factor.
+    assistant_only: bool = False
 
     @field_validator("group_size")
     @classmethod
@@ -496,6 +502,7 @@ def check_combinations(p: StudyParams, source: str, sections: tuple[str, ...] | 
         raise ParamsError(
             f"{source}: quantize.version: expected GEMM with 3-bit runs (simulated); found {p.quantize.version!r}"
         )
+    check_backends(p, source)
     if p.calibration.sample_sweep and max(p.calibration.sample_sweep) > 4096:
         raise ParamsError(
             f"{source}: calibration.sample_sweep: expected counts <= 4096; found {max(p.calibration.sample_sweep)}"
@@ -527,6 +534,41 @@ def check_combinations(p: StudyParams, source: str, sections: tuple[str, ...] | 
             f"{source}: evaluate.budget: expected unit 'points' for the satisfaction line; found {sat[0].unit!r}"
         )
     check_model_source(p, source, check_group_size=sections is None or "quantize" in sections)
+
+
+def check_backends(p: StudyParams, source: str) -> None:
+    """The AWQ implementations: AutoAWQ always (the served checkpoint and the RTN reference are
+    in its packed format), llm-compressor for 4-bit only (3-bit runs are AutoAWQ's simulation),
+    the assistant-only loss mask only with llm-compressor."""
+    q = p.quantize
+    if len(set(q.backends)) != len(q.backends):
+        raise ParamsError(f"{source}: quantize.backends: expected each backend once; found {q.backends}")
+    if "autoawq" not in q.backends:
+        raise ParamsError(
+            f"{source}: quantize.backends: expected autoawq in the list (the RTN reference and the "
+            f"served checkpoint use its packed format; llm-compressor runs next to it); found {q.backends}"
+        )
+    if "llmcompressor" in q.backends and any(b != 4 for b in q.bits):
+        raise ParamsError(
+            f"{source}: quantize.bits: expected [4] with backend llmcompressor (the study compares the "
+            f"two implementations at 4 bits; 3-bit runs are AutoAWQ's simulation); found {q.bits}"
+        )
+    if "llmcompressor" in q.backends and q.version != "GEMM":
+        raise ParamsError(
+            f"{source}: quantize.version: expected GEMM with backend llmcompressor (its packed "
+            f"format is compared with AutoAWQ's GEMM layout); found {q.version!r}"
+        )
+    if q.assistant_only and "llmcompressor" not in q.backends:
+        raise ParamsError(
+            f"{source}: quantize.assistant_only: expected false unless quantize.backends includes "
+            "llmcompressor (the loss mask is an llm-compressor option); found true"
+        )
+    if q.assistant_only and "in_domain" not in p.calibration.sources:
+        raise ParamsError(
+            f"{source}: quantize.assistant_only: expected calibration.sources to include in_domain "
+            "(the mask selects the assistant's turns of conversations); found "
+            f"{p.calibration.sources}"
+        )
 
 
 def check_model_source(p: StudyParams, source: str, check_group_size: bool = True) -> None:

@@ -58,6 +58,8 @@ class Effect(Record):
     hi: float
     draws: list[int]  # draws of a, draws of b
     within_noise: bool
+    kind: str = "calibration source"  # | implementation (llm-compressor vs AutoAWQ) | loss mask
+    paired_draws: bool = False  # draw i of a and b share a calibration set, resampled together
 
 
 class CategoryDamage(Record):

@@ -38,6 +38,8 @@ class Checkpoint(Record):
     apply_clip: bool | None = None  # AWQ checkpoints only
     sweep: bool | None = None
     n_samples: int | None = None
+    backend: str = "autoawq"  # the AWQ implementation: autoawq | llmcompressor (RTN: AutoAWQ's packing)
+    loss_mask: str | None = None  # llm-compressor only: "assistant" when only the assistant's tokens counted
 
 
 class SanityRow(Record):

@@ -165,9 +165,12 @@ def source_effect(
     seed: int = 0,
     confidence: float = 0.95,
     groups: np.ndarray | None = None,
+    paired_draws: bool = False,
 ) -> dict:
     """Effect of calibration source a vs b (mean over draws), with a CI that resamples both the
-    evaluation units (paired) and the draws, so draw-to-draw noise widens it."""
+    evaluation units (paired) and the draws, so draw-to-draw noise widens it. ``paired_draws``:
+    draw i of a and of b share a calibration set (two implementations on the same sets), so
+    the draws are resampled together."""
     A, B = np.array(per_source[a]), np.array(per_source[b])  # [draws, units]
     if groups is None:
         groups = np.arange(A.shape[1])
@@ -188,7 +191,7 @@ def source_effect(
     for k in range(n):
         w = np.bincount(rng.integers(0, g, g), minlength=g).astype(float)
         da = rng.integers(0, len(A), len(A))
-        db = rng.integers(0, len(B), len(B))
+        db = da if paired_draws else rng.integers(0, len(B), len(B))
         boots[k] = val(SA[da].mean(0) @ w, SB[db].mean(0) @ w, cnt @ w)
     lo, hi = np.quantile(boots, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     per_draw_a = [float(val(s.sum(), 0 * s.sum(), cnt.sum())) if stat == "mean_diff" else None for s in SA]
@@ -199,6 +202,7 @@ def source_effect(
         "lo": float(lo),
         "hi": float(hi),
         "draws": [len(A), len(B)],
+        "paired_draws": paired_draws,
         "within_noise": bool(lo <= 0 <= hi),
         "per_draw_a": per_draw_a,
     }

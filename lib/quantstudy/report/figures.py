@@ -160,7 +160,11 @@ def fig_budget(M: Mapping[str, Any]):
 
 def fig_effects(M: Mapping[str, Any]):
     """Forest plot of the calibration-source effects, one panel per unit."""
-    effects = M["03_evaluate"].get("calibration_effects") or []
+    effects = [
+        e
+        for e in M["03_evaluate"].get("calibration_effects") or []
+        if e.get("kind", "calibration source") == "calibration source" and "/" not in e["a"]
+    ]
     if not effects:
         return None
     units = list(dict.fromkeys(e.get("unit", "") for e in effects))

@@ -20,6 +20,7 @@ METRICS = "metrics.json"
 
 METRIC_LABELS = {name: m.label for name, m in METRIC_REGISTRY.items()}  # quantstudy.metrics.registry
 SOURCE_LABELS = {"in_domain": "In-domain", "generic": "generic", "mixed": "Mixed", "RTN": "round-to-nearest (RTN)"}
+SOURCE_LABELS.update({f"{k}/llmc": f"{v} (llm-compressor)" for k, v in list(SOURCE_LABELS.items()) if k != "RTN"})
 
 
 def label(metric: str) -> str:

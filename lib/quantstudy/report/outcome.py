@@ -16,7 +16,15 @@ from typing import Any, Mapping
 from quantstudy.pipeline.manifest import budget_changed_after_results
 from quantstudy.report.answer import srm_check_text
 from quantstudy.report.formatting import fmt, gb, md_cell, md_table, money, num
-from quantstudy.report.lookups import bench_models, calibration_effects, ci_level, speed_rows
+from quantstudy.report.lookups import (
+    SOURCE_LABELS,
+    bench_models,
+    calibration_effects,
+    ci_level,
+    label,
+    lower_is_better,
+    speed_rows,
+)
 from quantstudy.report.sections import Cells, effect_sentence, figure_cell
 
 
@@ -93,6 +101,7 @@ def effects_md(M: Mapping[str, Any]) -> str:
             "reading": "within noise" if e.get("within_noise") else "CI excludes 0",
         }
         for e in M["03_evaluate"].get("calibration_effects") or []
+        if e.get("kind", "calibration source") == "calibration source"
     ]
     key = [effect_sentence(e, ci) for e in calibration_effects(M)]
     return "\n".join(
@@ -109,7 +118,68 @@ def effects_md(M: Mapping[str, Any]) -> str:
             "",
             md_table(e_rows) if e_rows else "",
             "",
+            implementations_md(M),
             "</div>",
+        ]
+    )
+
+
+_IMPLEMENTATION_METRICS = ("indomain_ppl", "generic_ppl", "policy_grounded_acc", "retention_acc", "retention_flip_rate")
+
+
+def implementation_sentence(e: Mapping[str, Any], ci: str) -> str:
+    """An implementation or loss-mask effect in one sentence."""
+    unit = e.get("unit", "")
+    shown = "%" if unit.startswith("%") else f" {unit}"
+    source = SOURCE_LABELS.get(e["b"].split("/")[0], e["b"]).lower()
+    if e.get("kind") == "loss mask":
+        who = f"llm-compressor calibrated on the assistant's tokens only ({source} sets) against whole conversations"
+    else:
+        who = f"llm-compressor against AutoAWQ on the same {source} sets and draws"
+    text = (
+        f"{who}: {label(e['metric'])} {fmt(e['point'], 2, True)}{shown} ({ci} [{fmt(e['lo'], 2, True)}, "
+        f"{fmt(e['hi'], 2, True)}], {e['draws'][0]} paired draws)"
+    )
+    if e.get("within_noise"):
+        return text + ", within noise."
+    better = (e["point"] < 0) == lower_is_better(e["metric"], unit)
+    return text + f": {'better' if better else 'worse'}, and the interval excludes 0."
+
+
+def implementations_md(M: Mapping[str, Any]) -> str:
+    """llm-compressor next to AutoAWQ (quantize.backends): the implementation effect, the
+    calibration-source effect within llm-compressor, and the assistant-only loss mask."""
+    effects = M["03_evaluate"].get("calibration_effects") or []
+    impl = [e for e in effects if e.get("kind") in ("implementation", "loss mask")]
+    if not impl:
+        return ""
+    ci = ci_level(M)
+    within = calibration_effects(M, "in_domain/llmc", "generic/llmc")
+    rows = [
+        {
+            "comparison": f"{e['a']} vs {e['b']}",
+            "kind": e["kind"],
+            "metric": e["metric"],
+            "effect (a - b)": f"{fmt(e['point'], 2, True)} {e.get('unit', '')}",
+            ci: f"[{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}]",
+            "reading": "within noise" if e.get("within_noise") else "CI excludes 0",
+        }
+        for e in impl + within
+    ]
+    key = [implementation_sentence(e, ci) for e in impl if e["metric"] in _IMPLEMENTATION_METRICS]
+    key += [effect_sentence(e, ci) for e in within if e["metric"] in _IMPLEMENTATION_METRICS]
+    return "\n".join(
+        [
+            "### One algorithm, two implementations: llm-compressor vs AutoAWQ",
+            "",
+            "The same calibration sets, bits, group size and zero point through llm-compressor's `AWQModifier` "
+            "(`/llmc` in a checkpoint group's name; `/llmc-asst`: the assistant's tokens alone in AWQ's "
+            "objective). Implementation effects pair the draws (the same set under both tools).",
+            "",
+            *(f"- {s}" for s in key),
+            "",
+            md_table(rows),
+            "",
         ]
     )
 

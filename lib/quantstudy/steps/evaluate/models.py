@@ -36,15 +36,30 @@ def main_checkpoints(records: list[dict]) -> list[dict]:
     return [r for r in records if not r.get("sweep") and not r.get("variant") and not r.get("served_head")]
 
 
+LLMC = "/llmc"  # group-key suffix of llm-compressor's checkpoints
+ASSISTANT_ONLY = "-asst"  # ... calibrated on the assistant's tokens only
+
+
+def group_key(rec: dict) -> str:
+    """'RTN', or the calibration source, with ``/llmc`` for llm-compressor's checkpoints and
+    ``/llmc-asst`` for those calibrated on the assistant's tokens only."""
+    if rec["method"] == "rtn":
+        return "RTN"
+    key = rec["calibration_source"]
+    if rec.get("backend", "autoawq") == "llmcompressor":
+        key += LLMC + (ASSISTANT_ONLY if rec.get("loss_mask") else "")
+    return key
+
+
 def source_groups(records: list[dict], bits: int = 4) -> dict[str, list[str]]:
-    """{'RTN': [...], 'generic': [draw names], 'in_domain': [...], 'mixed': [...]} at one bit width."""
-    groups: dict[str, list[str]] = {}
+    """{'RTN': [...], 'generic': [draw names], 'in_domain': [...], 'mixed': [...],
+    'in_domain/llmc': [...], ...} at one bit width, each group in draw order."""
+    groups: dict[str, list[tuple[int, str]]] = {}
     for r in main_checkpoints(records):
         if r["bits"] != bits:
             continue
-        key = "RTN" if r["method"] == "rtn" else r["calibration_source"]
-        groups.setdefault(key, []).append(r["name"])
-    return groups
+        groups.setdefault(group_key(r), []).append((r.get("draw") or 0, r["name"]))
+    return {k: [name for _, name in sorted(v, key=lambda x: x[0])] for k, v in groups.items()}
 
 
 def load_eval_data(P, tokenizer=None) -> dict:

@@ -192,6 +192,17 @@ _EFFECT_METRICS = (
     "policy_closed_book_flip_rate",
 )
 _EFFECT_PAIRS = (("in_domain", "generic"), ("mixed", "generic"), ("in_domain", "RTN"), ("generic", "RTN"))
+# llm-compressor next to AutoAWQ: the calibration-source effect within llm-compressor, the
+# implementation effect on the same sets and draws (paired), and the assistant-only loss mask.
+_LLMC = "/llmc"
+_LLMC_PAIRS = (
+    ("in_domain" + _LLMC, "generic" + _LLMC, "calibration source", False),
+    ("mixed" + _LLMC, "generic" + _LLMC, "calibration source", False),
+    ("generic" + _LLMC, "generic", "implementation", True),
+    ("in_domain" + _LLMC, "in_domain", "implementation", True),
+    ("mixed" + _LLMC, "mixed", "implementation", True),
+    ("in_domain" + _LLMC + "-asst", "in_domain" + _LLMC, "loss mask", True),
+)
 
 
 def _source_arrays(result: dict, groups: dict[str, list[str]], sources: tuple[str, str], metric: str):
@@ -214,8 +225,9 @@ def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
     metrics = list(
         dict.fromkeys([b.metric for b in P.evaluate.budget if b.metric != "satisfaction"] + list(_EFFECT_METRICS))
     )
-    for a, b in _EFFECT_PAIRS:
-        if a not in groups or b not in groups:
+    pairs = [(a, b, "calibration source", False) for a, b in _EFFECT_PAIRS] + list(_LLMC_PAIRS)
+    for a, b, kind, paired in pairs:
+        if a not in groups or b not in groups or (paired and len(groups[a]) != len(groups[b])):
             continue
         for metric in metrics:
             try:
@@ -231,6 +243,7 @@ def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
                 seed=P.study.seed,
                 confidence=P.evaluate.confidence,
                 groups=g,
+                paired_draws=paired,
             )
             spread = {
                 src: [float(np.mean(x)) if stat == "mean_diff" else float(np.exp(np.mean(x))) for x in per_source[src]]
@@ -240,6 +253,7 @@ def calibration_effects(P, result: dict, bits: int = 4) -> list[dict]:
                 {
                     "metric": metric,
                     "unit": "points" if stat == "mean_diff" else "% perplexity",
+                    "kind": kind,
                     **eff,
                     "per_draw": spread,
                 }
@@ -260,7 +274,8 @@ def cross_domain_matrix(result: dict, bits: int = 4):
         "retention (pts)": "retention_acc",
     }
     rows = {}
-    for src in ("generic", "in_domain", "mixed", "RTN"):
+    order = ("generic", "in_domain", "mixed", "RTN")
+    for src in [*order, *(k for k in groups if k not in order)]:
         if src not in groups:
             continue
         vals = {}

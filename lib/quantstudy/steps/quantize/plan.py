@@ -61,6 +61,7 @@ def plan_checkpoints(P, set_records: list[dict]) -> list[dict]:
                     "name": checkpoint_name("awq", bits, q.group_size, rec["source"], rec["draw"], tag),
                 }
             )
+    plan += _llmcompressor_plan(q, set_records)
     if q.compare_search_settings:
         base = next(
             (r for r in set_records if r["source"] == "in_domain" and r["draw"] == 0 and not r.get("sweep")),
@@ -86,6 +87,36 @@ def plan_checkpoints(P, set_records: list[dict]) -> list[dict]:
                         "name": checkpoint_name("awq", 4, q.group_size, base["source"], base["draw"], tag),
                     }
                 )
+    return plan
+
+
+def _llmcompressor_plan(q, set_records: list[dict]) -> list[dict]:
+    """llm-compressor's AWQ on every set AutoAWQ calibrates (same settings; suffix ``-llmc``), and,
+    with ``quantize.assistant_only``, again on each in-domain draw with the assistant-token mask
+    (``-llmc-asst``). Sample-count sweeps stay AutoAWQ's."""
+    if "llmcompressor" not in q.backends:
+        return []
+    plan = []
+    for rec in (r for r in set_records if not r.get("sweep")):
+        masks = [None, "assistant"] if q.assistant_only and rec["source"] == "in_domain" else [None]
+        for mask in masks:
+            tag = "llmc" if mask is None else "llmc-asst"
+            plan.append(
+                {
+                    "method": "awq",
+                    "backend": "llmcompressor",
+                    "loss_mask": mask,
+                    "bits": 4,
+                    "set": rec["name"],
+                    "source": rec["source"],
+                    "draw": rec["draw"],
+                    "n_samples": rec["n_samples"],
+                    "sweep": False,
+                    "duo_scaling": q.duo_scaling,
+                    "apply_clip": False,
+                    "name": checkpoint_name("awq", 4, q.group_size, rec["source"], rec["draw"], tag),
+                }
+            )
     return plan
 
 

@@ -10,8 +10,10 @@ from tqdm.auto import tqdm
 
 from quantstudy import contracts
 from quantstudy.paths import resolve
+from quantstudy.steps.calibration.masks import set_assistant_masks
 from quantstudy.steps.calibration.sets import load_set
 from quantstudy.steps.quantize.archive import rollback_line
+from quantstudy.steps.quantize.llmc import quantize_llmc
 from quantstudy.steps.quantize.search import QuantRequest, quantize_awq, quantize_rtn
 
 
@@ -42,10 +44,15 @@ def run_plan(P, plan: list[dict], baseline_dir: Path, sets_dir: Path, output_dir
         )
         if spec["method"] == "rtn":
             rec = quantize_rtn(req, tokenizer)
+        elif spec.get("backend") == "llmcompressor":
+            samples, meta = load_set(Path(sets_dir) / spec["set"])
+            masks = set_assistant_masks(Path(sets_dir) / spec["set"], tokenizer) if spec["loss_mask"] else None
+            rec = quantize_llmc(req, tokenizer, samples, meta["max_seq_len"], spec["source"], spec["draw"], masks)
         else:
             samples, meta = load_set(Path(sets_dir) / spec["set"])
             rec = quantize_awq(req, tokenizer, samples, meta["max_seq_len"], spec["source"], spec["draw"])
         rec.update({k: spec.get(k) for k in ("set", "sweep", "variant", "n_samples")})
+        rec.setdefault("backend", "autoawq")
         if rec["simulated"] and rec.get("effective_bits_per_weight") is None:
             # What it would take if packed: bits + (fp16 scale + packed zero) per group.
             rec["effective_bits_per_weight"] = round(rec["bits"] + (16 + rec["bits"]) / P.quantize.group_size, 4)
