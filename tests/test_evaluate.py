@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from quantstudy.config.params import BudgetLine, ParamsError, load_params
 from quantstudy.steps import evaluate as E
 from quantstudy.steps import quantize as Q
+from quantstudy.steps.evaluate.models import source_groups
 
 TEXTS = [
     "User: my order ORD-1234-5678 is late.\nAssistant: The refund window is 30 days.\n",
@@ -211,3 +212,51 @@ def test_source_effect_within_noise_when_draws_disagree():
     assert eff["within_noise"]
     eff2 = E.source_effect({"a": [x + 1.0 for x in b], "b": b}, "a", "b", n=500)
     assert not eff2["within_noise"] and eff2["point"] == pytest.approx(1.0)
+
+
+def test_paired_draws_cancel_the_set_to_set_noise_two_tools_share():
+    """Two implementations on the same three sets: each set shifts both alike (draw noise), the
+    tool adds +0.3. Resampling draws independently leaves the set noise in the interval;
+    resampling them in pairs removes it."""
+    rng = np.random.default_rng(2)
+    sets = [rng.normal(0, 1, 400) + shift for shift in (-1.0, 0.0, 1.0)]
+    tool_b = [s + rng.normal(0, 0.05, 400) for s in sets]
+    tool_a = [s + 0.3 + rng.normal(0, 0.05, 400) for s in sets]
+    per = {"a": tool_a, "b": tool_b}
+    loose = E.source_effect(per, "a", "b", n=500)
+    paired = E.source_effect(per, "a", "b", n=500, paired_draws=True)
+    assert loose["point"] == pytest.approx(paired["point"]) == pytest.approx(0.3, abs=0.02)
+    assert loose["within_noise"] and not paired["within_noise"]
+    assert paired["paired_draws"] and paired["hi"] - paired["lo"] < 0.1
+
+
+def test_source_groups_keep_the_two_implementations_apart():
+    recs = [
+        {"name": "rtn", "method": "rtn", "bits": 4, "calibration_source": None, "draw": None},
+        {"name": "a1", "method": "awq", "bits": 4, "calibration_source": "in_domain", "draw": 1},
+        {"name": "a0", "method": "awq", "bits": 4, "calibration_source": "in_domain", "draw": 0},
+        {
+            "name": "l0",
+            "method": "awq",
+            "bits": 4,
+            "calibration_source": "in_domain",
+            "draw": 0,
+            "backend": "llmcompressor",
+        },
+        {
+            "name": "m0",
+            "method": "awq",
+            "bits": 4,
+            "calibration_source": "in_domain",
+            "draw": 0,
+            "backend": "llmcompressor",
+            "loss_mask": "assistant",
+        },
+    ]
+    groups = source_groups(recs)
+    assert groups == {
+        "RTN": ["rtn"],
+        "in_domain": ["a0", "a1"],
+        "in_domain/llmc": ["l0"],
+        "in_domain/llmc-asst": ["m0"],
+    }

@@ -98,12 +98,13 @@ def effects_table(effects: list[dict]):
     rows = [
         {
             "comparison": f"{e['a']} vs {e['b']}",
+            "kind": e.get("kind", "calibration source"),
             "metric": e["metric"],
             "unit": e["unit"],
             "effect": round(e["point"], 3),
             "CI low": round(e["lo"], 3),
             "CI high": round(e["hi"], 3),
-            "draws": f"{e['draws'][0]} vs {e['draws'][1]}",
+            "draws": f"{e['draws'][0]} vs {e['draws'][1]}" + (" (paired)" if e.get("paired_draws") else ""),
             "within noise": e["within_noise"],
         }
         for e in effects

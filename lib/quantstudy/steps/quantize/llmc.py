@@ -30,7 +30,7 @@ from quantstudy.steps.quantize.archive import follow_umask, write_record
 from quantstudy.steps.quantize.checks import QuantizeError
 from quantstudy.steps.quantize.llmc_workarounds import skip_pinning_without_accelerator
 from quantstudy.steps.quantize.memory import PeakRSS
-from quantstudy.steps.quantize.search import QuantRequest, torch_dtype
+from quantstudy.steps.quantize.search import QuantRequest, search_precision, torch_dtype
 
 N_GRID = 20  # scale candidates per layer group: AutoAWQ's grid size, and llm-compressor's default
 
@@ -109,16 +109,17 @@ def quantize_llmc(
             trust_remote_code=req.trust_remote_code,
         )
         t_search = time.time()
-        oneshot(
-            model=model,
-            dataset=_calibration_dataset(samples, loss_masks),
-            recipe=recipe(req),
-            num_calibration_samples=len(samples),
-            max_seq_length=max_seq_len,
-            shuffle_calibration_samples=False,
-            pipeline="sequential",
-            use_loss_mask=loss_masks is not None,
-        )
+        with search_precision(req):  # quantize.search_autocast, as for AutoAWQ's search
+            oneshot(
+                model=model,
+                dataset=_calibration_dataset(samples, loss_masks),
+                recipe=recipe(req),
+                num_calibration_samples=len(samples),
+                max_seq_length=max_seq_len,
+                shuffle_calibration_samples=False,
+                pipeline="sequential",
+                use_loss_mask=loss_masks is not None,
+            )
         search_s = time.time() - t_search
         meta = {
             "method": "awq",
@@ -131,7 +132,7 @@ def quantize_llmc(
             "version": "compressed-tensors pack-quantized",
             "duo_scaling": req.duo_scaling,
             "apply_clip": False,
-            "search_autocast": None,
+            "search_autocast": req.search_autocast,
             "simulated": False,
             "calibration_source": source,
             "draw": draw,
