@@ -496,3 +496,53 @@ def test_effect_sentence_direction_comes_from_the_metric_registry(report: Module
     )
     assert ": worse," in report.sections.effect_sentence({**base, "metric": "retention_acc", "unit": "points"}, "CI")
     assert ": better," in report.sections.effect_sentence({**base, "metric": "indomain_ppl", "unit": "%"}, "CI")
+
+
+def test_implementation_effects_get_their_own_paragraph(report):
+    """llm-compressor vs AutoAWQ and the assistant-only mask: sentences with the measured CIs, a
+    table, and nothing at all for a run without them."""
+    eff = {"unit": "% perplexity", "metric": "indomain_ppl", "draws": [3, 3], "paired_draws": True}
+    effects = [
+        {**eff, "a": "in_domain", "b": "generic", "point": -7.3, "lo": -10.5, "hi": -3.6, "within_noise": False},
+        {
+            **eff,
+            "a": "in_domain/llmc",
+            "b": "in_domain",
+            "kind": "implementation",
+            "point": 1.25,
+            "lo": -0.5,
+            "hi": 3.0,
+            "within_noise": True,
+        },
+        {
+            **eff,
+            "a": "in_domain/llmc-asst",
+            "b": "in_domain/llmc",
+            "kind": "loss mask",
+            "point": -2.5,
+            "lo": -4.0,
+            "hi": -1.0,
+            "within_noise": False,
+        },
+        {
+            **eff,
+            "a": "in_domain/llmc",
+            "b": "generic/llmc",
+            "kind": "calibration source",
+            "point": -6.0,
+            "lo": -9.0,
+            "hi": -3.0,
+            "within_noise": False,
+        },
+    ]
+    M = {"03_evaluate": {"calibration_effects": effects}, "manifest": {"params": {"evaluate": {"confidence": 0.95}}}}
+    md = report.outcome.implementations_md(M)
+    assert "llm-compressor against AutoAWQ on the same in-domain sets and draws" in md
+    assert "+1.25% (95% CI [-0.50, +3.00], 3 paired draws), within noise." in md
+    assert "assistant's tokens only" in md and "-2.50%" in md and "better, and the interval excludes 0" in md
+    assert "In-domain (llm-compressor) calibration changed" in md
+    # the main effects table keeps calibration-source rows of AutoAWQ only
+    main = report.outcome.effects_md(M).split("### One algorithm")[0]
+    assert "in_domain/llmc vs in_domain" not in main
+    M["03_evaluate"]["calibration_effects"] = effects[:1]
+    assert report.outcome.implementations_md(M) == ""
