@@ -122,6 +122,11 @@ def test_served_checkpoint_rule():
         },
     ]
     assert serving.served_checkpoint(recs)["name"] == "awq-w4-g64-indomain-d0"
+    # llm-compressor's checkpoints (compressed-tensors) are evaluated, not served by the fast paths
+    llmc = {"method": "awq", "bits": 4, "calibration_source": "in_domain", "backend": "llmcompressor"}
+    assert serving.served_checkpoint([{**llmc, "name": "awq-w4-g64-indomain-a-llmc"}, *recs])["name"] == (
+        "awq-w4-g64-indomain-d0"
+    )
     assert serving.served_name("awq-w4-g64-indomain-d0", "int8") == "awq-w4-g64-indomain-d0+head-int8"
     assert serving.served_name("x", "float") == "x"
     with pytest.raises(serving.ServingError, match="no packed 4-bit checkpoint"):

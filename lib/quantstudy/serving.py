@@ -125,6 +125,7 @@ def served_checkpoint(records: list[dict]) -> dict:
         and not r.get("sweep")
         and not r.get("variant")
         and not r.get("served_head")
+        and r.get("backend", "autoawq") == "autoawq"  # the packed AutoAWQ layout the fast paths convert
     ]
     if not packed:
         raise ServingError("no packed 4-bit checkpoint to serve (3-bit runs are simulated); quantize with bits [4]")
