@@ -201,3 +201,14 @@ def test_backend_settings_it_cannot_run_get_one_line(write_params, overrides, fi
         load_params(write_params(**overrides), check_files=False)
     msg = str(err.value)
     assert field in msg and "\n" not in msg.strip()
+
+
+def test_missing_llmcompressor_is_named_before_any_work(write_params, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llmcompressor" else real(name, *a)
+    )
+    with pytest.raises(ParamsError, match=r"quantize.backends: lists llmcompressor, which is not installed"):
+        load_params(write_params(**{"quantize.backends": ["autoawq", "llmcompressor"]}), check_files=False)

@@ -12,6 +12,7 @@ key, what was expected and what was found.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -557,6 +558,11 @@ def check_backends(p: StudyParams, source: str) -> None:
         raise ParamsError(
             f"{source}: quantize.version: expected GEMM with backend llmcompressor (its packed "
             f"format is compared with AutoAWQ's GEMM layout); found {q.version!r}"
+        )
+    if "llmcompressor" in q.backends and importlib.util.find_spec("llmcompressor") is None:
+        raise ParamsError(
+            f"{source}: quantize.backends: lists llmcompressor, which is not installed here; run "
+            "`make setup` (it installs the pinned llmcompressor) or remove it from the list"
         )
     if q.assistant_only and "llmcompressor" not in q.backends:
         raise ParamsError(
