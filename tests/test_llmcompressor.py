@@ -212,3 +212,19 @@ def test_missing_llmcompressor_is_named_before_any_work(write_params, monkeypatc
     )
     with pytest.raises(ParamsError, match=r"quantize.backends: lists llmcompressor, which is not installed"):
         load_params(write_params(**{"quantize.backends": ["autoawq", "llmcompressor"]}), check_files=False)
+
+
+def test_implementations_params_are_the_default_study_plus_llmcompressor():
+    """params/implementations.yaml must stay the default study with the second backend, so its
+    AutoAWQ rows are the default study's."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    default = load_params(root / "params/default.yaml", check_files=False).model_dump()
+    impl = load_params(root / "params/implementations.yaml", check_files=False).model_dump()
+    assert impl["quantize"]["backends"] == ["autoawq", "llmcompressor"] and impl["quantize"]["assistant_only"]
+    for d in (default, impl):
+        d["study"].pop("name")
+        d["quantize"].pop("backends")
+        d["quantize"].pop("assistant_only")
+    assert impl == default

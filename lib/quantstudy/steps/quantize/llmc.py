@@ -7,10 +7,10 @@ of a set, as llm-compressor's own recipe: ``AWQModifier`` (the scale search) fol
 ``pack-quantized`` folder, which vLLM serves; the study loads it back through compressed-tensors'
 own decompression (:mod:`quantstudy.awqformat.compressed`).
 
-Differences from AutoAWQ that stay: llm-compressor has no clip search (AutoAWQ's
-``apply_clip``; the study's default leaves it off), it feeds each sample as its own sequence
-where AutoAWQ concatenates and re-cuts them, and it stores scales in the model's dtype
-(float32 here) where AutoAWQ stores float16.
+Both see the same token blocks (the set's samples concatenated and cut into ``max_seq_len``
+blocks, as AutoAWQ does), in one batch. Differences from AutoAWQ that stay: llm-compressor has
+no clip search (AutoAWQ's ``apply_clip``; the study's default leaves it off), its own grid and
+loss code, and it stores scales in the model's dtype (float32 here) where AutoAWQ stores float16.
 """
 
 from __future__ import annotations
@@ -67,14 +67,25 @@ def recipe(req: QuantRequest) -> list:
     ]
 
 
-def _calibration_dataset(samples: list[list[int]], loss_masks: list[list[int]] | None):
+def as_blocks(samples: list[list[int]], max_seq_len: int) -> list[list[int]]:
+    """The samples as AutoAWQ feeds them to its search: concatenated and cut into whole blocks
+    of ``max_seq_len`` tokens (a last partial block is dropped). Both implementations then see
+    the same token blocks, and llm-compressor can run them as one batch of equal lengths."""
+    flat = [t for s in samples for t in s]
+    return [flat[i : i + max_seq_len] for i in range(0, len(flat) - max_seq_len + 1, max_seq_len)]
+
+
+def _calibration_dataset(samples: list[list[int]], max_seq_len: int, loss_masks: list[list[int]] | None):
     from datasets import Dataset  # ~1.3 s to import
 
-    columns = {"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]}
+    blocks = as_blocks(samples, max_seq_len)
+    if not blocks:
+        raise QuantizeError(f"calibration set holds fewer than max_seq_len={max_seq_len} tokens: no whole block")
+    columns = {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks]}
     if loss_masks is not None:
         if [len(m) for m in loss_masks] != [len(s) for s in samples]:
             raise QuantizeError("assistant masks do not align with the calibration samples; re-run step 01")
-        columns["loss_mask"] = loss_masks
+        columns["loss_mask"] = as_blocks(loss_masks, max_seq_len)
     return Dataset.from_dict(columns)
 
 
@@ -109,12 +120,14 @@ def quantize_llmc(
             trust_remote_code=req.trust_remote_code,
         )
         t_search = time.time()
+        dataset = _calibration_dataset(samples, max_seq_len, loss_masks)
         with search_precision(req):  # quantize.search_autocast, as for AutoAWQ's search
             oneshot(
                 model=model,
-                dataset=_calibration_dataset(samples, loss_masks),
+                dataset=dataset,
                 recipe=recipe(req),
-                num_calibration_samples=len(samples),
+                num_calibration_samples=len(dataset),
+                batch_size=len(dataset),  # one batch, as AutoAWQ runs its blocks
                 max_seq_length=max_seq_len,
                 shuffle_calibration_samples=False,
                 pipeline="sequential",
@@ -125,7 +138,7 @@ def quantize_llmc(
             "method": "awq",
             "backend": "llmcompressor",
             "loss_mask": "assistant" if loss_masks is not None else None,
-            "masked_tokens": int(sum(map(sum, loss_masks))) if loss_masks is not None else None,
+            "masked_tokens": int(sum(map(sum, dataset["loss_mask"]))) if loss_masks is not None else None,
             "bits": req.bits,
             "group_size": req.group_size,
             "zero_point": req.zero_point,
@@ -137,7 +150,7 @@ def quantize_llmc(
             "calibration_source": source,
             "draw": draw,
             "calibration_samples": len(samples),
-            "calibration_tokens": int(sum(map(len, samples))),
+            "calibration_tokens": int(sum(map(len, dataset["input_ids"]))),
             "base_model": str(req.model_path),
         }
         _save(model, tokenizer, Path(req.out_dir), meta)
