@@ -59,10 +59,10 @@ def _check_against_hf(model, ids: torch.Tensor, steps: int, atol: float) -> None
         out = model(input_ids=ids, use_cache=True)
         logits = dec.prefill(ids)
         torch.testing.assert_close(logits, out.logits[:, -1], atol=atol, rtol=0)
-        cache, token = out.cache, logits.argmax(-1, keepdim=True)
+        cache, token = decode.returned_cache(out), logits.argmax(-1, keepdim=True)
         for i in range(steps):
-            out = model(input_ids=token, cache=cache, use_cache=True)
-            cache = out.cache
+            out = model(input_ids=token, use_cache=True, **{decode.cache_kwarg(model): cache})
+            cache = decode.returned_cache(out)
             logits = dec.decode_step(token, torch.tensor([t + i], device=ids.device))
             torch.testing.assert_close(logits, out.logits[:, -1], atol=atol, rtol=0)
             token = out.logits[:, -1].argmax(-1, keepdim=True)

@@ -20,6 +20,8 @@ put in place of a linear (nn.Linear, an int4 kernel, AutoAWQ's WQLinear_GEMM) si
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -181,6 +183,18 @@ class GraphedDecoder:
 
 
 @torch.inference_mode()
+def cache_kwarg(model: nn.Module) -> str:
+    """The forward argument of a Hugging Face model that takes its KV cache (the reference the
+    tests compare with): ``cache`` from transformers 5.24, ``past_key_values`` before (5.17 is
+    pinned for llm-compressor)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a Hugging Face forward returned (``cache``, or ``past_key_values`` before 5.24)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
 def generate(model: nn.Module, ids: torch.Tensor, n_new: int, graphed: bool | None = None) -> torch.Tensor:
     """Greedy decoding of `n_new` tokens after `ids` [B, T] -> [B, T + n_new] (as ``model.generate``)."""
     if n_new < 1:

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from quantstudy.steps.benchmark.decode import Decoder, GraphedDecoder
+from quantstudy.steps.benchmark.decode import Decoder, GraphedDecoder, cache_kwarg, returned_cache
 from quantstudy.steps.benchmark.devices import resolve_device, short_error
 from quantstudy.steps.benchmark.memory import decoder_layers, free_memory
 
@@ -83,13 +83,13 @@ def _one_round(
     _sync(device)
     prefill = time.perf_counter() - t0
     prefill_layers = timer.total if timer else math.nan
-    cache = out.cache
+    cache, cache_arg = returned_cache(out), cache_kwarg(model)
     if timer:
         timer.total = 0.0
     t0 = time.perf_counter()
     for _ in range(decode_tokens):
-        out = model(input_ids=token, cache=cache, use_cache=True)
-        cache = out.cache
+        out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
+        cache = returned_cache(out)
         token = out.logits[:, -1:].argmax(-1)
     _sync(device)
     decode = time.perf_counter() - t0
