@@ -15,6 +15,7 @@ loss code, and it stores scales in the model's dtype (float32 here) where AutoAW
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -37,9 +38,7 @@ N_GRID = 20  # scale candidates per layer group: AutoAWQ's grid size, and llm-co
 
 def available() -> bool:
     """llm-compressor is installed (``make setup`` installs it)."""
-    from importlib.util import find_spec
-
-    return find_spec("llmcompressor") is not None
+    return importlib.util.find_spec("llmcompressor") is not None
 
 
 def quiet_llmc() -> None:
@@ -51,10 +50,9 @@ def quiet_llmc() -> None:
 def recipe(req: QuantRequest) -> list:
     """llm-compressor's AWQ recipe for a request: the scale search, then group-wise int weights."""
     quiet_llmc()
-    # llm-compressor and compressed-tensors: seconds to import, loaded only where used
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme  # seconds; only here
+    from llmcompressor.modifiers.quantization import QuantizationModifier  # llm-compressor: seconds; only here
+    from llmcompressor.modifiers.transform.awq import AWQModifier  # (as above)
 
     weights = QuantizationArgs(
         num_bits=req.bits, type="int", strategy="group", group_size=req.group_size, symmetric=not req.zero_point
@@ -89,6 +87,42 @@ def _calibration_dataset(samples: list[list[int]], max_seq_len: int, loss_masks:
     return Dataset.from_dict(columns)
 
 
+def _load_model(req: QuantRequest):
+    """The base model (a project path or a hub id) in the search dtype, on the CPU."""
+    from transformers import AutoModelForCausalLM  # seconds to import
+
+    src = resolve(req.model_path)
+    return AutoModelForCausalLM.from_pretrained(
+        str(src) if src.exists() else req.model_path,
+        dtype=torch_dtype(req.dtype),
+        trust_remote_code=req.trust_remote_code,
+    )
+
+
+def _meta(req: QuantRequest, source: str, draw: int | None, samples: list[list[int]], dataset) -> dict:
+    """The checkpoint's record (``quantstudy_quant.json``), in the fields AutoAWQ's carry."""
+    masked = "loss_mask" in dataset.column_names
+    return {
+        "method": "awq",
+        "backend": "llmcompressor",
+        "loss_mask": "assistant" if masked else None,
+        "masked_tokens": int(sum(map(sum, dataset["loss_mask"]))) if masked else None,
+        "bits": req.bits,
+        "group_size": req.group_size,
+        "zero_point": req.zero_point,
+        "version": "compressed-tensors pack-quantized",
+        "duo_scaling": req.duo_scaling,
+        "apply_clip": False,
+        "search_autocast": req.search_autocast,
+        "simulated": False,
+        "calibration_source": source,
+        "draw": draw,
+        "calibration_samples": len(samples),
+        "calibration_tokens": int(sum(map(len, dataset["input_ids"]))),
+        "base_model": str(req.model_path),
+    }
+
+
 def quantize_llmc(
     req: QuantRequest,
     tokenizer,
@@ -109,16 +143,10 @@ def quantize_llmc(
     quiet_llmc()
     skip_pinning_without_accelerator()
     from llmcompressor import oneshot  # seconds to import, loaded only where used
-    from transformers import AutoModelForCausalLM  # seconds to import
 
     t0 = time.time()
     with PeakRSS() as mem:
-        src = resolve(req.model_path)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(src) if src.exists() else req.model_path,
-            dtype=torch_dtype(req.dtype),
-            trust_remote_code=req.trust_remote_code,
-        )
+        model = _load_model(req)
         t_search = time.time()
         dataset = _calibration_dataset(samples, max_seq_len, loss_masks)
         with search_precision(req):  # quantize.search_autocast, as for AutoAWQ's search
@@ -134,25 +162,7 @@ def quantize_llmc(
                 use_loss_mask=loss_masks is not None,
             )
         search_s = time.time() - t_search
-        meta = {
-            "method": "awq",
-            "backend": "llmcompressor",
-            "loss_mask": "assistant" if loss_masks is not None else None,
-            "masked_tokens": int(sum(map(sum, dataset["loss_mask"]))) if loss_masks is not None else None,
-            "bits": req.bits,
-            "group_size": req.group_size,
-            "zero_point": req.zero_point,
-            "version": "compressed-tensors pack-quantized",
-            "duo_scaling": req.duo_scaling,
-            "apply_clip": False,
-            "search_autocast": req.search_autocast,
-            "simulated": False,
-            "calibration_source": source,
-            "draw": draw,
-            "calibration_samples": len(samples),
-            "calibration_tokens": int(sum(map(len, dataset["input_ids"]))),
-            "base_model": str(req.model_path),
-        }
+        meta = _meta(req, source, draw, samples, dataset)
         _save(model, tokenizer, Path(req.out_dir), meta)
     record = {
         **meta,
