@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from quantstudy import modelsource
-from quantstudy.awqformat import CHECKSUMS, QUANT_META, sha256_file
+from quantstudy.awqformat import CHECKSUMS, QUANT_META, checkpoint_size, sha256_file
 from quantstudy.config.params import ModelSection
 from quantstudy.paths import project_root
 from quantstudy.steps.quantize.checks import QuantizeError
@@ -69,6 +70,21 @@ def follow_umask(folder: Path) -> None:
 def write_record(out_dir: Path, record: dict) -> None:
     """A checkpoint's full record (settings, timings, sizes) as its quantstudy_quant.json."""
     (Path(out_dir) / QUANT_META).write_text(json.dumps(record, indent=2))
+
+
+def finish_record(out_dir: Path, meta: dict, search_s: float, started: float, peak_rss_mb: float | None) -> dict:
+    """A saved checkpoint's full record: its settings, the search and total wall time, peak
+    memory and its size on disk; written as its quantstudy_quant.json and returned."""
+    record = {
+        **meta,
+        "name": Path(out_dir).name,
+        "search_wall_s": round(search_s, 2),
+        "total_wall_s": round(time.time() - started, 2),
+        "peak_rss_mb": peak_rss_mb,
+        **checkpoint_size(out_dir),
+    }
+    write_record(out_dir, record)
+    return record
 
 
 def rollback_line(baseline_dir: Path) -> str:

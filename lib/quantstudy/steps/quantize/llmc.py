@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-from quantstudy.awqformat import checkpoint_size
 from quantstudy.awqformat.checkpoint import QUANT_META
 from quantstudy.paths import resolve
-from quantstudy.steps.quantize.archive import follow_umask, write_record
+from quantstudy.steps.quantize.archive import finish_record, follow_umask
 from quantstudy.steps.quantize.checks import QuantizeError
 from quantstudy.steps.quantize.llmc_workarounds import skip_pinning_without_accelerator
 from quantstudy.steps.quantize.memory import PeakRSS
@@ -164,16 +163,7 @@ def quantize_llmc(
         search_s = time.time() - t_search
         meta = _meta(req, source, draw, samples, dataset)
         _save(model, tokenizer, Path(req.out_dir), meta)
-    record = {
-        **meta,
-        "name": Path(req.out_dir).name,
-        "search_wall_s": round(search_s, 2),
-        "total_wall_s": round(time.time() - t0, 2),
-        "peak_rss_mb": mem.peak_mb,
-        **checkpoint_size(req.out_dir),
-    }
-    write_record(req.out_dir, record)
-    return record
+    return finish_record(req.out_dir, meta, search_s, t0, mem.peak_mb)
 
 
 def _save(model, tokenizer, out: Path, meta: dict) -> None:

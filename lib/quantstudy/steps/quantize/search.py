@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from quantstudy.awqformat import checkpoint_size, pseudo_quantizer, resolve_device, vectorized_from_linear
+from quantstudy.awqformat import pseudo_quantizer, resolve_device, vectorized_from_linear
 from quantstudy.awqformat.autoawq import quiet_awq
 from quantstudy.paths import resolve
-from quantstudy.steps.quantize.archive import save_checkpoint, write_record
+from quantstudy.steps.quantize.archive import finish_record, save_checkpoint
 from quantstudy.steps.quantize.checks import QuantizeError
 from quantstudy.steps.quantize.memory import PeakRSS
 
@@ -153,16 +153,7 @@ def quantize_awq(
             "base_model": str(req.model_path),
         }
         save_checkpoint(model, tokenizer, req.out_dir, meta)
-    record = {
-        **meta,
-        "name": Path(req.out_dir).name,
-        "search_wall_s": round(search_s, 2),
-        "total_wall_s": round(time.time() - t0, 2),
-        "peak_rss_mb": mem.peak_mb,
-        **checkpoint_size(req.out_dir),
-    }
-    write_record(req.out_dir, record)
-    return record
+    return finish_record(req.out_dir, meta, search_s, t0, mem.peak_mb)
 
 
 class _RoundToNearest:
@@ -214,16 +205,7 @@ def quantize_rtn(req: QuantRequest, tokenizer) -> dict:
             "base_model": str(req.model_path),
         }
         save_checkpoint(model, tokenizer, req.out_dir, meta)
-    record = {
-        **meta,
-        "name": Path(req.out_dir).name,
-        "search_wall_s": 0.0,
-        "total_wall_s": round(time.time() - t0, 2),
-        "peak_rss_mb": mem.peak_mb,
-        **checkpoint_size(req.out_dir),
-    }
-    write_record(req.out_dir, record)
-    return record
+    return finish_record(req.out_dir, meta, 0.0, t0, mem.peak_mb)
 
 
 # --------------------------------------------------------------------------- diagnostics
