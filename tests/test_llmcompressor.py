@@ -228,3 +228,17 @@ def test_implementations_params_are_the_default_study_plus_llmcompressor():
         d["quantize"].pop("backends")
         d["quantize"].pop("assistant_only")
     assert impl == default
+
+
+def test_search_time_target_judges_autoawq_only(write_params):
+    from quantstudy.steps.quantize.run import _targets
+
+    P = load_params(write_params(**{"targets.awq_search_s_max": 100.0}), check_files=False)
+    awq = [
+        {"search_wall_s": 90.0, "backend": "autoawq"},
+        {"search_wall_s": 95.0},  # records from before the backend field: AutoAWQ
+        {"search_wall_s": 130.0, "backend": "llmcompressor"},
+        {"search_wall_s": 300.0, "backend": "autoawq", "variant": True},
+    ]
+    t = _targets(P, awq, 10.0, None)["awq_search_s_max"]
+    assert t["measured"] == 95.0 and t["met"]
