@@ -246,3 +246,15 @@ def test_default_params_validate_with_the_real_model():
         EvaluateSection(
             budget=[BudgetLine(metric="policy_closed_book_acc", max_drop=2.0)], reference_tasks=["policy_closed_book"]
         )
+
+
+def test_gguf_tokenizer_takes_the_files_special_tokens():
+    """The GGUF declares BOS 1, EOS 2, PAD 2, UNK 0. transformers 5.17 converts SmolLM2's
+    tokenizer with EOS id 1 (<|im_start|>); the evaluation joins texts with EOS, so the loader
+    sets them from the file."""
+    tok = M.load_tokenizer(SMOL_MODEL)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (1, 2, 2, 0)
+    assert tok.eos_token == "<|im_end|>"
+    tok.eos_token = "<|im_start|>"
+    assert M.gguf_special_tokens(tok, M.gguf_path(SMOL)) == {"eos": "<|im_end|>"}
+    assert M.gguf_special_tokens(tok, M.gguf_path(SMOL)) == {}

@@ -221,11 +221,37 @@ def _pretrained_args(model: Any) -> tuple[str, dict[str, Any]]:
     return (str(local) if local.exists() else model.path), {"trust_remote_code": model.trust_remote_code}
 
 
+_GGUF_SPECIAL_TOKENS = {
+    "bos": "tokenizer.ggml.bos_token_id",
+    "eos": "tokenizer.ggml.eos_token_id",
+    "unk": "tokenizer.ggml.unknown_token_id",
+    "pad": "tokenizer.ggml.padding_token_id",
+}
+
+
 def load_tokenizer(model: Any):
     from transformers import AutoTokenizer  # seconds to import; loaded only where a model is
 
     where, kwargs = _pretrained_args(model)
-    return AutoTokenizer.from_pretrained(where, **kwargs)
+    tok = AutoTokenizer.from_pretrained(where, **kwargs)
+    if model.source == "gguf":
+        gguf_special_tokens(tok, gguf_path(model.path))
+    return tok
+
+
+def gguf_special_tokens(tok: Any, path: Path) -> dict[str, str]:
+    """Set the tokenizer's BOS, EOS, UNK and PAD to the ids the GGUF file declares; returns the
+    ones changed. transformers 5.17 (pinned for llm-compressor) converts SmolLM2's GGUF tokenizer
+    with EOS ``<|im_start|>`` (id 1) where the file says id 2 (``<|im_end|>``, as 5.24 reads it);
+    the evaluation joins texts with EOS, so that slip alone moved every perplexity."""
+    fields = gguf_header(path)
+    changed = {}
+    for role, key in _GGUF_SPECIAL_TOKENS.items():
+        want = fields.get(key)
+        if isinstance(want, int) and 0 <= want < len(tok) and getattr(tok, f"{role}_token_id", None) != want:
+            setattr(tok, f"{role}_token", tok.convert_ids_to_tokens(want))
+            changed[role] = getattr(tok, f"{role}_token")
+    return changed
 
 
 def load_float_model(model: Any, dtype=None):
