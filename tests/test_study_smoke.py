@@ -38,6 +38,7 @@ def test_smoke_study_completes(smoke_run):
     assert 'id="budget"' in report and "<img" in report and 'id="flips"' in report
     assert 'id="pii-independent"' in report and 'id="answer"' in report
     assert "vs dequantized weights" in report and 'id="lm-eval"' in report
+    assert "One algorithm, two implementations: llm-compressor vs AutoAWQ" in report  # params/smoke.yaml runs both
 
 
 def test_smoke_outputs_are_sane(smoke_run):
@@ -50,8 +51,18 @@ def test_smoke_outputs_are_sane(smoke_run):
     assert all(not any(ch.isdigit() for ch in s["masked"][1:]) for s in indep["holdout"]["survivors"])
     q = json.loads((run / "02_quantize" / "metrics.json").read_text())
     assert {c["method"] for c in q["checkpoints"]} == {"awq", "rtn"}
+    llmc = {c["name"]: c for c in q["checkpoints"] if c["backend"] == "llmcompressor"}
+    assert sorted(llmc) == [
+        "awq-w4-g128-generic-d0-llmc",
+        "awq-w4-g128-indomain-d0-llmc",
+        "awq-w4-g128-indomain-d0-llmc-asst",
+    ]
+    assert llmc["awq-w4-g128-indomain-d0-llmc-asst"]["loss_mask"] == "assistant"
     ev = json.loads((run / "03_evaluate" / "metrics.json").read_text())
     assert ev["rollback_check"]["identical"] is True
+    kinds = {(e["kind"], e["a"], e["b"]) for e in ev["calibration_effects"]}
+    assert ("implementation", "in_domain/llmc", "in_domain") in kinds
+    assert ("loss mask", "in_domain/llmc-asst", "in_domain/llmc") in kinds
     flips = {(f["checkpoint"], f["task"]): f for f in ev["flips"]}
     assert len(flips) == (len(ev["summary"]) - 1) * len(ev["n_items"])
     for f in flips.values():
