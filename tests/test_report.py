@@ -499,8 +499,9 @@ def test_effect_sentence_direction_comes_from_the_metric_registry(report: Module
 
 
 def test_implementation_effects_get_their_own_paragraph(report):
-    """llm-compressor vs AutoAWQ and the assistant-only mask: sentences with the measured CIs, a
-    table, and nothing at all for a run without them."""
+    """llm-compressor vs AutoAWQ and the assistant-only mask: a side-by-side table with the
+    calibration-source effect in each tool, a sentence for each effect whose CI excludes 0 (and
+    none for one within noise), and nothing at all for a run without them."""
     eff = {"unit": "% perplexity", "metric": "indomain_ppl", "draws": [3, 3], "paired_draws": True}
     effects = [
         {**eff, "a": "in_domain", "b": "generic", "point": -7.3, "lo": -10.5, "hi": -3.6, "within_noise": False},
@@ -537,10 +538,18 @@ def test_implementation_effects_get_their_own_paragraph(report):
     ]
     M = {"03_evaluate": {"calibration_effects": effects}, "manifest": {"params": {"evaluate": {"confidence": 0.95}}}}
     md = report.outcome.implementations_md(M)
-    assert "llm-compressor against AutoAWQ on the same in-domain sets and draws" in md
-    assert "+1.25% (95% CI [-0.50, +3.00], 3 paired draws), within noise." in md
-    assert "assistant's tokens only" in md and "-2.50%" in md and "better, and the interval excludes 0" in md
+    table = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "**-7.30%** [-10.50, -3.60]" in table["in-domain vs generic calibration, AutoAWQ"]
+    assert "**-6.00%** [-9.00, -3.00]" in table["in-domain vs generic calibration, llm-compressor"]
+    assert "| +1.25% [-0.50, +3.00] |" in table["llm-compressor vs AutoAWQ, in-domain sets (paired draws)"]
+    # a sentence for each effect whose CI excludes 0, none for the one within noise
+    assert "llm-compressor calibrated on the assistant's tokens only (in-domain sets)" in md
+    assert "-2.50% (95% CI [-4.00, -1.00], 3 paired draws): better, and the interval excludes 0." in md
     assert "In-domain (llm-compressor) calibration changed" in md
+    assert "llm-compressor against AutoAWQ on the same in-domain sets" not in md
+    assert "Every other effect in the table is within noise" in md
+    # AutoAWQ's own source effect is stated in the section above, not twice
+    assert "In-domain calibration changed" not in md
     # the main effects table keeps calibration-source rows of AutoAWQ only
     main = report.outcome.effects_md(M).split("### One algorithm")[0]
     assert "in_domain/llmc vs in_domain" not in main

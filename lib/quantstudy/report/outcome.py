@@ -146,37 +146,81 @@ def implementation_sentence(e: Mapping[str, Any], ci: str) -> str:
     return text + f": {'better' if better else 'worse'}, and the interval excludes 0."
 
 
+def _comparison_label(e: Mapping[str, Any]) -> str:
+    """The question an effect answers, for the side-by-side table."""
+    source = SOURCE_LABELS.get(e["b"].split("/")[0], e["b"]).lower()
+    if e.get("kind") == "implementation":
+        return f"llm-compressor vs AutoAWQ, {source} sets (paired draws)"
+    if e.get("kind") == "loss mask":
+        return f"assistant tokens only vs whole conversations (llm-compressor, {source} sets, paired draws)"
+    a, b = (SOURCE_LABELS.get(x.split("/")[0], x).lower() for x in (e["a"], e["b"]))
+    return f"{a} vs {b} calibration, {'llm-compressor' if '/llmc' in e['a'] else 'AutoAWQ'}"
+
+
+def _effect_cell(e: Mapping[str, Any]) -> str:
+    """'-7.26% [-10.53, -3.62]', the point in bold where the interval excludes 0."""
+    point = fmt(e["point"], 2, True) + ("%" if e.get("unit", "").startswith("%") else "")
+    point = point if e.get("within_noise") else f"**{point}**"
+    return f"{point} [{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}]"
+
+
+def _side_by_side(effects: list[dict]) -> str:
+    """One row per comparison, one column per headline metric."""
+    columns: dict[str, str] = {}
+    rows: dict[str, dict[str, str]] = {}
+    for e in effects:
+        if e["metric"] not in _IMPLEMENTATION_METRICS:
+            continue
+        unit = "%" if e.get("unit", "").startswith("%") else "pts"
+        columns[e["metric"]] = f"{label(e['metric'])} ({unit})"
+        rows.setdefault(_comparison_label(e), {})[columns[e["metric"]]] = _effect_cell(e)
+    ordered = [columns[m] for m in _IMPLEMENTATION_METRICS if m in columns]
+    return md_table([{"comparison (a vs b)": k, **v} for k, v in rows.items()], ["comparison (a vs b)", *ordered])
+
+
 def implementations_md(M: Mapping[str, Any]) -> str:
-    """llm-compressor next to AutoAWQ (quantize.backends): the implementation effect, the
-    calibration-source effect within llm-compressor, and the assistant-only loss mask."""
+    """llm-compressor next to AutoAWQ (quantize.backends): the calibration-source effect within each
+    implementation, the implementation effect and the assistant-only loss mask, side by side; a
+    sentence for each effect whose interval excludes 0; every metric in a second table."""
     effects = M["03_evaluate"].get("calibration_effects") or []
     impl = [e for e in effects if e.get("kind") in ("implementation", "loss mask")]
     if not impl:
         return ""
     ci = ci_level(M)
+    autoawq = calibration_effects(M, "in_domain", "generic")  # stated above; here for the side by side
     within = calibration_effects(M, "in_domain/llmc", "generic/llmc")
     rows = [
         {
             "comparison": f"{e['a']} vs {e['b']}",
-            "kind": e["kind"],
+            "kind": e.get("kind", "calibration source"),
             "metric": e["metric"],
             "effect (a - b)": f"{fmt(e['point'], 2, True)} {e.get('unit', '')}",
             ci: f"[{fmt(e['lo'], 2, True)}, {fmt(e['hi'], 2, True)}]",
             "reading": "within noise" if e.get("within_noise") else "CI excludes 0",
         }
-        for e in impl + within
+        for e in within + impl
     ]
-    key = [implementation_sentence(e, ci) for e in impl if e["metric"] in _IMPLEMENTATION_METRICS]
-    key += [effect_sentence(e, ci) for e in within if e["metric"] in _IMPLEMENTATION_METRICS]
+    shown = [e for e in autoawq + within + impl if e["metric"] in _IMPLEMENTATION_METRICS]
+    real = [e for e in shown if not e.get("within_noise")]
+    key = [implementation_sentence(e, ci) if e in impl else effect_sentence(e, ci) for e in real if e not in autoawq]
+    rest = "Every other effect in the table is" if real else "Every effect in the table is"
     return "\n".join(
         [
             "### One algorithm, two implementations: llm-compressor vs AutoAWQ",
             "",
             "The same calibration sets, bits, group size and zero point through llm-compressor's `AWQModifier` "
             "(`/llmc` in a checkpoint group's name; `/llmc-asst`: the assistant's tokens alone in AWQ's "
-            "objective). Implementation effects pair the draws (the same set under both tools).",
+            "objective). Does the calibration effect hold in both tools, and do the tools differ on the same set?",
+            "",
+            _side_by_side(shown),
+            "",
+            f"Effect = a minus b, mean over draws, with its {ci}; **bold**: the interval excludes 0. "
+            "Implementation and loss-mask effects pair the draws (the same set under both).",
             "",
             *(f"- {s}" for s in key),
+            f"- {rest} within noise (its interval includes 0).",
+            "",
+            "Every metric:",
             "",
             md_table(rows),
             "",
