@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SMOKE = FIXTURES / "contracts" / "smoke"  # a real run of params/smoke.yaml with the current code
 OLDER = FIXTURES / "run"  # a real run recorded before flips, guardrails and the power plan
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-# `quantstudy bench` pages (docs/gpu-default-h100 holds a study run's step folders instead)
+# `quantstudy bench` pages (docs/gpu-default-* hold a study run's step folders instead)
 BENCH_PAGES = sorted(p for p in DOCS.rglob("metrics.json") if p.parent.name not in contracts.STEPS)
 STEPS = list(contracts.STEPS)
 DEFAULTS = {
@@ -58,10 +58,11 @@ def test_benchmark_pages_validate_as_step_04(path: Path):
     contracts.read("04_benchmark", path.parent)
 
 
-def test_the_gpu_study_steps_validate():
-    """The partial GPU run's step 01 and 02 files (docs/gpu-default-h100) meet their contracts."""
+@pytest.mark.parametrize("page", ["gpu-default-h100", "gpu-default-h200"])
+def test_the_gpu_study_steps_validate(page: str):
+    """The partial GPU runs' step 01 and 02 files (docs/gpu-default-*) meet their contracts."""
     for step in ("01_calibration", "02_quantize"):
-        contracts.read(step, DOCS / "gpu-default-h100" / step)
+        contracts.read(step, DOCS / page / step)
 
 
 @pytest.mark.parametrize("step", STEPS)
