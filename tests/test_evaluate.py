@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from quantstudy.config.params import BudgetLine, ParamsError, load_params
+from quantstudy.metrics import scoring as S
 from quantstudy.steps import evaluate as E
 from quantstudy.steps import quantize as Q
 from quantstudy.steps.evaluate.models import source_groups
@@ -142,6 +143,74 @@ def test_an_items_score_does_not_depend_on_its_companions(model_tok):
     mixed = E.score_items(model, tok, [items[5], items[1], items[3], items[0], items[4]])
     np.testing.assert_array_equal(mixed["choice_ll"][3], alone["choice_ll"][0])
     np.testing.assert_array_equal(mixed["choice_ll"][1], alone["choice_ll"][1])
+
+
+def _order_items(n: int) -> list[dict]:
+    """Items of different context and choice lengths (so fitted batches would differ in shape)."""
+    return [
+        {
+            "item_id": f"i{k}",
+            "context": "User: my order ORD-" + "12" * (k + 1) + " is late" + " again" * (k % 3) + "\nAssistant: Order",
+            "choices": [" ORD-" + "12" * (k + 1), " ORD-" + "21" * (k + 1), " none"] + [" maybe"] * (k % 2),
+            "answer": 0,
+        }
+        for k in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    "device, dtype",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param(
+            "cuda",
+            torch.float16,
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuBLAS, SDPA kernels)"),
+        ),
+    ],
+)
+def test_fixed_shape_batches_do_not_depend_on_companions(model_tok, device, dtype):
+    """evaluate.item_batch > 1 (for a GPU): every pass has one shape, so in 16-bit precision an
+    item gives the same bits whichever items share its batch, and in whichever slot."""
+    import copy
+
+    model, tok = model_tok
+    model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    items = _order_items(9)
+    a = S.score_items_heads(model, tok, [items[0], items[4], items[8]], batch_items=4, fit=items)[0]
+    b = S.score_items_heads(model, tok, [items[7], items[8], items[1], items[4], items[6]], batch_items=4, fit=items)[0]
+    c = E.score_items(model, tok, items, batch_items=4)  # the whole set: other companions again
+
+    def own(res, row, item):  # an item's own choices (choice_ll is NaN-padded to the call's most)
+        return res["choice_ll"][row, : len(items[item]["choices"])]
+
+    for k, (j, i) in {1: (3, 4), 2: (1, 8)}.items():  # a's rows 1 and 2 (items 4, 8) are b's rows 3 and 1
+        np.testing.assert_array_equal(own(a, k, i), own(b, j, i))
+        np.testing.assert_array_equal(own(a, k, i), own(c, i, i))
+    np.testing.assert_array_equal(own(a, 0, 0), own(c, 0, 0))
+    assert np.isfinite(c["choice_ll"][:, :3]).all()
+    # the fixed shape is the set's: the longest packed item and the most choice tokens
+    rows = [S._encode_item(tok, it) for it in items]
+    width, keep = S.fixed_shape(rows)
+    assert width == max(len(ctx) + sum(map(len, ch)) for ctx, ch in rows)
+    assert keep == 1 + max(sum(map(len, ch)) for _, ch in rows)
+
+
+def test_rescoring_a_few_items_in_the_runs_shape_reproduces_it(model_tok):
+    """The rollback check re-scores the first items in batch order; with fixed-shape batches it
+    must use the evaluation's shape (fit_items) to reproduce every bit."""
+    import copy
+
+    model, tok = model_tok
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    items = {"retention": _order_items(10)}
+    full = E.evaluate_model(model, tok, {}, items, item_batch=4)["items"]["retention"]
+    picked = S.batch_order(items["retention"], tok)[:3]  # not a whole batch: only the shape can match
+    again = E.evaluate_model(
+        model, tok, {}, {"retention": [items["retention"][i] for i in picked]}, item_batch=4, fit_items=items
+    )["items"]["retention"]
+    np.testing.assert_array_equal(again["margin"], full["margin"][picked])
+    assert np.isfinite(full["choice_ll"][:, :3]).all()
 
 
 def test_baseline_cast_like_the_checkpoints_keeps_rope_in_float32(tiny_model_dir):

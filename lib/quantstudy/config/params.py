@@ -144,6 +144,13 @@ class EvaluateSection(_Section):
     stride: int = Field(128, ge=1, le=8192)
     max_eval_tokens: int = Field(20000, ge=256, description="per evaluation domain")
     max_items_per_task: int | None = Field(300, ge=10, description="null: every task item")
+    item_batch: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="task items per forward pass; 1: each alone; N: N per pass in one fixed shape "
+        "(an item's score still does not depend on its companions; for a GPU)",
+    )
     bootstrap_samples: int = Field(1000, ge=100, le=100000)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     budget: list[BudgetLine] = Field(

@@ -173,11 +173,27 @@ def batch_order(items: list[dict], tokenizer) -> list[int]:
     """The order score_items batches items in: by choice count, then packed length in tokens
     (context plus every choice), so a batch pads little (about 4% here, 16% when sorted by
     characters)."""
-    sizes = [(len(ch), len(ctx) + sum(map(len, ch))) for ctx, ch in (_encode_item(tokenizer, it) for it in items)]
-    return sorted(range(len(items)), key=lambda i: sizes[i])
+    return _row_order([_encode_item(tokenizer, it) for it in items])
 
 
-def _packed_batch(rows: list[tuple[list[int], list[list[int]]]], pad: int, sdpa: bool, dtype: torch.dtype):
+def _row_order(rows: list[tuple[list[int], list[list[int]]]]) -> list[int]:
+    sizes = [(len(ch), len(ctx) + sum(map(len, ch))) for ctx, ch in rows]
+    return sorted(range(len(rows)), key=lambda i: sizes[i])
+
+
+def fixed_shape(rows: list[tuple[list[int], list[list[int]]]]) -> tuple[int, int]:
+    """(width, keep) that fits every item: the longest packed item (context plus every choice)
+    and the most choice tokens plus one. Every batch of a fixed-shape call has this shape."""
+    return max(len(c) + sum(map(len, ch)) for c, ch in rows), max(sum(map(len, ch)) for _, ch in rows) + 1
+
+
+def _packed_batch(
+    rows: list[tuple[list[int], list[list[int]]]],
+    pad: int,
+    sdpa: bool,
+    dtype: torch.dtype,
+    shape: tuple[int, int, int] | None = None,
+):
     """One batch of items, each packed as context + every choice in a single row.
 
     Rows are left-padded to a common width, so every row ends at the same position and all
@@ -185,15 +201,22 @@ def _packed_batch(rows: list[tuple[list[int], list[list[int]]]], pad: int, sdpa:
     and to their own earlier tokens, never to another choice, and continue the context's
     positions: the same arithmetic as scoring each choice after the context, one forward pass
     for all of them. Padding attends to itself only (a row with nothing to attend to gives NaN).
+    ``shape`` (rows, width, keep) fixes the batch's shape instead of fitting it to these items;
+    rows past the items are padding only.
     Returns input_ids, position_ids, the 4D mask, keep, and per row the column of the context's
     last token and each choice's first column."""
-    width = max(len(c) + sum(map(len, ch)) for c, ch in rows)
-    keep = max(sum(map(len, ch)) for _, ch in rows) + 1
-    x = torch.full((len(rows), width), pad, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    allow = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    n, width, keep = shape or (
+        len(rows),
+        max(len(c) + sum(map(len, ch)) for c, ch in rows),
+        max(sum(map(len, ch)) for _, ch in rows) + 1,
+    )
+    x = torch.full((n, width), pad, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    allow = torch.zeros((n, 1, width, width), dtype=torch.bool)
     idx = torch.arange(width)
     layout = []
+    for r in range(len(rows), n):
+        allow[r, 0, idx, idx] = True
     for r, (ctx, choices) in enumerate(rows):
         off = width - len(ctx) - sum(map(len, choices))
         allow[r, 0, idx[:off], idx[:off]] = True
@@ -203,13 +226,13 @@ def _packed_batch(rows: list[tuple[list[int], list[list[int]]]], pad: int, sdpa:
         allow[r, 0, off : off + L, off : off + L] = torch.ones(L, L, dtype=torch.bool).tril()
         starts, s = [], off + L
         for c in choices:
-            n = len(c)
-            x[r, s : s + n] = torch.tensor(c)
-            pos[r, s : s + n] = torch.arange(L, L + n)
-            allow[r, 0, s : s + n, off : off + L] = True
-            allow[r, 0, s : s + n, s : s + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            n_c = len(c)
+            x[r, s : s + n_c] = torch.tensor(c)
+            pos[r, s : s + n_c] = torch.arange(L, L + n_c)
+            allow[r, 0, s : s + n_c, off : off + L] = True
+            allow[r, 0, s : s + n_c, s : s + n_c] = torch.ones(n_c, n_c, dtype=torch.bool).tril()
             starts.append(s)
-            s += n
+            s += n_c
         layout.append((off + L - 1, starts))
     mask = allow if sdpa else torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
     return x, pos, mask, keep, layout
@@ -223,10 +246,15 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
     context followed by all its choices, with an attention mask that keeps the choices apart
     (``_packed_batch``): no repeated context. By default each item is its own forward pass
     (``batch_items=1``), so an item's score never depends on which items share its batch or
-    how they are padded. In bfloat16 it would: the logits are rounded to steps of 0.125 at
-    their usual magnitude, and on SmolLM2 batches of 16 moved choice log-likelihoods by up to
-    0.6 nats against single items and changed 3 of the baseline's 100 grounded answers, for
-    about 15% less time. Returns
+    how they are padded. In bfloat16 batches fitted to their items would: the logits are
+    rounded to steps of 0.125 at their usual magnitude, and on SmolLM2 batches of 16 moved
+    choice log-likelihoods by up to 0.6 nats against single items and changed 3 of the
+    baseline's 100 grounded answers. With ``batch_items > 1`` every forward pass has one fixed
+    shape (``batch_items`` rows, the longest item's width, the most choice tokens), so the
+    kernels are the same for every batch and an item's score again does not depend on its
+    companions (tested); it differs from the one-per-pass score by rounding only (bfloat16 on a
+    CPU, 12 SmolLM2 items in batches of 4: up to 0.39 nats). That is for a GPU, where one small
+    item per pass leaves the device idle (evaluate.item_batch). Returns
     per-item correctness (acc), length-normalised correctness (acc_norm, per character), the
     correct choice's margin over the best distractor (log-prob units), and each choice's
     summed log-likelihood (choice_ll: [items, most choices], NaN past an item's own choices).
@@ -236,37 +264,35 @@ def score_items(model, tokenizer, items: list[dict], desc: str = "tasks", batch_
 
 @torch.no_grad()
 def score_items_heads(
-    model, tokenizer, items: list[dict], heads=(), desc: str = "tasks", batch_items: int = 1
+    model, tokenizer, items: list[dict], heads=(), desc: str = "tasks", batch_items: int = 1, fit: list | None = None
 ) -> list[dict]:
-    """``score_items`` for the model's own head and each extra head (same forward passes)."""
-    if len(items) > batch_items:
-        return _score_in_batches(model, tokenizer, items, heads, desc, batch_items)
+    """``score_items`` for the model's own head and each extra head (same forward passes).
+    ``fit``: with ``batch_items > 1``, the items whose fixed shape the batches take (default:
+    these items), so that re-scoring a few of them reproduces a larger run bit for bit."""
     if not items:
         return [
             {k: np.zeros(0) for k in ("acc", "acc_norm", "margin")} | {"choice_ll": np.zeros((0, 0))}
             for _ in range(1 + len(heads))
         ]
-    dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = [_encode_item(tokenizer, it) for it in items]
     empty = [it.get("item_id", i) for i, (it, (_, ch)) in enumerate(zip(items, rows)) if not all(ch)]
     if empty:
         raise ValueError(f"task items {empty[:5]}: a choice encodes to no tokens")
-    sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
-    x, pos, mask, keep, layout = _packed_batch(rows, pad, sdpa, next(model.parameters()).dtype)
-    logits = head_logits(
-        model, heads, keep, input_ids=x.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev), use_cache=False
-    )
-    # column j of each log-prob tensor predicts token (width - keep + j + 1)
-    return [_rank_choices(items, rows, layout, F.log_softmax(lg.float(), -1).cpu(), x.shape[1] - keep) for lg in logits]
-
-
-def _score_in_batches(model, tokenizer, items: list[dict], heads, desc: str, batch_items: int) -> list[dict]:
-    """``score_items_heads`` over batches of batch_items items, returned in the given order."""
-    # Items of similar length together (less padding when batch_items > 1), then the given order.
-    order = batch_order(items, tokenizer)
+    fit_rows = rows if fit is None else [_encode_item(tokenizer, it) for it in fit]
+    shape = (batch_items, *fixed_shape(fit_rows)) if batch_items > 1 else None
+    if len(items) == 1 and shape is None:
+        return _score_batch(model, tokenizer, items, rows, heads, None)
+    # Items of similar length together (less padding in fitted batches), then the given order.
+    order = _row_order(rows)
     parts = [
-        score_items_heads(model, tokenizer, [items[i] for i in order[b : b + batch_items]], heads, desc, batch_items)
+        _score_batch(
+            model,
+            tokenizer,
+            [items[i] for i in order[b : b + batch_items]],
+            [rows[i] for i in order[b : b + batch_items]],
+            heads,
+            shape,
+        )
         for b in tqdm(range(0, len(order), batch_items), desc=desc, leave=False)
     ]
     inverse = np.argsort(order)
@@ -276,6 +302,19 @@ def _score_in_batches(model, tokenizer, items: list[dict], heads, desc: str, bat
         out["choice_ll"] = _pad_rows([row for p in parts for row in p[h]["choice_ll"]])[inverse]
         outs.append(out)
     return outs
+
+
+def _score_batch(model, tokenizer, items: list[dict], rows, heads, shape) -> list[dict]:
+    """One forward pass over these items (shape: fixed (rows, width, keep), or None: fitted)."""
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    x, pos, mask, keep, layout = _packed_batch(rows, pad, sdpa, next(model.parameters()).dtype, shape)
+    logits = head_logits(
+        model, heads, keep, input_ids=x.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev), use_cache=False
+    )
+    # column j of each log-prob tensor predicts token (width - keep + j + 1)
+    return [_rank_choices(items, rows, layout, F.log_softmax(lg.float(), -1).cpu(), x.shape[1] - keep) for lg in logits]
 
 
 def _rank_choices(items: list[dict], rows, layout, lp: torch.Tensor, first: int) -> dict:
@@ -321,12 +360,15 @@ def evaluate_model(
     name: str = "",
     keep_logprobs: bool = False,
     heads: dict | None = None,
+    item_batch: int = 1,
+    fit_items: dict[str, list[dict]] | None = None,
 ) -> dict:
     """All per-token and per-item arrays of one model. With baseline log-probs (cached per
     batch: {domain: [tensor per batch]}, or the baseline model itself), also KL and top-1
     agreement against the baseline. With ``heads`` ({name: module}, served output heads), the
     same arrays for the model with each head in place of its own, under ``out["heads"][name]``,
-    from the same decoder passes."""
+    from the same decoder passes. ``item_batch``: task items per forward pass (score_items);
+    ``fit_items``: per task, the items whose fixed batch shape to use (score_items_heads' fit)."""
     extra = list((heads or {}).values())
     per_head: list[dict] = [{"streams": {}, "items": {}} for _ in range(1 + len(extra))]
     for dom, stream in streams.items():
@@ -336,7 +378,8 @@ def evaluate_model(
             out["streams"][dom] = rec
     for task, task_items in items.items():
         if task_items:
-            scored = score_items_heads(model, tokenizer, task_items, extra, desc=f"{name} {task}")
+            fit = (fit_items or {}).get(task)
+            scored = score_items_heads(model, tokenizer, task_items, extra, f"{name} {task}", item_batch, fit)
             for out, rec in zip(per_head, scored):
                 out["items"][task] = rec
     out = per_head[0]

@@ -64,7 +64,9 @@ def _evaluate_candidates(
         heads = None
         if served and rec["name"] == served["served_from"]:
             heads = {served["name"]: serving.served_head(model.get_output_embeddings(), served["served_head"])}
-        cands[rec["name"]] = evaluate_model(model, tok, streams, items, base_lp, name=rec["name"], heads=heads)
+        cands[rec["name"]] = evaluate_model(
+            model, tok, streams, items, base_lp, name=rec["name"], heads=heads, item_batch=P.evaluate.item_batch
+        )
         if heads:
             cands[served["name"]] = cands[rec["name"]].pop("heads")[served["name"]]
         del model
@@ -87,9 +89,11 @@ def run_evaluation(P, quantize_dir: str | Path, data: dict) -> dict:
     }
     cache_bytes = sum(s.input_ids.numel() for s in streams.values()) * base_model.config.vocab_size * 4
     keep = cache_bytes <= CACHE_LIMIT_BYTES
-    base = evaluate_model(base_model, tok, streams, data["items"], name="baseline", keep_logprobs=keep)
+    base = evaluate_model(
+        base_model, tok, streams, data["items"], name="baseline", keep_logprobs=keep, item_batch=P.evaluate.item_batch
+    )
     reference = {
-        t: score_items(base_model, tok, v, desc=f"baseline {t} (reference)")
+        t: score_items(base_model, tok, v, desc=f"baseline {t} (reference)", batch_items=P.evaluate.item_batch)
         for t, v in data.get("reference_items", {}).items()
         if v
     }
@@ -130,7 +134,8 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
     model = awqformat.cast_model(model, eval_dtype(P))
     weights_equal = weight_fingerprint(model) == result["base_fingerprint"]
     heads = {dom: _head_of_stream(s, n_windows) for dom, s in result["streams"].items()}
-    # The first items in the order score_items takes them (each scored alone, so every bit matches).
+    # The first items in the order score_items takes them: each scored alone, or in batches of
+    # the evaluation's fixed shape (companion-independent either way), so every bit matches.
     picked = {t: batch_order(v, tok)[:n_items] for t, v in result["items_used"].items()}
     again = evaluate_model(
         model,
@@ -138,6 +143,8 @@ def rollback_check(P, quantize_dir: str | Path, result: dict, n_windows: int = 8
         {d: h[0] for d, h in heads.items()},
         {t: [v[i] for i in picked[t]] for t, v in result["items_used"].items()},
         name="archive",
+        item_batch=P.evaluate.item_batch,
+        fit_items=result["items_used"],
     )
     checks = {"weights": bool(weights_equal)}
     for dom, rec in again["streams"].items():
