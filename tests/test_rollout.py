@@ -697,6 +697,26 @@ def test_run_step_and_metrics_record_every_scenario(tmp_path: Path) -> None:
     assert set(real) & {"worse", "broken_assignment"} == set() and real["main"]["decision"] == "cut over"
 
 
+def test_latency_note_names_the_timed_checkpoint_when_it_is_not_the_candidate(tmp_path: Path) -> None:
+    """Step 04 times the checkpoint a server would run; when step 05's candidate is another one
+    (another draw, or llm-compressor's), the latency note says which was timed."""
+    import json
+
+    from quantstudy.config.params import StudyParams
+
+    folder = _eval_dir(tmp_path, {"awq-w4-g128-generic-d0": ("generic", 0, True, 1.0, 0.0)})
+    P = StudyParams(rollout=RolloutSection(margin=0.02))
+    m = json.loads((FIXTURE_BENCH / "metrics.json").read_text())
+    for timed, other in (("awq-w4-g128-indomain-d1", True), ("awq-w4-g128-generic-d0", False)):
+        m["demo"]["checkpoint"] = f"outputs/x/02_quantize/checkpoints/{timed}"
+        bench = tmp_path / f"bench-{timed}"
+        bench.mkdir()
+        (bench / "metrics.json").write_text(json.dumps(m))
+        lat = rollout.run_step(P, folder, bench)["latency"]
+        assert lat["checkpoint"] == timed and f"demo model ({timed})" in lat["source"]
+        assert ("not on the candidate awq-w4-g128-generic-d0" in lat["note"]) is other
+
+
 def test_guardrail_and_power_figures_are_labelled() -> None:
     res = rollout.analyse(RolloutSection(margin=0.02, scenario="broken_assignment"), 0.0, 0)
     fig = rollout.plot_guardrails(res["looks"], simulated=True)

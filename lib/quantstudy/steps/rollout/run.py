@@ -71,6 +71,15 @@ def run_step(P, evaluate_dir: str | Path, benchmark_dir: str | Path | None = Non
     cand = candidate_from_evaluation(evaluate_dir, P.rollout.candidate_rule)
     rp = P.rollout.model_copy(update={"margin": rollout_margin(P)})
     latency = latency_from_benchmark(benchmark_dir)
+    if latency.get("checkpoint") and latency["checkpoint"] != cand["checkpoint"]:
+        # Step 04 times the checkpoint a server would run (AutoAWQ's packed layout); the candidate
+        # may be another (another calibration draw, or llm-compressor's): say so where the ratio is used.
+        latency = {
+            **latency,
+            "note": f"{latency['note']}; timed on {latency['checkpoint']}, not on the candidate "
+            f"{cand['checkpoint']}: the same shapes and group size, and a 4-bit kernel's speed does not "
+            "depend on the weights' values",
+        }
     main = analyse(rp, cand["quality_change_points"], P.study.seed, latency)
     out = {"candidate": cand, "main": main, "rollout_params": rp, "power_plan": main["power_plan"], "latency": latency}
     if main["simulated"]:

@@ -177,11 +177,13 @@ def latency_from_benchmark(benchmark_dir: str | Path | None) -> dict[str, Any]:
         if not b_tok or not f_tok or b_tok <= 0 or f_tok <= 0:
             continue
         ratio = float(b_tok) / float(f_tok)
-        where = f"{model} model, batch 1, context {b.get('context')}, scope {scope}"
+        timed = Path(m[model]["checkpoint"]).name if model == "demo" and m[model].get("checkpoint") else None
+        where = f"{model} model{f' ({timed})' if timed else ''}, batch 1, context {b.get('context')}, scope {scope}"
         return {
             "ratio": ratio,
             "source": f"04_benchmark/metrics.json: {where}",
             "model": model,
+            "checkpoint": timed,
             "baseline_decode_tok_s": float(b_tok),
             "fast4_decode_tok_s": float(f_tok),
             "note": (
