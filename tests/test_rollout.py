@@ -636,6 +636,7 @@ def test_latency_ratio_from_step_04(tmp_path: Path) -> None:
 
     lat = rollout.latency_from_benchmark(FIXTURE_BENCH)
     m = json.loads((FIXTURE_BENCH / "metrics.json").read_text())
+    assert lat["checkpoint"] == Path(m["demo"]["env"]["checkpoint"]).name == "awq-w4-g128-indomain-d0"
     rows = {
         r["path"]: r["decode_tok_s_median"]
         for r in m["demo"]["timings"]
@@ -708,7 +709,7 @@ def test_latency_note_names_the_timed_checkpoint_when_it_is_not_the_candidate(tm
     P = StudyParams(rollout=RolloutSection(margin=0.02))
     m = json.loads((FIXTURE_BENCH / "metrics.json").read_text())
     for timed, other in (("awq-w4-g128-indomain-d1", True), ("awq-w4-g128-generic-d0", False)):
-        m["demo"]["checkpoint"] = f"outputs/x/02_quantize/checkpoints/{timed}"
+        m["demo"]["env"]["checkpoint"] = f"outputs/x/02_quantize/checkpoints/{timed}"
         bench = tmp_path / f"bench-{timed}"
         bench.mkdir()
         (bench / "metrics.json").write_text(json.dumps(m))

@@ -90,6 +90,7 @@ class BenchTarget(Target):
 class BenchEnv(Record):
     device: str
     hardware_label: str
+    checkpoint: str | None = None  # the folder timed (step 05 names it); None: a shape with random weights
 
 
 class BenchModel(Record):

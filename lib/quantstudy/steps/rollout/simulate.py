@@ -177,7 +177,8 @@ def latency_from_benchmark(benchmark_dir: str | Path | None) -> dict[str, Any]:
         if not b_tok or not f_tok or b_tok <= 0 or f_tok <= 0:
             continue
         ratio = float(b_tok) / float(f_tok)
-        timed = Path(m[model]["checkpoint"]).name if model == "demo" and m[model].get("checkpoint") else None
+        ckpt = (m[model].get("env") or {}).get("checkpoint") if model == "demo" else None
+        timed = Path(ckpt).name if ckpt else None
         where = f"{model} model{f' ({timed})' if timed else ''}, batch 1, context {b.get('context')}, scope {scope}"
         return {
             "ratio": ratio,
