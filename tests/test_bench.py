@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import warnings
 
 import pandas as pd
@@ -16,6 +17,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from quantstudy.awqformat import pack_awq_gemm, rtn_quantize_linear  # noqa: E402
 from quantstudy.config.params import BenchmarkSection  # noqa: E402
+from quantstudy.contracts.benchmark import BenchEnv  # noqa: E402
 from quantstudy.steps import benchmark as bench  # noqa: E402
 from quantstudy.steps.benchmark import (  # noqa: E402
     convert,
@@ -331,6 +333,17 @@ def test_production_benchmark_times_production_paths_only(tmp_path):
     assert set(result["speedups"]["path"]) == {"baseline"} and set(result["timings"]["path"]) == {"baseline"}
     with pytest.raises(ValueError, match="production_paths must include baseline"):
         BenchmarkSection(**TINY, production_paths=["naive4"])
+
+
+def test_production_benchmark_removes_its_temporary_checkpoint(tmp_path, monkeypatch):
+    """Without out_dir the ~1 GB random-weight checkpoint goes to a temporary folder that is
+    removed afterwards (each study run used to leave one in /tmp)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    p = BenchmarkSection(**TINY, paths=["baseline"], production_paths=["baseline"])
+    result = bench.production_benchmark(p, "cpu", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    assert result["env"]["production_folder"] is None and result["env"]["checkpoint"] is None
+    BenchEnv.model_validate(result["env"])
 
 
 def test_run_benchmark_tiny(tiny_checkpoint):

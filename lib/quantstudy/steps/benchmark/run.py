@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,17 +326,22 @@ def production_benchmark(
 
     The baseline is the dequantized checkpoint (same shapes and dtype as the random dense
     model, hence the same speed and memory); the dense model itself is freed before timing.
+    Without `out_dir` the random-weight checkpoint (about 1 GB, rebuilt from `seed` in
+    seconds) lives in a temporary folder that is removed afterwards, failure or not.
     """
     p = bench_section(bench_params)
     if p.production_paths is not None:  # e.g. without naive4, whose trap the study's own model already shows
         p = p.model_copy(update={"paths": p.production_paths})
-    dense, folder = production_model(p, out_dir=out_dir, seed=seed)
-    del dense
-    gc.collect()
-    result = run_benchmark(
-        folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads, lm_head=lm_head
-    )
-    result["env"]["production_folder"] = str(folder)
+    with tempfile.TemporaryDirectory(prefix="quantstudy-prod-") as scratch:
+        dense, folder = production_model(p, out_dir=out_dir if out_dir is not None else scratch, seed=seed)
+        del dense
+        gc.collect()
+        result = run_benchmark(
+            folder, p, device, progress, full_num_layers=p.prod_num_layers, seed=seed, threads=threads, lm_head=lm_head
+        )
+    if out_dir is None:  # removed: nothing to point at (the contract's None = random weights)
+        result["env"]["checkpoint"] = None
+    result["env"]["production_folder"] = str(folder) if out_dir is not None else None
     return result
 
 
