@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 import warnings
 
 import pandas as pd
@@ -444,3 +449,44 @@ def test_bench_command_writes_metrics_and_figures(tiny_checkpoint, tmp_path, cap
     assert (out / "speedups.png").stat().st_size > 10_000 and (out / "memory.png").is_file()
     assert main(["bench", "params/smoke.yaml", "--out", str(out), "--no-production"]) == 2
     assert "needs --checkpoint" in capsys.readouterr().err
+
+
+def test_busy_check_counts_other_processes_not_this_one():
+    """A spinning child process shows as CPU used by others; a spinning thread of this process does not."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert run._cpu_used_by_others(0.5) > 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        assert run._cpu_used_by_others(0.5) < 0.5
+    finally:
+        stop.set()
+        worker.join()
+
+
+def test_busy_note_follows_other_processes_not_the_load_average(monkeypatch):
+    """The load average still counts a finished step's work; the note follows what others use now."""
+    p = BenchmarkSection(**TINY, paths=["baseline"])
+    avail = {"baseline": None}
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(run, "_load_average", lambda: 4.0 * cores)
+    monkeypatch.setattr(run, "_cpu_used_by_others", lambda window_s=1.0: 0.0)
+    _, notes, load = run._plan_paths(p, "cpu", avail, "float")
+    assert not any("busy" in n for n in notes) and load == {"load_average": 4.0 * cores, "cpu_used_by_others": 0.0}
+    monkeypatch.setattr(run, "_cpu_used_by_others", lambda window_s=1.0: 0.5 * cores)
+    _, notes, _ = run._plan_paths(p, "cpu", avail, "float")
+    assert any(n.startswith(f"machine busy before timing ({0.5 * cores:.2f} cores' worth") for n in notes)
+    monkeypatch.setattr(run, "_cpu_used_by_others", lambda window_s=1.0: None)  # no /proc/stat
+    _, notes, _ = run._plan_paths(p, "cpu", avail, "float")
+    assert any("1-min load average" in n for n in notes)

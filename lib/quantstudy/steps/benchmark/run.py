@@ -58,11 +58,32 @@ def _load_average() -> float | None:
         return None
 
 
+def _cpu_used_by_others(window_s: float = 1.0) -> float | None:
+    """Cores' worth of CPU that other processes used during `window_s` (Linux ``/proc/stat``:
+    all cores' busy time less this process's own), or None where that cannot be read.
+
+    The load average cannot tell this: one minute after a study's step 03 it still counts the
+    step's own finished work, and flagged every default study as busy."""
+
+    def busy_s() -> float:
+        with open("/proc/stat") as f:
+            t = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return (sum(t) - t[3] - t[4]) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        b0, own0, t0 = busy_s(), time.process_time(), time.monotonic()
+        time.sleep(window_s)
+        b1, own1, t1 = busy_s(), time.process_time(), time.monotonic()
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return None
+    return round(max(0.0, (b1 - b0) - (own1 - own0)) / (t1 - t0), 2)
+
+
 def _plan_paths(
     p: BenchmarkSection, device: str, avail: dict[str, str | None], lm_head: str
-) -> tuple[list[str], list[str], float | None]:
+) -> tuple[list[str], list[str], dict[str, float | None]]:
     """(the paths to run, baseline first; the notes on what was added, skipped or disturbs the
-    timing; the load average before timing). Raises :class:`BenchError` without a baseline."""
+    timing; how busy the machine was before timing). Raises :class:`BenchError` without a baseline."""
     ok = [k for k, v in avail.items() if v is None]
     notes: list[str] = []
     requested = list(dict.fromkeys(p.paths))
@@ -74,11 +95,16 @@ def _plan_paths(
             f"required path 'baseline' is unavailable on {device}: {avail['baseline']}; "
             f"available paths: {', '.join(ok) or 'none'}"
         )
-    load = _load_average()
+    load = {"load_average": _load_average(), "cpu_used_by_others": _cpu_used_by_others()}
     cores = os.cpu_count() or 1
-    if load is not None and load > 0.5 * cores:
+    others = load["cpu_used_by_others"]
+    if others is None:  # no /proc/stat: the load average is the only sign
+        others, how, limit = load["load_average"], "1-min load average", 0.5 * cores
+    else:
+        how, limit = "cores' worth of CPU used by other processes over 1 s", 0.25 * cores
+    if others is not None and others > limit:
         notes.append(
-            f"machine busy before timing (1-min load average {load:.2f} on {cores} cores): other "
+            f"machine busy before timing ({others:.2f} {how}, on {cores} cores): other "
             "processes compete for the cores and memory bandwidth, so absolute tokens/s are low and noisy; "
             "ratios between paths are more robust but still affected"
         )
@@ -242,7 +268,9 @@ def _tables(rows: list, mem_rows: list, agree_rows: list, req: _Request, notes: 
     }
 
 
-def _env(req: _Request, threads_used: int, load: float | None, avail: dict[str, str | None]) -> dict[str, Any]:
+def _env(
+    req: _Request, threads_used: int, load: dict[str, float | None], avail: dict[str, str | None]
+) -> dict[str, Any]:
     """Where and how the run measured: device, torch, threads, load before and after, paths."""
     return {
         "device": req.device,
@@ -250,7 +278,8 @@ def _env(req: _Request, threads_used: int, load: float | None, avail: dict[str, 
         "torch": torch.__version__,
         "threads": threads_used,
         "cpu": platform.processor() or platform.machine(),
-        "load_average_before": load,
+        "load_average_before": load["load_average"],
+        "cpu_used_by_others_before": load["cpu_used_by_others"],
         "load_average_after": _load_average(),
         "paths_available": avail,
         "checkpoint": str(req.folder),
